@@ -1,0 +1,157 @@
+//! Application state and the route table. `build_state` opens everything once; `create_app`
+//! is used by `assay serve` and by nothing else, so tests exercise exactly what runs.
+
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpServer};
+
+use crate::auth::{self, Keys, LoginLimiter};
+use crate::config::Config;
+use crate::queue::Queue;
+use crate::scripting::{PluginKind, Registry, ScriptEngine};
+use crate::store::flush::GroupFlusher;
+use crate::store::{SledStore, Store};
+
+/// Cheap handles to everything a request may need.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub flusher: Arc<GroupFlusher>,
+    pub registry: Arc<Registry>,
+    pub queue: Arc<Queue>,
+    pub keys: Arc<Keys>,
+    pub login_limiter: Arc<LoginLimiter>,
+}
+
+/// Opens the store, loads plugins, rebuilds the queue and prepares keys.
+pub fn build_state(config: Config) -> Result<AppState, String> {
+    let data = &config.storage.data;
+    std::fs::create_dir_all(data)
+        .map_err(|e| format!("cannot create data folder {}: {e}", data.display()))?;
+    let sled =
+        SledStore::open(&data.join("db"), config.storage.fsync).map_err(|e| e.to_string())?;
+    let store: Arc<dyn Store> = Arc::new(sled);
+    let flush_store = store.clone();
+    let flusher = GroupFlusher::start(move || flush_store.flush().map_err(|e| e.to_string()))
+        .map_err(|e| format!("cannot start the flusher: {e}"))?;
+
+    let registry = Registry::new(ScriptEngine::new(&config.scripting), store.clone());
+    registry.load_dir(PluginKind::Rubric, &config.plugins.rubrics);
+    registry.load_dir(PluginKind::Router, &config.plugins.plugins);
+
+    let queue = Queue::default();
+    let open = store.open_tasks().map_err(|e| e.to_string())?;
+    let active = store.active_assignments().map_err(|e| e.to_string())?;
+    tracing::info!(
+        open_tasks = open.len(),
+        active_leases = active.len(),
+        "queue rebuilt"
+    );
+    queue.rebuild(open, active);
+
+    let secret = auth::load_or_create_secret(&config.auth.secret, data)?;
+    let keys = Keys::new(&secret, config.auth.session_hours);
+    let login_limiter =
+        LoginLimiter::new(config.auth.login_attempts, config.auth.login_window_seconds);
+    Ok(AppState {
+        config: Arc::new(config),
+        store,
+        flusher: Arc::new(flusher),
+        registry: Arc::new(registry),
+        queue: Arc::new(queue),
+        keys: Arc::new(keys),
+        login_limiter: Arc::new(login_limiter),
+    })
+}
+
+/// Every route of the server, in one place.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::web::api;
+    cfg.route("/healthz", web::get().to(api::health::healthz))
+        .route("/readyz", web::get().to(api::health::readyz))
+        .service(
+            web::scope("/api/v1")
+                .route("/auth/login", web::post().to(api::auth::login))
+                .route("/auth/me", web::get().to(api::auth::me))
+                .route("/users", web::get().to(api::users::list))
+                .route("/users", web::post().to(api::users::create))
+                .route("/users/{id}", web::get().to(api::users::get))
+                .route("/users/{id}", web::patch().to(api::users::update))
+                .route("/users/{id}/revoke", web::post().to(api::users::revoke))
+                .route("/projects", web::get().to(api::projects::list))
+                .route("/projects", web::post().to(api::projects::create))
+                .route("/projects/{id}", web::get().to(api::projects::get))
+                .route("/projects/{id}", web::patch().to(api::projects::update))
+                .route(
+                    "/projects/{id}/members",
+                    web::get().to(api::projects::members),
+                )
+                .route(
+                    "/projects/{id}/members/{user}",
+                    web::put().to(api::projects::set_member),
+                )
+                .route(
+                    "/projects/{id}/members/{user}",
+                    web::delete().to(api::projects::remove_member),
+                )
+                .route("/projects/{id}/stats", web::get().to(api::projects::stats))
+                .route("/projects/{id}/tasks", web::post().to(api::tasks::import))
+                .route("/projects/{id}/tasks", web::get().to(api::tasks::list))
+                .route("/projects/{id}/next", web::post().to(api::review::next))
+                .route("/projects/{id}/export", web::get().to(api::export::export))
+                .route("/tasks/{id}", web::get().to(api::tasks::get))
+                .route(
+                    "/tasks/{id}/submissions",
+                    web::get().to(api::tasks::submissions),
+                )
+                .route(
+                    "/assignments/{id}/heartbeat",
+                    web::post().to(api::review::heartbeat),
+                )
+                .route("/assignments/{id}/skip", web::post().to(api::review::skip))
+                .route(
+                    "/assignments/{id}/release",
+                    web::post().to(api::review::release),
+                )
+                .route(
+                    "/assignments/{id}/submit",
+                    web::post().to(api::review::submit),
+                )
+                .route("/plugins", web::get().to(api::plugins::list))
+                .route("/audit", web::get().to(api::audit::recent))
+                .default_service(web::to(api::not_found)),
+        );
+}
+
+/// Runs the HTTP server until it is stopped. Prints the bound address once it listens.
+pub async fn serve(state: AppState) -> std::io::Result<()> {
+    let bind = state.config.server.bind.clone();
+    let workers = state.config.server.workers;
+    let json_limit = state.config.server.max_json_kb as usize * 1024;
+    crate::services::review::spawn_sweeper(state.clone());
+    let data = web::Data::new(state);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(crate::web::json_config(json_limit))
+            .app_data(crate::web::query_config())
+            .app_data(crate::web::path_config())
+            .wrap(crate::web::security_headers())
+            .wrap(actix_web::middleware::from_fn(
+                crate::web::request_id::middleware,
+            ))
+            .configure(configure)
+    })
+    .bind(&bind)?;
+    let server = if workers > 0 {
+        server.workers(workers)
+    } else {
+        server
+    };
+    for addr in server.addrs() {
+        // Tests and scripts read this line to learn the port when binding to port 0.
+        println!("assay listening on http://{addr}");
+    }
+    server.run().await
+}

@@ -1,0 +1,84 @@
+//! Extractors: a handler that takes `Caller` or `Admin` never runs for a request that lacks the
+//! right token. The token comes from the `Authorization: Bearer` header.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+
+use crate::app::AppState;
+use crate::domain::{GlobalRole, User};
+use crate::error::AppError;
+
+/// Any signed-in, active user.
+pub struct Caller(pub User);
+
+/// A signed-in admin.
+pub struct Admin(pub User);
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.0.role == GlobalRole::Admin
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))?;
+    Some(token.trim().to_owned())
+}
+
+async fn authenticate(req: HttpRequest) -> Result<User, AppError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| AppError::internal("application state missing"))?;
+    let token = bearer(&req).ok_or(AppError::Unauthorized("a Bearer token is required"))?;
+    let claims = state
+        .keys
+        .verify_session(&token)
+        .ok_or(AppError::Unauthorized("the token is invalid or expired"))?;
+    let store = state.store.clone();
+    let user = web::block(move || store.user(claims.sub))
+        .await??
+        .ok_or(AppError::Unauthorized("the token's user no longer exists"))?;
+    if !user.active {
+        return Err(AppError::Unauthorized("this account is deactivated"));
+    }
+    if user.token_generation != claims.gen {
+        return Err(AppError::Unauthorized("the token was revoked"));
+    }
+    Ok(user)
+}
+
+impl FromRequest for Caller {
+    type Error = AppError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, AppError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { authenticate(req).await.map(Caller) })
+    }
+}
+
+impl FromRequest for Admin {
+    type Error = AppError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, AppError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let user = authenticate(req).await?;
+            if user.role != GlobalRole::Admin {
+                return Err(AppError::Forbidden("this needs an admin"));
+            }
+            Ok(Admin(user))
+        })
+    }
+}

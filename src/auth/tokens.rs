@@ -1,0 +1,134 @@
+//! JWTs: HS256 only (the algorithm is pinned, so `alg: none` and algorithm swaps are refused),
+//! a distinct issuer per purpose so a token for one cannot be used as another.
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::domain::{Assignment, Id};
+
+const SESSION_ISSUER: &str = "assay/session";
+const ASSIGNMENT_ISSUER: &str = "assay/assignment";
+
+/// A login session.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionClaims {
+    pub iss: String,
+    pub sub: Id,
+    /// The user's token generation when issued; a bump revokes the token.
+    pub gen: u64,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+/// An assignment token: proof that this lease was handed to this expert, signed so that a
+/// submit can be accepted even if the lease record was lost in a crash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssignmentClaims {
+    pub iss: String,
+    pub sub: Id,
+    pub aid: Id,
+    pub tid: Id,
+    pub pid: Id,
+    pub fence: u64,
+    pub rubric: String,
+    pub rv: String,
+    pub router: String,
+    pub qv: String,
+    pub served: i64,
+    pub lease: i64,
+    pub exp: i64,
+}
+
+impl AssignmentClaims {
+    /// The assignment as it was handed out, for when its record was lost.
+    pub fn to_assignment(&self) -> Assignment {
+        Assignment {
+            id: self.aid,
+            task_id: self.tid,
+            project_id: self.pid,
+            expert_id: self.sub,
+            status: crate::domain::AssignmentStatus::Active,
+            served_at: self.served,
+            expires_at: self.lease,
+            last_seen_at: self.served,
+            active_seconds: 0.0,
+            fence: self.fence,
+            rubric: self.rubric.clone(),
+            rubric_version: self.rv.clone(),
+            router: self.router.clone(),
+            router_version: self.qv.clone(),
+            submission_id: None,
+            reason: None,
+        }
+    }
+}
+
+pub struct Keys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    pub session_seconds: i64,
+}
+
+impl Keys {
+    pub fn new(secret: &[u8], session_hours: u64) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            session_seconds: session_hours as i64 * 3600,
+        }
+    }
+
+    fn sign<T: Serialize>(&self, claims: &T) -> Result<String, String> {
+        encode(&Header::new(Algorithm::HS256), claims, &self.encoding).map_err(|e| e.to_string())
+    }
+
+    fn verify<T: DeserializeOwned>(&self, token: &str, issuer: &str) -> Option<T> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        validation.leeway = 0;
+        decode::<T>(token, &self.decoding, &validation)
+            .ok()
+            .map(|d| d.claims)
+    }
+
+    pub fn session(&self, user: Id, generation: u64, now_s: i64) -> Result<(String, i64), String> {
+        let exp = now_s + self.session_seconds;
+        let claims = SessionClaims {
+            iss: SESSION_ISSUER.into(),
+            sub: user,
+            gen: generation,
+            iat: now_s,
+            exp,
+        };
+        Ok((self.sign(&claims)?, exp))
+    }
+
+    pub fn verify_session(&self, token: &str) -> Option<SessionClaims> {
+        self.verify(token, SESSION_ISSUER)
+    }
+
+    pub fn assignment(&self, a: &Assignment) -> Result<String, String> {
+        let claims = AssignmentClaims {
+            iss: ASSIGNMENT_ISSUER.into(),
+            sub: a.expert_id,
+            aid: a.id,
+            tid: a.task_id,
+            pid: a.project_id,
+            fence: a.fence,
+            rubric: a.rubric.clone(),
+            rv: a.rubric_version.clone(),
+            router: a.router.clone(),
+            qv: a.router_version.clone(),
+            served: a.served_at,
+            lease: a.expires_at,
+            // Valid for a week: heartbeats extend the lease in the store, not in the token.
+            exp: a.served_at / 1000 + 7 * 24 * 3600,
+        };
+        self.sign(&claims)
+    }
+
+    pub fn verify_assignment(&self, token: &str) -> Option<AssignmentClaims> {
+        self.verify(token, ASSIGNMENT_ISSUER)
+    }
+}

@@ -1,0 +1,209 @@
+//! Command-line interface: `serve`, `import`, `export`, `user add`.
+
+mod client;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{CliOverrides, Config};
+use crate::domain::GlobalRole;
+
+#[derive(Parser)]
+#[command(
+    name = "assay",
+    version,
+    about = "Self-hosted review server for expert AI-training work"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArgs {
+    /// Configuration file (TOML). Without one, built-in defaults and ASSAY_* variables apply.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data folder (overrides storage.data).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServerArgs {
+    /// Base URL of a running server.
+    #[arg(long, env = "ASSAY_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API token; if absent, logs in with --user and ASSAY_PASSWORD.
+    #[arg(long, env = "ASSAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Username to log in with when no token is given.
+    #[arg(long, default_value = "admin")]
+    user: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Address to listen on (overrides server.bind).
+        #[arg(long)]
+        bind: Option<String>,
+        /// Create the demo project, its tasks and two demo experts if they are missing.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Import tasks from a JSON, JSON Lines or Label Studio file into a project of a running
+    /// server.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        project: u64,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Export a project's submissions from a running server as JSON Lines.
+    Export {
+        #[arg(long)]
+        project: u64,
+        /// Output file; standard output when absent.
+        #[arg(long, short)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Manage users directly in the data folder (the server must be stopped).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from ASSAY_PASSWORD.
+    Add {
+        username: String,
+        #[arg(long, value_parser = parse_role, default_value = "member")]
+        role: GlobalRole,
+        /// Comma-separated skills (pools).
+        #[arg(long, value_delimiter = ',')]
+        skills: Vec<String>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn parse_role(s: &str) -> Result<GlobalRole, String> {
+    match s {
+        "admin" => Ok(GlobalRole::Admin),
+        "member" => Ok(GlobalRole::Member),
+        _ => Err("role must be `admin` or `member`".into()),
+    }
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,actix_server=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(args: &ConfigArgs, bind: Option<String>) -> Result<Config, String> {
+    let overrides = CliOverrides {
+        bind,
+        data: args.data.clone(),
+    };
+    Config::load(args.config.as_deref(), &overrides).map_err(|e| e.to_string())
+}
+
+pub async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve { config, bind, demo } => serve(load_config(&config, bind)?, demo).await,
+        Command::Import {
+            file,
+            project,
+            server,
+        } => client::import(&server.url, server.token, &server.user, &file, project).await,
+        Command::Export {
+            project,
+            out,
+            format,
+            server,
+        } => {
+            client::export(
+                &server.url,
+                server.token,
+                &server.user,
+                project,
+                &format,
+                out.as_deref(),
+            )
+            .await
+        }
+        Command::User {
+            command:
+                UserCommand::Add {
+                    username,
+                    role,
+                    skills,
+                    config,
+                },
+        } => {
+            let config = load_config(&config, None)?;
+            user_add(config, username, role, skills)
+        }
+    }
+}
+
+async fn serve(config: Config, demo: bool) -> Result<(), String> {
+    tracing::info!(?config, "starting");
+    let state = crate::app::build_state(config)?;
+    let admin_password = std::env::var("ASSAY_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if let Some(generated) =
+        crate::services::users::ensure_first_admin(state.store.as_ref(), admin_password)
+            .map_err(|e| format!("cannot create the first admin: {e}"))?
+    {
+        println!("created user `admin` with password: {generated}");
+        println!("(shown once; set ASSAY_ADMIN_PASSWORD before the first start to choose it)");
+    }
+    if demo {
+        crate::demo::seed(&state).await?;
+    }
+    crate::app::serve(state)
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+fn user_add(
+    config: Config,
+    username: String,
+    role: GlobalRole,
+    skills: Vec<String>,
+) -> Result<(), String> {
+    let password = std::env::var("ASSAY_PASSWORD")
+        .map_err(|_| "set the new user's password in ASSAY_PASSWORD".to_owned())?;
+    let store =
+        crate::store::SledStore::open(&config.storage.data.join("db"), config.storage.fsync)
+            .map_err(|e| e.to_string())?;
+    let new = crate::services::users::NewUser {
+        username,
+        password,
+        role,
+        skills,
+        hourly_rate: None,
+    };
+    let user = crate::services::users::create_blocking(&store, new).map_err(|e| e.to_string())?;
+    crate::store::Store::flush(&store).map_err(|e| e.to_string())?;
+    println!("created user `{}` with id {}", user.username, user.id);
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The plain data of Assay: what is stored and what crosses the API. No behaviour that needs
+//! storage or scripts lives here.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub type Id = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GlobalRole {
+    Admin,
+    Member,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProjectRole {
+    Expert,
+    Lead,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: Id,
+    pub username: String,
+    /// Argon2id PHC string; never serialized to clients (see [`UserView`]).
+    pub password_hash: String,
+    pub role: GlobalRole,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    #[serde(default)]
+    pub hourly_rate: Option<f64>,
+    pub active: bool,
+    /// Bumped to revoke every token issued to this user.
+    pub token_generation: u64,
+    pub created_at: i64,
+}
+
+/// What clients see of a user.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    pub id: Id,
+    pub username: String,
+    pub role: GlobalRole,
+    pub skills: Vec<String>,
+    pub hourly_rate: Option<f64>,
+    pub active: bool,
+    pub created_at: i64,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        Self {
+            id: u.id,
+            username: u.username.clone(),
+            role: u.role,
+            skills: u.skills.clone(),
+            hourly_rate: u.hourly_rate,
+            active: u.active,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Project {
+    pub id: Id,
+    pub name: String,
+    #[serde(default)]
+    pub instructions: String,
+    pub rubric: String,
+    pub router: String,
+    pub reviews_per_task: u32,
+    pub lease_seconds: u64,
+    #[serde(default)]
+    pub estimate_minutes: Option<f64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Open,
+    InQa,
+    Complete,
+    Archived,
+}
+
+/// An imported item. Its content never changes after import; the mutable part lives in
+/// [`TaskStatus`], kept small because the hand-out reads and writes it constantly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Task {
+    pub id: Id,
+    pub project_id: Id,
+    #[serde(default)]
+    pub external_id: Option<String>,
+    pub data: Value,
+    #[serde(default)]
+    pub meta: Value,
+    #[serde(default)]
+    pub gold: Option<Value>,
+    pub created_at: i64,
+}
+
+/// Routing decision and progress of one task.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskStatus {
+    pub task_id: Id,
+    pub project_id: Id,
+    pub state: TaskState,
+    /// Skill an expert needs to take the task; `None` means every expert of the project.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// Independent reviews the task needs.
+    pub reviews: u32,
+    /// Higher first.
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default)]
+    pub estimate_minutes: Option<f64>,
+    /// Experts whose submission counts toward `reviews`, in order.
+    #[serde(default)]
+    pub done_by: Vec<Id>,
+    /// Experts who skipped it; it is not offered to them again.
+    #[serde(default)]
+    pub skipped_by: Vec<Id>,
+    /// Router version that made the decision.
+    #[serde(default)]
+    pub router_version: Option<String>,
+}
+
+/// A task to be written by an import, with its routing already decided.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub external_id: Option<String>,
+    pub data: Value,
+    pub meta: Value,
+    pub gold: Option<Value>,
+    pub routing: Routing,
+}
+
+/// What a router's `route` decided for a task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Routing {
+    pub pool: Option<String>,
+    pub reviews: u32,
+    pub priority: i64,
+    pub estimate_minutes: Option<f64>,
+    pub router_version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignmentStatus {
+    Active,
+    Submitted,
+    Skipped,
+    Released,
+    Expired,
+}
+
+/// A lease: one task handed to one expert until `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Assignment {
+    pub id: Id,
+    pub task_id: Id,
+    pub project_id: Id,
+    pub expert_id: Id,
+    pub status: AssignmentStatus,
+    pub served_at: i64,
+    pub expires_at: i64,
+    /// Last heartbeat (or the hand-out), for server-measured active time.
+    pub last_seen_at: i64,
+    /// Active seconds accumulated from heartbeats so far.
+    pub active_seconds: f64,
+    /// Random value carried by the assignment token; a submit must present it.
+    pub fence: u64,
+    pub rubric: String,
+    pub rubric_version: String,
+    pub router: String,
+    pub router_version: String,
+    #[serde(default)]
+    pub submission_id: Option<Id>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Submission {
+    pub id: Id,
+    pub task_id: Id,
+    pub project_id: Id,
+    pub assignment_id: Id,
+    pub expert_id: Id,
+    pub answer: Value,
+    /// Numbers computed by the rubric's `score`.
+    pub scores: Value,
+    pub rubric: String,
+    pub rubric_version: String,
+    pub router: String,
+    pub router_version: String,
+    pub served_at: i64,
+    pub submitted_at: i64,
+    pub active_seconds: f64,
+}
+
+/// Counts kept per project (never computed by scanning).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProjectCounts {
+    pub tasks: u64,
+    pub open: u64,
+    pub in_qa: u64,
+    pub complete: u64,
+    pub archived: u64,
+    pub submissions: u64,
+}
+
+/// A stored version of a plugin's source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PluginVersion {
+    pub hash: String,
+    pub kind: String,
+    pub name: String,
+    pub source: String,
+    pub first_seen_at: i64,
+}
+
+/// Append-only record of who did what.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditEvent {
+    pub at: i64,
+    pub actor: Option<Id>,
+    pub action: String,
+    pub object: String,
+    #[serde(default)]
+    pub detail: Value,
+}

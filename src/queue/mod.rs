@@ -1,0 +1,236 @@
+//! The in-memory hand-out index. It mirrors what the store holds (open tasks with their routing
+//! and progress, active leases) so that choosing the next task never scans or conflicts in the
+//! database. It is rebuilt from the store at start-up; every change to it is made while holding
+//! its project's lock, right after the matching store write succeeded, so the two never drift.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::domain::{Assignment, Id, TaskState, TaskStatus};
+
+/// An active lease as the hand-out sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub assignment_id: Id,
+    pub expert_id: Id,
+    pub expires_at: i64,
+}
+
+impl From<&Assignment> for Lease {
+    fn from(a: &Assignment) -> Self {
+        Self {
+            assignment_id: a.id,
+            expert_id: a.expert_id,
+            expires_at: a.expires_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Slot {
+    pub status: TaskStatus,
+    pub leases: Vec<Lease>,
+}
+
+impl Slot {
+    fn live_leases(&self, now: i64) -> impl Iterator<Item = &Lease> {
+        self.leases.iter().filter(move |l| l.expires_at > now)
+    }
+
+    /// Reviews done plus leases still running.
+    pub fn taken(&self, now: i64) -> usize {
+        self.status.done_by.len() + self.live_leases(now).count()
+    }
+
+    pub fn has_room(&self, now: i64) -> bool {
+        self.status.state == TaskState::Open && self.taken(now) < self.status.reviews as usize
+    }
+
+    /// Whether this expert has reviewed, skipped or currently holds the task.
+    pub fn touched_by(&self, expert: Id, now: i64) -> bool {
+        self.status.done_by.contains(&expert)
+            || self.status.skipped_by.contains(&expert)
+            || self.live_leases(now).any(|l| l.expert_id == expert)
+    }
+}
+
+type Order = (Reverse<i64>, Id);
+
+/// Open tasks and leases of one project.
+#[derive(Debug, Default)]
+pub struct ProjectQueue {
+    /// Open tasks per pool, best first.
+    pools: HashMap<Option<String>, BTreeSet<Order>>,
+    slots: HashMap<Id, Slot>,
+}
+
+impl ProjectQueue {
+    fn order(status: &TaskStatus) -> Order {
+        (Reverse(status.priority), status.task_id)
+    }
+
+    /// Adds or replaces a task's status; tasks that are no longer open leave the queue.
+    pub fn set_status(&mut self, status: TaskStatus) {
+        if let Some(old) = self.slots.get(&status.task_id) {
+            let old_order = Self::order(&old.status);
+            if let Some(set) = self.pools.get_mut(&old.status.pool) {
+                set.remove(&old_order);
+            }
+        }
+        if status.state == TaskState::Open {
+            self.pools
+                .entry(status.pool.clone())
+                .or_default()
+                .insert(Self::order(&status));
+            let slot = self.slots.entry(status.task_id).or_insert_with(|| Slot {
+                status: status.clone(),
+                leases: Vec::new(),
+            });
+            slot.status = status;
+        } else {
+            self.slots.remove(&status.task_id);
+        }
+    }
+
+    pub fn slot(&self, task: Id) -> Option<&Slot> {
+        self.slots.get(&task)
+    }
+
+    pub fn add_lease(&mut self, task: Id, lease: Lease) {
+        if let Some(slot) = self.slots.get_mut(&task) {
+            slot.leases
+                .retain(|l| l.assignment_id != lease.assignment_id);
+            slot.leases.push(lease);
+        }
+    }
+
+    pub fn remove_lease(&mut self, task: Id, assignment: Id) {
+        if let Some(slot) = self.slots.get_mut(&task) {
+            slot.leases.retain(|l| l.assignment_id != assignment);
+        }
+    }
+
+    /// The live lease this expert holds in the project, if any.
+    pub fn held_by(&self, expert: Id, now: i64) -> Option<(Id, Id)> {
+        self.slots.values().find_map(|slot| {
+            slot.live_leases(now)
+                .find(|l| l.expert_id == expert)
+                .map(|l| (slot.status.task_id, l.assignment_id))
+        })
+    }
+
+    /// The best open task this expert may take: in a pool they have (or in no pool), with room,
+    /// not reviewed, skipped or held by them. Highest priority first, then oldest.
+    pub fn pick(&self, expert: Id, skills: &[String], now: i64) -> Option<Id> {
+        let open_pool = std::iter::once(None);
+        let skill_pools = skills.iter().map(|s| Some(s.clone()));
+        open_pool
+            .chain(skill_pools)
+            .filter_map(|pool| {
+                self.pools.get(&pool)?.iter().find(|(_, task)| {
+                    self.slots
+                        .get(task)
+                        .is_some_and(|s| s.has_room(now) && !s.touched_by(expert, now))
+                })
+            })
+            .min()
+            .map(|(_, task)| *task)
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// All projects' queues. Each project has its own lock, so projects never wait on each other.
+#[derive(Default)]
+pub struct Queue {
+    projects: Mutex<HashMap<Id, Arc<Mutex<ProjectQueue>>>>,
+}
+
+impl Queue {
+    pub fn project(&self, project: Id) -> Arc<Mutex<ProjectQueue>> {
+        let mut map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(project).or_default().clone()
+    }
+
+    /// Locks one project's queue. A poisoned lock still holds consistent data: every change is
+    /// applied after its store write, and none of them can panic half-way.
+    pub fn lock(queue: &Arc<Mutex<ProjectQueue>>) -> MutexGuard<'_, ProjectQueue> {
+        queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuilds the index from the store's open tasks and active leases.
+    pub fn rebuild(&self, open: Vec<TaskStatus>, active: Vec<Assignment>) {
+        for status in open {
+            let q = self.project(status.project_id);
+            Self::lock(&q).set_status(status);
+        }
+        for a in active {
+            let q = self.project(a.project_id);
+            Self::lock(&q).add_lease(a.task_id, Lease::from(&a));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(task: Id, pool: Option<&str>, reviews: u32, priority: i64) -> TaskStatus {
+        TaskStatus {
+            task_id: task,
+            project_id: 1,
+            state: TaskState::Open,
+            pool: pool.map(str::to_owned),
+            reviews,
+            priority,
+            estimate_minutes: None,
+            done_by: vec![],
+            skipped_by: vec![],
+            router_version: None,
+        }
+    }
+
+    #[test]
+    fn picks_by_priority_pool_and_room() {
+        let mut q = ProjectQueue::default();
+        q.set_status(status(1, None, 1, 0));
+        q.set_status(status(2, Some("med"), 1, 5));
+        q.set_status(status(3, None, 1, 1));
+        assert_eq!(q.pick(10, &[], 0), Some(3));
+        assert_eq!(q.pick(10, &["med".into()], 0), Some(2));
+        q.add_lease(
+            3,
+            Lease {
+                assignment_id: 100,
+                expert_id: 10,
+                expires_at: 50,
+            },
+        );
+        assert_eq!(q.pick(11, &[], 10), Some(1), "task 3 is full while leased");
+        assert_eq!(
+            q.pick(11, &[], 60),
+            Some(3),
+            "an expired lease frees the task"
+        );
+        assert_eq!(q.held_by(10, 10), Some((3, 100)));
+        assert_eq!(q.held_by(10, 60), None);
+    }
+
+    #[test]
+    fn never_twice_to_one_expert() {
+        let mut q = ProjectQueue::default();
+        let mut s = status(1, None, 3, 0);
+        q.set_status(s.clone());
+        s.done_by.push(10);
+        q.set_status(s.clone());
+        assert_eq!(q.pick(10, &[], 0), None);
+        assert_eq!(q.pick(11, &[], 0), Some(1));
+        s.state = TaskState::Complete;
+        q.set_status(s);
+        assert_eq!(q.pick(11, &[], 0), None);
+        assert_eq!(q.open_count(), 0);
+    }
+}

@@ -1,0 +1,250 @@
+//! Users: creation, updates, revocation, the first admin, and login.
+
+use serde::Deserialize;
+
+use super::{audit, blocking, durable};
+use crate::app::AppState;
+use crate::auth::password;
+use crate::domain::{GlobalRole, Id, User};
+use crate::error::{AppError, AppResult};
+use crate::store::Store;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    pub username: String,
+    pub password: String,
+    #[serde(default = "member")]
+    pub role: GlobalRole,
+    #[serde(default)]
+    pub skills: Vec<String>,
+    #[serde(default)]
+    pub hourly_rate: Option<f64>,
+}
+
+fn member() -> GlobalRole {
+    GlobalRole::Member
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    pub password: Option<String>,
+    pub role: Option<GlobalRole>,
+    pub skills: Option<Vec<String>>,
+    pub hourly_rate: Option<f64>,
+    pub active: Option<bool>,
+}
+
+fn check_username(name: &str) -> AppResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::field(
+            "username",
+            "must be 1-64 characters: letters, digits, . _ - @",
+        ))
+    }
+}
+
+fn check_skills(skills: &[String]) -> AppResult<()> {
+    if skills.len() > 100 {
+        return Err(AppError::field("skills", "at most 100 skills"));
+    }
+    if skills.iter().any(|s| s.trim().is_empty() || s.len() > 64) {
+        return Err(AppError::field(
+            "skills",
+            "each skill must be 1-64 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_rate(rate: Option<f64>) -> AppResult<()> {
+    match rate {
+        Some(r) if !(0.0..=100_000.0).contains(&r) => Err(AppError::field(
+            "hourly_rate",
+            "must be between 0 and 100000",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a user (blocking: hashes the password).
+pub fn create_blocking(store: &dyn Store, new: NewUser) -> AppResult<User> {
+    check_username(&new.username)?;
+    password::check_policy(&new.password).map_err(|m| AppError::field("password", m))?;
+    check_skills(&new.skills)?;
+    check_rate(new.hourly_rate)?;
+    let hash = password::hash(&new.password).map_err(AppError::internal)?;
+    let user = User {
+        id: 0,
+        username: new.username,
+        password_hash: hash,
+        role: new.role,
+        skills: new.skills,
+        hourly_rate: new.hourly_rate,
+        active: true,
+        token_generation: 0,
+        created_at: crate::now_ms(),
+    };
+    Ok(store.create_user(user)?)
+}
+
+pub async fn create(state: &AppState, actor: Id, new: NewUser) -> AppResult<User> {
+    let st = state.clone();
+    let user = blocking(move || {
+        let user = create_blocking(st.store.as_ref(), new)?;
+        audit(
+            &st,
+            Some(actor),
+            "user.create",
+            format!("user:{}", user.id),
+            serde_json::json!({"username": user.username}),
+        );
+        Ok(user)
+    })
+    .await?;
+    durable(state).await?;
+    Ok(user)
+}
+
+pub async fn update(state: &AppState, actor: Id, id: Id, patch: UserPatch) -> AppResult<User> {
+    let st = state.clone();
+    let user = blocking(move || {
+        let mut user = st.store.user(id)?.ok_or(AppError::NotFound("user"))?;
+        if let Some(p) = &patch.password {
+            password::check_policy(p).map_err(|m| AppError::field("password", m))?;
+            user.password_hash = password::hash(p).map_err(AppError::internal)?;
+            user.token_generation += 1;
+        }
+        if let Some(role) = patch.role {
+            user.role = role;
+        }
+        if let Some(skills) = patch.skills {
+            check_skills(&skills)?;
+            user.skills = skills;
+        }
+        if patch.hourly_rate.is_some() {
+            check_rate(patch.hourly_rate)?;
+            user.hourly_rate = patch.hourly_rate;
+        }
+        if let Some(active) = patch.active {
+            if !active && actor == id {
+                return Err(AppError::field("active", "you cannot deactivate yourself"));
+            }
+            user.active = active;
+        }
+        st.store.update_user(&user)?;
+        audit(
+            &st,
+            Some(actor),
+            "user.update",
+            format!("user:{id}"),
+            serde_json::json!({}),
+        );
+        Ok(user)
+    })
+    .await?;
+    durable(state).await?;
+    Ok(user)
+}
+
+/// Revokes every token of a user by bumping their generation.
+pub async fn revoke(state: &AppState, actor: Id, id: Id) -> AppResult<User> {
+    let st = state.clone();
+    let user = blocking(move || {
+        let mut user = st.store.user(id)?.ok_or(AppError::NotFound("user"))?;
+        user.token_generation += 1;
+        st.store.update_user(&user)?;
+        audit(
+            &st,
+            Some(actor),
+            "user.revoke",
+            format!("user:{id}"),
+            serde_json::json!({}),
+        );
+        Ok(user)
+    })
+    .await?;
+    durable(state).await?;
+    Ok(user)
+}
+
+/// On first start with no users, creates `admin` with the given password or a random one.
+/// Returns the generated password so the caller can print it once.
+pub fn ensure_first_admin(
+    store: &dyn Store,
+    password: Option<String>,
+) -> AppResult<Option<String>> {
+    if store.user_count()? > 0 {
+        return Ok(None);
+    }
+    let generated = password.is_none();
+    let password = password.unwrap_or_else(password::random);
+    create_blocking(
+        store,
+        NewUser {
+            username: "admin".into(),
+            password: password.clone(),
+            role: GlobalRole::Admin,
+            skills: vec![],
+            hourly_rate: None,
+        },
+    )?;
+    store.flush()?;
+    Ok(generated.then_some(password))
+}
+
+/// Checks a username and password and issues a session token.
+pub async fn login(
+    state: &AppState,
+    username: String,
+    password: String,
+) -> AppResult<(User, String, i64)> {
+    let now = crate::now_ms();
+    if !state.login_limiter.allowed(&username, now) {
+        return Err(AppError::TooManyRequests);
+    }
+    let st = state.clone();
+    let name = username.clone();
+    let user = blocking(move || {
+        let user = st.store.user_by_name(&name)?;
+        // Verify against a dummy hash when the user does not exist, so timing does not tell.
+        let ok = match &user {
+            Some(u) => password::verify(&password, &u.password_hash) && u.active,
+            None => {
+                password::verify(&password, DUMMY_HASH);
+                false
+            }
+        };
+        let detail = serde_json::json!({"username": name, "ok": ok});
+        audit(
+            &st,
+            user.as_ref().map(|u| u.id),
+            "auth.login",
+            format!("user:{name}"),
+            detail,
+        );
+        Ok(if ok { user } else { None })
+    })
+    .await?;
+    let Some(user) = user else {
+        state.login_limiter.failed(&username, now);
+        return Err(AppError::Unauthorized("wrong username or password"));
+    };
+    state.login_limiter.succeeded(&username);
+    let (token, exp) = state
+        .keys
+        .session(user.id, user.token_generation, now / 1000)
+        .map_err(AppError::internal)?;
+    Ok((user, token, exp))
+}
+
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$4bF6lBpv3P1CrgW9fTrNs/Jm1Lr0n0Kz0JxWw2kTqY8";

@@ -1,0 +1,127 @@
+//! Group commit. Writers that need durability call [`GroupFlusher::wait`] after their write has
+//! committed; one dedicated thread runs `flush()` and wakes every writer whose commit the flush
+//! covered. Many writers share one flush, and sled's `flush_async` is never called concurrently
+//! (it deadlocks with many callers, sled issue 1308).
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use tokio::sync::watch;
+
+/// Progress of the flusher: every ticket at or below `done` is durable, unless `failed` says the
+/// flush that should have covered it failed.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    done: u64,
+    failed: Option<(u64, String)>,
+}
+
+pub struct GroupFlusher {
+    requested: Arc<(Mutex<u64>, Condvar)>,
+    progress: watch::Receiver<Progress>,
+}
+
+impl GroupFlusher {
+    /// Starts the flusher thread; `flush` is the store's own flush.
+    pub fn start(flush: impl Fn() -> Result<(), String> + Send + 'static) -> std::io::Result<Self> {
+        let requested = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let (tx, progress) = watch::channel(Progress::default());
+        let shared = requested.clone();
+        std::thread::Builder::new()
+            .name("assay-flush".into())
+            .spawn(move || {
+                let mut done = 0u64;
+                loop {
+                    let target = {
+                        let (lock, cvar) = &*shared;
+                        let Ok(mut guard) = lock.lock() else { return };
+                        while *guard <= done {
+                            guard = match cvar.wait(guard) {
+                                Ok(g) => g,
+                                Err(_) => return,
+                            };
+                        }
+                        *guard
+                    };
+                    // Every ticket up to `target` was taken after its write committed, so this one
+                    // flush makes all of them durable.
+                    let result = flush();
+                    done = target;
+                    let stop = tx
+                        .send(Progress {
+                            done,
+                            failed: result.err().map(|e| (target, e)),
+                        })
+                        .is_err();
+                    if stop {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            requested,
+            progress,
+        })
+    }
+
+    /// Waits until everything written before this call is durable.
+    pub async fn wait(&self) -> Result<(), String> {
+        let ticket = {
+            let (lock, cvar) = &*self.requested;
+            let mut guard = lock
+                .lock()
+                .map_err(|_| "flusher lock poisoned".to_owned())?;
+            *guard += 1;
+            cvar.notify_one();
+            *guard
+        };
+        let mut rx = self.progress.clone();
+        let progress = rx
+            .wait_for(|p| p.done >= ticket)
+            .await
+            .map_err(|_| "the flusher stopped".to_owned())?
+            .clone();
+        match progress.failed {
+            Some((target, e)) if target >= ticket => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_waiters_share_flushes() {
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counter = flushes.clone();
+        let flusher = Arc::new(
+            GroupFlusher::start(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                Ok(())
+            })
+            .unwrap(),
+        );
+        let mut handles = Vec::new();
+        for _ in 0..64 {
+            let f = flusher.clone();
+            handles.push(tokio::spawn(async move { f.wait().await }));
+        }
+        for h in handles {
+            h.await.unwrap().unwrap();
+        }
+        let n = flushes.load(Ordering::SeqCst);
+        assert!(
+            (1..64).contains(&n),
+            "64 waiters should share flushes, got {n}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_its_waiters() {
+        let flusher = GroupFlusher::start(|| Err("disk gone".to_owned())).unwrap();
+        assert_eq!(flusher.wait().await, Err("disk gone".to_owned()));
+    }
+}

@@ -1,0 +1,114 @@
+//! Storage behind one trait. Handlers and services never see `sled::`; the one conformance suite
+//! in `tests/it/store.rs` runs against any implementation.
+//!
+//! Every method blocks: call them from `web::block` / `spawn_blocking`, never on an async worker.
+//! Writes are atomic but not yet durable: what must survive a crash waits on
+//! [`flush::GroupFlusher`] before it is acknowledged.
+
+pub mod flush;
+pub mod keys;
+pub mod sled_store;
+
+use crate::domain::*;
+
+pub use sled_store::SledStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(&'static str),
+    #[error("{0} not found")]
+    Missing(&'static str),
+    #[error("the assignment was already ended")]
+    AssignmentEnded(Assignment),
+    #[error("database error: {0}")]
+    Backend(String),
+    #[error("corrupt record in {tree}: {message}")]
+    Corrupt { tree: &'static str, message: String },
+    #[error("the database has schema version {found}, newer than this binary's {supported}; use a newer assay")]
+    TooNew { found: u32, supported: u32 },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Result of writing one batch of imported tasks.
+#[derive(Debug, Default, Clone)]
+pub struct ImportedBatch {
+    /// The statuses of the tasks that were created (duplicates are left out).
+    pub created: Vec<TaskStatus>,
+    /// Records skipped because their `external_id` already exists in the project.
+    pub duplicates: u64,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Makes every write so far durable (write-through to the OS; see `storage.fsync`).
+    fn flush(&self) -> StoreResult<()>;
+    /// A fresh id, unique and increasing for the life of the database.
+    fn new_id(&self) -> StoreResult<Id>;
+
+    // Users
+    fn create_user(&self, user: User) -> StoreResult<User>;
+    fn update_user(&self, user: &User) -> StoreResult<()>;
+    fn user(&self, id: Id) -> StoreResult<Option<User>>;
+    fn user_by_name(&self, username: &str) -> StoreResult<Option<User>>;
+    fn users(&self) -> StoreResult<Vec<User>>;
+    fn user_count(&self) -> StoreResult<u64>;
+
+    // Projects and membership
+    fn create_project(&self, project: Project) -> StoreResult<Project>;
+    fn update_project(&self, project: &Project) -> StoreResult<()>;
+    fn project(&self, id: Id) -> StoreResult<Option<Project>>;
+    fn projects(&self) -> StoreResult<Vec<Project>>;
+    fn set_member(&self, project: Id, user: Id, role: Option<ProjectRole>) -> StoreResult<()>;
+    fn member_role(&self, project: Id, user: Id) -> StoreResult<Option<ProjectRole>>;
+    fn members(&self, project: Id) -> StoreResult<Vec<(Id, ProjectRole)>>;
+    fn memberships(&self, user: Id) -> StoreResult<Vec<(Id, ProjectRole)>>;
+    fn project_counts(&self, project: Id) -> StoreResult<ProjectCounts>;
+
+    // Tasks
+    /// Writes a batch atomically; records whose `external_id` exists already are skipped.
+    fn import_tasks(&self, project: Id, batch: Vec<NewTask>) -> StoreResult<ImportedBatch>;
+    fn task(&self, id: Id) -> StoreResult<Option<Task>>;
+    fn task_status(&self, id: Id) -> StoreResult<Option<TaskStatus>>;
+    fn tasks_page(&self, project: Id, after: Option<Id>, limit: usize) -> StoreResult<Vec<Task>>;
+    /// Every task that is waiting for reviews, for rebuilding the in-memory queue.
+    fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>>;
+
+    // Leases
+    /// Inserts or replaces an assignment, keeping the expiry index in step.
+    fn put_assignment(&self, assignment: &Assignment) -> StoreResult<()>;
+    fn assignment(&self, id: Id) -> StoreResult<Option<Assignment>>;
+    /// Ends an active assignment (skip, release, expiry) and optionally updates its task.
+    /// Fails with `AssignmentEnded` when it was ended already.
+    fn end_assignment(&self, ended: &Assignment, status: Option<&TaskStatus>) -> StoreResult<()>;
+    /// Active assignments whose lease ends at or before `now`, oldest first.
+    fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>>;
+    /// Every active assignment, for rebuilding the in-memory queue.
+    fn active_assignments(&self) -> StoreResult<Vec<Assignment>>;
+
+    // Submissions
+    /// Stores a submission, ends its assignment and updates the task, in one transaction.
+    /// `submission.id` is assigned here. If the assignment already has a submission, fails with
+    /// `AssignmentEnded` carrying the stored assignment (so a retry can return the first one).
+    fn commit_submission(
+        &self,
+        submission: Submission,
+        assignment: &Assignment,
+        status: &TaskStatus,
+    ) -> StoreResult<Submission>;
+    fn submission(&self, id: Id) -> StoreResult<Option<Submission>>;
+    fn submissions_for_task(&self, task: Id) -> StoreResult<Vec<Submission>>;
+    fn submissions_page(
+        &self,
+        project: Id,
+        after: Option<Id>,
+        limit: usize,
+    ) -> StoreResult<Vec<Submission>>;
+
+    // Plugin versions and audit
+    fn put_plugin_version(&self, version: &PluginVersion) -> StoreResult<()>;
+    fn plugin_version(&self, hash: &str) -> StoreResult<Option<PluginVersion>>;
+    fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
+    /// Most recent first.
+    fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;
+}

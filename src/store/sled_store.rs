@@ -1,0 +1,783 @@
+//! The sled implementation of [`Store`].
+//!
+//! Trees (one per relation, named `relation_key`), values are JSON unless noted:
+//!
+//! | tree                     | key                                   | value                |
+//! |--------------------------|---------------------------------------|----------------------|
+//! | `meta`                   | `b"schema_version"`                   | u32 BE               |
+//! | `users_id`               | user id                               | User                 |
+//! | `users_name`             | username bytes                        | user id              |
+//! | `projects_id`            | project id                            | Project              |
+//! | `members_project_user`   | project id ++ user id                 | ProjectRole          |
+//! | `members_user_project`   | user id ++ project id                 | ProjectRole          |
+//! | `tasks_id`               | task id                               | Task                 |
+//! | `taskstatus_id`          | task id                               | TaskStatus           |
+//! | `tasks_project_task`     | project id ++ task id                 | empty                |
+//! | `tasks_project_external` | project id ++ external id bytes       | task id              |
+//! | `queue_project_task`     | project id ++ task id (open tasks)    | empty                |
+//! | `assignments_id`         | assignment id                         | Assignment           |
+//! | `leases_expiry_assignment` | expiry time ++ assignment id (active) | empty              |
+//! | `submissions_id`         | submission id                         | Submission           |
+//! | `submissions_task_id`    | task id ++ submission id              | empty                |
+//! | `submissions_expert_id`  | expert id ++ submission id            | empty                |
+//! | `submissions_project_id` | project id ++ submission id           | empty                |
+//! | `counters_project_name`  | project id ++ counter name            | u64 BE               |
+//! | `plugins_hash`           | content hash (hex)                    | PluginVersion        |
+//! | `audit_time_id`          | time ++ event id                      | AuditEvent           |
+//!
+//! Ids and times are big-endian u64 (times offset by 2^63, see `keys::time`). Ids come from
+//! sled's monotonic `generate_id`. Secondary indexes are written in the same transaction as
+//! their record; counters are updated there too and never computed with `len()`.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use sled::{Db, Transactional, Tree};
+
+use super::keys;
+use super::{ImportedBatch, Store, StoreError, StoreResult};
+use crate::domain::*;
+
+/// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
+/// layout changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+struct Trees {
+    meta: Tree,
+    users: Tree,
+    users_name: Tree,
+    projects: Tree,
+    members_pu: Tree,
+    members_up: Tree,
+    tasks: Tree,
+    taskstatus: Tree,
+    tasks_project: Tree,
+    tasks_external: Tree,
+    queue: Tree,
+    assignments: Tree,
+    leases: Tree,
+    submissions: Tree,
+    subs_task: Tree,
+    subs_expert: Tree,
+    subs_project: Tree,
+    counters: Tree,
+    plugins: Tree,
+    audit: Tree,
+}
+
+pub struct SledStore {
+    db: Db,
+    t: Trees,
+    /// The main data file, for an optional fdatasync after each flush.
+    sync_file: Option<Mutex<File>>,
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn from_tx(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    }
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(backend)
+}
+
+fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        message: e.to_string(),
+    })
+}
+
+/// Read a JSON value inside a transaction.
+fn tx_get<T: DeserializeOwned>(
+    tree: &TransactionalTree,
+    name: &'static str,
+    key: &[u8],
+) -> TxResult<Option<T>> {
+    match tree.get(key)? {
+        Some(bytes) => dec(name, &bytes).map(Some).map_err(abort),
+        None => Ok(None),
+    }
+}
+
+fn tx_put<T: Serialize>(tree: &TransactionalTree, key: &[u8], value: &T) -> TxResult<()> {
+    tree.insert(key, enc(value).map_err(abort)?)?;
+    Ok(())
+}
+
+/// Add `delta` to a kept counter inside a transaction.
+fn tx_count(counters: &TransactionalTree, project: Id, name: &str, delta: i64) -> TxResult<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let key = keys::with_suffix(project, name.as_bytes());
+    let current = counters
+        .get(&key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let next = (current as i64 + delta).max(0) as u64;
+    counters.insert(key, &next.to_be_bytes())?;
+    Ok(())
+}
+
+fn state_counter(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Open => "open",
+        TaskState::InQa => "in_qa",
+        TaskState::Complete => "complete",
+        TaskState::Archived => "archived",
+    }
+}
+
+/// Moves a task between states: counters and the open-queue index.
+fn tx_transition(
+    counters: &TransactionalTree,
+    queue: &TransactionalTree,
+    status: &TaskStatus,
+    from: Option<TaskState>,
+) -> TxResult<()> {
+    let key = keys::pair(status.project_id, status.task_id);
+    if from == Some(status.state) {
+        return Ok(());
+    }
+    if let Some(from) = from {
+        tx_count(counters, status.project_id, state_counter(from), -1)?;
+    }
+    tx_count(counters, status.project_id, state_counter(status.state), 1)?;
+    if status.state == TaskState::Open {
+        queue.insert(&key, &[])?;
+    } else {
+        queue.remove(&key)?;
+    }
+    Ok(())
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
+    pub fn open(path: &Path, fsync: bool) -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Backend(format!(
+                        "the database in {} is in use by another assay process",
+                        path.display()
+                    ))
+                }
+                other => backend(other),
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let t = Trees {
+            meta: tree("meta")?,
+            users: tree("users_id")?,
+            users_name: tree("users_name")?,
+            projects: tree("projects_id")?,
+            members_pu: tree("members_project_user")?,
+            members_up: tree("members_user_project")?,
+            tasks: tree("tasks_id")?,
+            taskstatus: tree("taskstatus_id")?,
+            tasks_project: tree("tasks_project_task")?,
+            tasks_external: tree("tasks_project_external")?,
+            queue: tree("queue_project_task")?,
+            assignments: tree("assignments_id")?,
+            leases: tree("leases_expiry_assignment")?,
+            submissions: tree("submissions_id")?,
+            subs_task: tree("submissions_task_id")?,
+            subs_expert: tree("submissions_expert_id")?,
+            subs_project: tree("submissions_project_id")?,
+            counters: tree("counters_project_name")?,
+            plugins: tree("plugins_hash")?,
+            audit: tree("audit_time_id")?,
+        };
+        let sync_file = if fsync {
+            File::open(path.join("db")).ok().map(Mutex::new)
+        } else {
+            None
+        };
+        let store = Self { db, t, sync_file };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> StoreResult<()> {
+        let found = self
+            .t
+            .meta
+            .get(b"schema_version")
+            .map_err(backend)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes);
+        match found {
+            Some(v) if v > SCHEMA_VERSION => Err(StoreError::TooNew {
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            // Ordered upgrade steps go here: `Some(1) => upgrade_1_to_2(...)`, and so on.
+            Some(_) => Ok(()),
+            None => {
+                self.t
+                    .meta
+                    .insert(b"schema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(backend)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn next_id(&self) -> StoreResult<Id> {
+        self.db.generate_id().map(|id| id + 1).map_err(backend)
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: &'static str,
+        key: &[u8],
+    ) -> StoreResult<Option<T>> {
+        match tree.get(key).map_err(backend)? {
+            Some(bytes) => dec(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn counter(&self, project: Id, name: &str) -> StoreResult<u64> {
+        Ok(self
+            .t
+            .counters
+            .get(keys::with_suffix(project, name.as_bytes()))
+            .map_err(backend)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    /// Loads the records whose ids are the second half of index keys under `prefix`.
+    fn by_index<T: DeserializeOwned>(
+        &self,
+        index: &Tree,
+        prefix: u64,
+        after: Option<Id>,
+        limit: usize,
+        records: &Tree,
+        name: &'static str,
+    ) -> StoreResult<Vec<T>> {
+        let start = keys::pair(prefix, after.map(|a| a.saturating_add(1)).unwrap_or(0));
+        let end = keys::pair(prefix, u64::MAX);
+        let mut out = Vec::new();
+        for item in index.range(start..=end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(backend)?;
+            let Some(id) = keys::u64_at(&key, 8) else {
+                continue;
+            };
+            if let Some(record) = self.get(records, name, &keys::id(id))? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    fn all<T: DeserializeOwned>(&self, tree: &Tree, name: &'static str) -> StoreResult<Vec<T>> {
+        tree.iter()
+            .values()
+            .map(|v| v.map_err(backend).and_then(|bytes| dec(name, &bytes)))
+            .collect()
+    }
+}
+
+impl Store for SledStore {
+    fn flush(&self) -> StoreResult<()> {
+        self.db.flush().map_err(backend)?;
+        if let Some(file) = &self.sync_file {
+            let file = file
+                .lock()
+                .map_err(|_| backend("sync file lock poisoned"))?;
+            file.sync_data().map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    fn new_id(&self) -> StoreResult<Id> {
+        self.next_id()
+    }
+
+    fn create_user(&self, mut user: User) -> StoreResult<User> {
+        user.id = self.next_id()?;
+        (&self.t.users, &self.t.users_name)
+            .transaction(|(users, names)| {
+                if names.get(user.username.as_bytes())?.is_some() {
+                    return Err(abort(StoreError::Conflict("username")));
+                }
+                names.insert(user.username.as_bytes(), &keys::id(user.id))?;
+                tx_put(users, &keys::id(user.id), &user)
+            })
+            .map_err(from_tx)?;
+        Ok(user)
+    }
+
+    fn update_user(&self, user: &User) -> StoreResult<()> {
+        // Usernames never change, so the name index stays as it is.
+        if self
+            .t
+            .users
+            .get(keys::id(user.id))
+            .map_err(backend)?
+            .is_none()
+        {
+            return Err(StoreError::Missing("user"));
+        }
+        self.t
+            .users
+            .insert(keys::id(user.id), enc(user)?)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn user(&self, id: Id) -> StoreResult<Option<User>> {
+        self.get(&self.t.users, "users_id", &keys::id(id))
+    }
+
+    fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
+        match self
+            .t
+            .users_name
+            .get(username.as_bytes())
+            .map_err(backend)?
+        {
+            Some(id) => match keys::u64_at(&id, 0) {
+                Some(id) => self.user(id),
+                None => Err(StoreError::Corrupt {
+                    tree: "users_name",
+                    message: "bad id".into(),
+                }),
+            },
+            None => Ok(None),
+        }
+    }
+
+    fn users(&self) -> StoreResult<Vec<User>> {
+        self.all(&self.t.users, "users_id")
+    }
+
+    fn user_count(&self) -> StoreResult<u64> {
+        // Checked only at start-up, and `first()` is enough to know "none".
+        Ok(u64::from(self.t.users.first().map_err(backend)?.is_some()))
+    }
+
+    fn create_project(&self, mut project: Project) -> StoreResult<Project> {
+        project.id = self.next_id()?;
+        self.t
+            .projects
+            .insert(keys::id(project.id), enc(&project)?)
+            .map_err(backend)?;
+        Ok(project)
+    }
+
+    fn update_project(&self, project: &Project) -> StoreResult<()> {
+        if self
+            .t
+            .projects
+            .get(keys::id(project.id))
+            .map_err(backend)?
+            .is_none()
+        {
+            return Err(StoreError::Missing("project"));
+        }
+        self.t
+            .projects
+            .insert(keys::id(project.id), enc(project)?)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn project(&self, id: Id) -> StoreResult<Option<Project>> {
+        self.get(&self.t.projects, "projects_id", &keys::id(id))
+    }
+
+    fn projects(&self) -> StoreResult<Vec<Project>> {
+        self.all(&self.t.projects, "projects_id")
+    }
+
+    fn set_member(&self, project: Id, user: Id, role: Option<ProjectRole>) -> StoreResult<()> {
+        (&self.t.members_pu, &self.t.members_up)
+            .transaction(|(pu, up)| {
+                match role {
+                    Some(role) => {
+                        tx_put(pu, &keys::pair(project, user), &role)?;
+                        tx_put(up, &keys::pair(user, project), &role)?;
+                    }
+                    None => {
+                        pu.remove(&keys::pair(project, user))?;
+                        up.remove(&keys::pair(user, project))?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    fn member_role(&self, project: Id, user: Id) -> StoreResult<Option<ProjectRole>> {
+        self.get(
+            &self.t.members_pu,
+            "members_project_user",
+            &keys::pair(project, user),
+        )
+    }
+
+    fn members(&self, project: Id) -> StoreResult<Vec<(Id, ProjectRole)>> {
+        let mut out = Vec::new();
+        for item in self.t.members_pu.scan_prefix(keys::id(project)) {
+            let (key, value) = item.map_err(backend)?;
+            if let Some(user) = keys::u64_at(&key, 8) {
+                out.push((user, dec("members_project_user", &value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn memberships(&self, user: Id) -> StoreResult<Vec<(Id, ProjectRole)>> {
+        let mut out = Vec::new();
+        for item in self.t.members_up.scan_prefix(keys::id(user)) {
+            let (key, value) = item.map_err(backend)?;
+            if let Some(project) = keys::u64_at(&key, 8) {
+                out.push((project, dec("members_user_project", &value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    fn project_counts(&self, project: Id) -> StoreResult<ProjectCounts> {
+        Ok(ProjectCounts {
+            tasks: self.counter(project, "tasks")?,
+            open: self.counter(project, "open")?,
+            in_qa: self.counter(project, "in_qa")?,
+            complete: self.counter(project, "complete")?,
+            archived: self.counter(project, "archived")?,
+            submissions: self.counter(project, "submissions")?,
+        })
+    }
+
+    fn import_tasks(&self, project: Id, batch: Vec<NewTask>) -> StoreResult<ImportedBatch> {
+        let now = crate::now_ms();
+        // Ids are taken before the transaction so the closure stays pure if sled retries it.
+        let mut prepared = Vec::with_capacity(batch.len());
+        for new in batch {
+            let id = self.next_id()?;
+            let task = Task {
+                id,
+                project_id: project,
+                external_id: new.external_id,
+                data: new.data,
+                meta: new.meta,
+                gold: new.gold,
+                created_at: now,
+            };
+            let status = TaskStatus {
+                task_id: id,
+                project_id: project,
+                state: TaskState::Open,
+                pool: new.routing.pool,
+                reviews: new.routing.reviews,
+                priority: new.routing.priority,
+                estimate_minutes: new.routing.estimate_minutes,
+                done_by: Vec::new(),
+                skipped_by: Vec::new(),
+                router_version: new.routing.router_version,
+            };
+            prepared.push((enc(&task)?, task.external_id, status));
+        }
+        let t = &self.t;
+        (
+            &t.tasks,
+            &t.taskstatus,
+            &t.tasks_project,
+            &t.tasks_external,
+            &t.queue,
+            &t.counters,
+        )
+            .transaction(
+                |(tasks, statuses, by_project, by_external, queue, counters)| {
+                    let mut out = ImportedBatch::default();
+                    for (task_bytes, external_id, status) in &prepared {
+                        let id = keys::id(status.task_id);
+                        if let Some(ext) = external_id {
+                            let ext_key = keys::with_suffix(project, ext.as_bytes());
+                            if by_external.get(&ext_key)?.is_some() {
+                                out.duplicates += 1;
+                                continue;
+                            }
+                            by_external.insert(ext_key, &id)?;
+                        }
+                        tasks.insert(&id, task_bytes.as_slice())?;
+                        tx_put(statuses, &id, status)?;
+                        by_project.insert(&keys::pair(project, status.task_id), &[])?;
+                        tx_transition(counters, queue, status, None)?;
+                        out.created.push(status.clone());
+                    }
+                    tx_count(counters, project, "tasks", out.created.len() as i64)?;
+                    Ok(out)
+                },
+            )
+            .map_err(from_tx)
+    }
+
+    fn task(&self, id: Id) -> StoreResult<Option<Task>> {
+        self.get(&self.t.tasks, "tasks_id", &keys::id(id))
+    }
+
+    fn task_status(&self, id: Id) -> StoreResult<Option<TaskStatus>> {
+        self.get(&self.t.taskstatus, "taskstatus_id", &keys::id(id))
+    }
+
+    fn tasks_page(&self, project: Id, after: Option<Id>, limit: usize) -> StoreResult<Vec<Task>> {
+        self.by_index(
+            &self.t.tasks_project,
+            project,
+            after,
+            limit,
+            &self.t.tasks,
+            "tasks_id",
+        )
+    }
+
+    fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>> {
+        let mut out = Vec::new();
+        for item in self.t.queue.iter().keys() {
+            let key = item.map_err(backend)?;
+            let Some(task) = keys::u64_at(&key, 8) else {
+                continue;
+            };
+            if let Some(status) = self.task_status(task)? {
+                out.push(status);
+            }
+        }
+        Ok(out)
+    }
+
+    fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
+        (&self.t.assignments, &self.t.leases)
+            .transaction(|(assignments, leases)| {
+                let id = keys::id(a.id);
+                if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &id)? {
+                    leases.remove(&keys::pair(keys::time(old.expires_at), a.id))?;
+                }
+                if a.status == AssignmentStatus::Active {
+                    leases.insert(&keys::pair(keys::time(a.expires_at), a.id), &[])?;
+                }
+                tx_put(assignments, &id, a)
+            })
+            .map_err(from_tx)
+    }
+
+    fn assignment(&self, id: Id) -> StoreResult<Option<Assignment>> {
+        self.get(&self.t.assignments, "assignments_id", &keys::id(id))
+    }
+
+    fn end_assignment(&self, ended: &Assignment, status: Option<&TaskStatus>) -> StoreResult<()> {
+        let t = &self.t;
+        (
+            &t.assignments,
+            &t.leases,
+            &t.taskstatus,
+            &t.queue,
+            &t.counters,
+        )
+            .transaction(|(assignments, leases, statuses, queue, counters)| {
+                let id = keys::id(ended.id);
+                if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &id)? {
+                    if old.status != AssignmentStatus::Active {
+                        return Err(abort(StoreError::AssignmentEnded(old)));
+                    }
+                    leases.remove(&keys::pair(keys::time(old.expires_at), ended.id))?;
+                }
+                tx_put(assignments, &id, ended)?;
+                if let Some(status) = status {
+                    let key = keys::id(status.task_id);
+                    let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                    tx_put(statuses, &key, status)?;
+                    tx_transition(counters, queue, status, old.map(|s| s.state))?;
+                }
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>> {
+        let end = keys::pair(keys::time(now), u64::MAX);
+        let mut out = Vec::new();
+        for item in self.t.leases.range(..=end).keys().take(limit) {
+            let key = item.map_err(backend)?;
+            let Some(id) = keys::u64_at(&key, 8) else {
+                continue;
+            };
+            if let Some(a) = self.assignment(id)? {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    fn active_assignments(&self) -> StoreResult<Vec<Assignment>> {
+        let mut out = Vec::new();
+        for item in self.t.leases.iter().keys() {
+            let key = item.map_err(backend)?;
+            let Some(id) = keys::u64_at(&key, 8) else {
+                continue;
+            };
+            if let Some(a) = self.assignment(id)? {
+                if a.status == AssignmentStatus::Active {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn commit_submission(
+        &self,
+        mut submission: Submission,
+        assignment: &Assignment,
+        status: &TaskStatus,
+    ) -> StoreResult<Submission> {
+        submission.id = self.next_id()?;
+        let sub_bytes = enc(&submission)?;
+        let mut ended = assignment.clone();
+        ended.status = AssignmentStatus::Submitted;
+        ended.submission_id = Some(submission.id);
+        let t = &self.t;
+        let trees = [
+            &t.submissions,
+            &t.subs_task,
+            &t.subs_expert,
+            &t.subs_project,
+            &t.assignments,
+            &t.leases,
+            &t.taskstatus,
+            &t.queue,
+            &t.counters,
+        ];
+        trees[..]
+            .transaction(|trees| {
+                let [submissions, by_task, by_expert, by_project, assignments, leases, statuses, queue, counters] =
+                    trees.as_slice()
+                else {
+                    return Err(abort(backend("transaction view has the wrong shape")));
+                };
+                let aid = keys::id(assignment.id);
+                if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &aid)? {
+                    if old.status == AssignmentStatus::Submitted {
+                        return Err(abort(StoreError::AssignmentEnded(old)));
+                    }
+                    leases.remove(&keys::pair(keys::time(old.expires_at), old.id))?;
+                }
+                let sid = submission.id;
+                submissions.insert(&keys::id(sid), sub_bytes.as_slice())?;
+                by_task.insert(&keys::pair(submission.task_id, sid), &[])?;
+                by_expert.insert(&keys::pair(submission.expert_id, sid), &[])?;
+                by_project.insert(&keys::pair(submission.project_id, sid), &[])?;
+                tx_put(assignments, &aid, &ended)?;
+                let key = keys::id(status.task_id);
+                let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                tx_put(statuses, &key, status)?;
+                tx_transition(counters, queue, status, old.map(|s| s.state))?;
+                tx_count(counters, submission.project_id, "submissions", 1)?;
+                Ok(())
+            })
+            .map_err(from_tx)?;
+        Ok(submission)
+    }
+
+    fn submission(&self, id: Id) -> StoreResult<Option<Submission>> {
+        self.get(&self.t.submissions, "submissions_id", &keys::id(id))
+    }
+
+    fn submissions_for_task(&self, task: Id) -> StoreResult<Vec<Submission>> {
+        self.by_index(
+            &self.t.subs_task,
+            task,
+            None,
+            usize::MAX,
+            &self.t.submissions,
+            "submissions_id",
+        )
+    }
+
+    fn submissions_page(
+        &self,
+        project: Id,
+        after: Option<Id>,
+        limit: usize,
+    ) -> StoreResult<Vec<Submission>> {
+        self.by_index(
+            &self.t.subs_project,
+            project,
+            after,
+            limit,
+            &self.t.submissions,
+            "submissions_id",
+        )
+    }
+
+    fn put_plugin_version(&self, version: &PluginVersion) -> StoreResult<()> {
+        // First write wins: a hash names one source forever.
+        let bytes = enc(version)?;
+        self.t
+            .plugins
+            .compare_and_swap(version.hash.as_bytes(), None as Option<&[u8]>, Some(bytes))
+            .map_err(backend)?
+            .ok();
+        Ok(())
+    }
+
+    fn plugin_version(&self, hash: &str) -> StoreResult<Option<PluginVersion>> {
+        self.get(&self.t.plugins, "plugins_hash", hash.as_bytes())
+    }
+
+    fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
+        let id = self.next_id()?;
+        self.t
+            .audit
+            .insert(keys::pair(keys::time(event.at), id), enc(event)?)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        self.t
+            .audit
+            .iter()
+            .values()
+            .rev()
+            .take(limit)
+            .map(|v| v.map_err(backend).and_then(|b| dec("audit_time_id", &b)))
+            .collect()
+    }
+}
+
+impl From<UnabortableTransactionError> for StoreError {
+    fn from(e: UnabortableTransactionError) -> Self {
+        backend(e)
+    }
+}

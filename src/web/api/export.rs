@@ -1,0 +1,61 @@
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::State;
+use crate::auth::Caller;
+use crate::domain::Id;
+use crate::error::{AppError, AppResult};
+use crate::services::{audit, projects};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    format: Option<String>,
+}
+
+/// `GET /projects/{id}/export?format=jsonl`: every submission, streamed (leads and admins).
+pub async fn export(
+    state: State,
+    caller: Caller,
+    id: web::Path<Id>,
+    q: web::Query<ExportQuery>,
+) -> AppResult<HttpResponse> {
+    let (project, access) = projects::access(&state, &caller.0, id.into_inner()).await?;
+    if !access.can_oversee() {
+        return Err(AppError::Forbidden(
+            "only leads and admins export a project",
+        ));
+    }
+    match q.format.as_deref().unwrap_or("jsonl") {
+        "jsonl" => {}
+        other => {
+            return Err(AppError::field(
+                "format",
+                format!("unknown format `{other}`; available: jsonl"),
+            ))
+        }
+    }
+    let st = state.get_ref().clone();
+    let actor = caller.0.id;
+    let pid = project.id;
+    crate::services::blocking(move || {
+        audit(
+            &st,
+            Some(actor),
+            "export",
+            format!("project:{pid}"),
+            serde_json::json!({"format": "jsonl"}),
+        );
+        Ok(())
+    })
+    .await?;
+    let rx = crate::export::jsonl(state.get_ref().clone(), project.id);
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"project-{}.jsonl\"", project.id),
+        ))
+        .streaming(ReceiverStream::new(rx)))
+}

@@ -1,0 +1,134 @@
+use actix_web::{web, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+
+use super::State;
+use crate::auth::{Admin, Caller};
+use crate::domain::Id;
+use crate::error::{AppError, AppResult};
+use crate::services::{blocking, durable, imports, projects};
+
+/// `POST /projects/{id}/tasks`: the body is the upload itself (JSON array, JSON Lines or a
+/// Label Studio task list). It is spooled to disk while it arrives, then imported.
+pub async fn import(
+    state: State,
+    admin: Admin,
+    id: web::Path<Id>,
+    mut body: web::Payload,
+) -> AppResult<HttpResponse> {
+    let (project, _) = projects::access(&state, &admin.0, id.into_inner()).await?;
+    let limit = state.config.server.max_import_mb * 1024 * 1024;
+    let spool_dir = state.config.storage.data.join("spool");
+    let spool = blocking(move || {
+        std::fs::create_dir_all(&spool_dir).map_err(AppError::internal)?;
+        tempfile::NamedTempFile::new_in(&spool_dir).map_err(AppError::internal)
+    })
+    .await?;
+    let (file, path) = spool.into_parts();
+    let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+    let mut received = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| AppError::bad_request("invalid_body", e.to_string()))?;
+        received += chunk.len() as u64;
+        if received > limit {
+            return Err(AppError::PayloadTooLarge(state.config.server.max_import_mb));
+        }
+        writer.write_all(&chunk).await.map_err(AppError::internal)?;
+    }
+    writer.flush().await.map_err(AppError::internal)?;
+    let st = state.clone();
+    let actor = admin.0.id;
+    let report = blocking(move || {
+        let report = imports::import_file(&st, &project, &path, actor);
+        drop(path); // removes the spool file
+        report
+    })
+    .await?;
+    durable(&state).await?;
+    Ok(HttpResponse::Created().json(report))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    after: Option<Id>,
+    limit: Option<usize>,
+}
+
+/// Tasks of a project with their progress (leads and admins).
+pub async fn list(
+    state: State,
+    caller: Caller,
+    id: web::Path<Id>,
+    page: web::Query<Page>,
+) -> AppResult<HttpResponse> {
+    let (project, access) = projects::access(&state, &caller.0, id.into_inner()).await?;
+    if !access.can_oversee() {
+        return Err(AppError::Forbidden(
+            "only leads and admins list a project's tasks",
+        ));
+    }
+    let limit = page.limit.unwrap_or(100).clamp(1, 1000);
+    let after = page.after;
+    let st = state.clone();
+    let items = blocking(move || {
+        let tasks = st.store.tasks_page(project.id, after, limit)?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let status = st.store.task_status(t.id)?;
+            out.push(serde_json::json!({"task": t, "status": status}));
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(items))
+}
+
+/// One task. Leads and admins see any task of their project; an expert only a task they hold or
+/// have worked on.
+pub async fn get(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<HttpResponse> {
+    let id = id.into_inner();
+    let st = state.clone();
+    let user = caller.0;
+    let body = blocking(move || {
+        let task = st.store.task(id)?.ok_or(AppError::NotFound("task"))?;
+        let (_, access) = projects::access_blocking(&st, &user, task.project_id)?;
+        let status = st.store.task_status(id)?.ok_or(AppError::NotFound("task"))?;
+        if !access.can_oversee() {
+            let worked_on = status.done_by.contains(&user.id)
+                || st.queue.project(task.project_id).lock().map(|q| {
+                    q.slot(id).is_some_and(|s| s.leases.iter().any(|l| l.expert_id == user.id))
+                }).unwrap_or(false);
+            if !worked_on {
+                return Err(AppError::Forbidden("you have not been assigned this task"));
+            }
+            return Ok(serde_json::json!({"task": {"id": task.id, "external_id": task.external_id, "data": task.data}}));
+        }
+        Ok(serde_json::json!({"task": task, "status": status}))
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Submissions of a task: leads and admins see all; an expert only their own (blind review).
+pub async fn submissions(
+    state: State,
+    caller: Caller,
+    id: web::Path<Id>,
+) -> AppResult<HttpResponse> {
+    let id = id.into_inner();
+    let st = state.clone();
+    let user = caller.0;
+    let list = blocking(move || {
+        let task = st.store.task(id)?.ok_or(AppError::NotFound("task"))?;
+        let (_, access) = projects::access_blocking(&st, &user, task.project_id)?;
+        let mut subs = st.store.submissions_for_task(id)?;
+        if !access.can_oversee() {
+            subs.retain(|s| s.expert_id == user.id);
+        }
+        Ok(subs)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(list))
+}

@@ -1,0 +1,47 @@
+//! A request id for every request: returned in `X-Request-Id`, put in every error body, and
+//! attached to the request's tracing span so the log and the client can be matched.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use tracing::Instrument;
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being handled, or `-` outside a request.
+pub fn current() -> String {
+    REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| "-".to_owned())
+}
+
+fn new_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let id = new_id();
+    let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
+    let started = std::time::Instant::now();
+    let mut res = REQUEST_ID
+        .scope(id.clone(), next.call(req).instrument(span.clone()))
+        .await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut()
+            .insert(HeaderName::from_static("x-request-id"), value);
+    }
+    span.in_scope(|| {
+        tracing::debug!(
+            status = res.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "done"
+        )
+    });
+    Ok(res)
+}
