@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -95,19 +95,6 @@ pub struct ScriptingConfig {
     pub max_variables: usize,
     /// Wall-clock limit of one script call, in milliseconds.
     pub timeout_ms: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            storage: StorageConfig::default(),
-            plugins: PluginsConfig::default(),
-            queue: QueueConfig::default(),
-            auth: AuthConfig::default(),
-            scripting: ScriptingConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {

@@ -70,13 +70,9 @@ fn produce(
                 task_cache = st.store.task(s.task_id)?;
             }
             let Some(task) = &task_cache else { continue };
-            if !names.contains_key(&s.expert_id) {
-                let name = st
-                    .store
-                    .user(s.expert_id)?
-                    .map(|u| u.username)
-                    .unwrap_or_default();
-                names.insert(s.expert_id, name);
+            if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(s.expert_id) {
+                let name = st.store.user(s.expert_id)?.map(|u| u.username);
+                slot.insert(name.unwrap_or_default());
             }
             let record = Record {
                 submission_id: s.id,

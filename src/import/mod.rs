@@ -123,6 +123,7 @@ pub fn read_records(
             message: e.to_string(),
         })?;
         match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            // Only the whitespace is consumed; the first byte stays for the parser.
             Some(i) => {
                 let byte = buf[i];
                 reader.consume(i);
@@ -200,27 +201,6 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
     }
 }
 
-/// A reader that puts back the `[` that format detection consumed.
-struct Prefixed<R> {
-    first: Option<u8>,
-    inner: R,
-}
-
-impl<R: std::io::Read> std::io::Read for Prefixed<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match (self.first.take(), buf.is_empty()) {
-            (Some(b), false) => {
-                buf[0] = b;
-                Ok(1)
-            }
-            (first, _) => {
-                self.first = first;
-                self.inner.read(buf)
-            }
-        }
-    }
-}
-
 fn read_array(
     reader: impl BufRead,
     each: &mut dyn FnMut(Position, Result<RawRecord, String>),
@@ -233,10 +213,7 @@ fn read_array(
             e.column()
         ),
     };
-    let mut de = serde_json::Deserializer::from_reader(Prefixed {
-        first: Some(b'['),
-        inner: reader,
-    });
+    let mut de = serde_json::Deserializer::from_reader(reader);
     let records = (&mut de)
         .deserialize_seq(ArrayVisitor { each })
         .map_err(fatal)?;
@@ -249,12 +226,9 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn read(
-        text: &str,
-    ) -> (
-        Result<u64, Fatal>,
-        Vec<(Position, Result<RawRecord, String>)>,
-    ) {
+    type Seen = Vec<(Position, Result<RawRecord, String>)>;
+
+    fn read(text: &str) -> (Result<u64, Fatal>, Seen) {
         let mut seen = Vec::new();
         let r = read_records(text.as_bytes(), &mut |p, r| seen.push((p, r)));
         (r, seen)

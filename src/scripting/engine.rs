@@ -117,14 +117,6 @@ impl ScriptEngine {
             .map_err(|e| self.describe(plugin, function, *e))
     }
 
-    /// Runs a script's top-level statements (used when loading, to catch top-level errors).
-    pub fn run_top_level(&self, plugin: &Plugin) -> Result<(), ScriptError> {
-        let _guard = RunningGuard::enter(&plugin.name, Instant::now() + self.timeout);
-        self.engine
-            .run_ast_with_scope(&mut Scope::new(), &plugin.ast)
-            .map_err(|e| self.describe(plugin, "<top level>", *e))
-    }
-
     fn describe(&self, plugin: &Plugin, function: &str, err: EvalAltResult) -> ScriptError {
         // The innermost error has the useful position: unwrap nested function calls.
         let mut err = err;
@@ -209,5 +201,52 @@ fn strip_position(message: &str) -> String {
     match message.rfind(" (line ") {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scripting::PluginKind;
+
+    fn plugin(engine: &ScriptEngine, source: &str) -> Plugin {
+        Plugin {
+            name: "t".into(),
+            kind: PluginKind::Rubric,
+            file: "t.rhai".into(),
+            hash: "h".into(),
+            source: source.into(),
+            ast: engine.compile("t", "t.rhai", source).unwrap(),
+            loaded_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_deadline_stops_an_endless_loop() {
+        let limits = ScriptingConfig {
+            timeout_ms: 50,
+            max_operations: u64::MAX,
+            ..Default::default()
+        };
+        let engine = ScriptEngine::new(&limits);
+        let p = plugin(&engine, "fn f() {\n  let n = 0;\n  loop { n += 1; }\n}\n");
+        let started = Instant::now();
+        let err = engine.call(&p, "f", ()).unwrap_err();
+        assert!(err.timed_out, "{err}");
+        assert_eq!(err.function.as_deref(), Some("f"));
+        assert!(err.message.contains("50 ms"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn runtime_errors_carry_the_innermost_position() {
+        let engine = ScriptEngine::new(&ScriptingConfig::default());
+        let p = plugin(
+            &engine,
+            "fn inner() {\n  throw \"boom\";\n}\nfn f() {\n  inner()\n}\n",
+        );
+        let err = engine.call(&p, "f", ()).unwrap_err();
+        assert_eq!((err.line, err.timed_out), (Some(2), false), "{err:?}");
+        assert!(err.message.contains("boom"));
     }
 }

@@ -70,11 +70,8 @@ fn check(state: &AppState, p: &Project) -> AppResult<()> {
             "must be from 1 to 1000",
         ));
     }
-    if !(10..=7 * 24 * 3600).contains(&p.lease_seconds) {
-        return Err(AppError::field(
-            "lease_seconds",
-            "must be from 10 to 604800",
-        ));
+    if !(1..=7 * 24 * 3600).contains(&p.lease_seconds) {
+        return Err(AppError::field("lease_seconds", "must be from 1 to 604800"));
     }
     if p.estimate_minutes
         .is_some_and(|m| !(0.0..=10_000.0).contains(&m))

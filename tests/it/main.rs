@@ -1,1 +1,13 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+//! The one integration-test binary: every test starts the real server (or opens the real store)
+//! in a temporary folder.
+
+mod auth;
+mod cli;
+mod crash;
+mod import_export;
+mod review_loop;
+mod scripts;
+mod store;
+mod support;

@@ -1,0 +1,216 @@
+use std::process::Command;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::*;
+
+fn assay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_assay"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_and_export_commands_talk_to_a_running_server() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let p = s.project(&admin, pairwise_project("cli", 1)).await;
+    let file = s.dir.path().join("tasks.jsonl");
+    std::fs::write(&file, pairwise_tasks("cli", 25)).unwrap();
+    let url = s.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        assay()
+            .args([
+                "import",
+                file.to_str().unwrap(),
+                "--project",
+                &p.to_string(),
+                "--url",
+                &url,
+            ])
+            .env("ASSAY_PASSWORD", ADMIN_PASSWORD)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["imported"], 25);
+
+    // A bad file: non-zero exit and the bad line named.
+    let bad = s.dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"a\": 1}\n{nope\n").unwrap();
+    let (url, token) = (s.url.clone(), admin.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        assay()
+            .args([
+                "import",
+                bad.to_str().unwrap(),
+                "--project",
+                &p.to_string(),
+                "--url",
+                &url,
+                "--token",
+                &token,
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (eid, expert) = s.expert(&admin, "clier", &[]).await;
+    s.add_member(&admin, p, eid, "expert").await;
+    let (_, next) = s
+        .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
+        .await;
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    let (status, _) = s
+        .post(
+            &expert,
+            &format!("/api/v1/assignments/{aid}/submit"),
+            json!({"token": next["assignment"]["token"], "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let target = s.dir.path().join("out.jsonl");
+    let (url, token, t) = (s.url.clone(), admin.clone(), target.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        assay()
+            .args([
+                "export",
+                "--project",
+                &p.to_string(),
+                "--url",
+                &url,
+                "--token",
+                &token,
+                "--out",
+                t.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&target).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()["expert"],
+        "clier"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_add_writes_to_the_data_folder_and_bad_config_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = assay()
+        .args([
+            "user",
+            "add",
+            "carol",
+            "--role",
+            "admin",
+            "--skills",
+            "law,finance",
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .env("ASSAY_PASSWORD", "carol-password-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Too short a password is refused with the field named.
+    let out = assay()
+        .args(["user", "add", "dave", "--data", data.to_str().unwrap()])
+        .env("ASSAY_PASSWORD", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password"));
+
+    // A typo in a setting stops start-up and names it.
+    let out = assay()
+        .args(["serve", "--data", data.to_str().unwrap()])
+        .env("ASSAY_QUEUE__LEASE_SECONDZ", "5")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lease_secondz"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[queue]\nlease_seconds = \"long\"\n").unwrap();
+    let out = assay()
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.toml") && err.contains("lease_seconds"),
+        "{err}"
+    );
+
+    // The server started on that folder knows carol (and creates no extra admin).
+    let s = {
+        let mut s = Server::start().await;
+        s.kill();
+        std::fs::remove_dir_all(s.data_dir()).unwrap();
+        copy_tree(&data, &s.data_dir());
+        s.restart().await;
+        s
+    };
+    let token = s.login("carol", "carol-password-1").await;
+    let (_, me) = s.get(&token, "/api/v1/auth/me").await;
+    assert_eq!(me["skills"], json!(["law", "finance"]));
+    assert_eq!(me["role"], "admin");
+    let (status, _) = s
+        .request(
+            reqwest::Method::POST,
+            None,
+            "/api/v1/auth/login",
+            Some(json!({"username": "admin", "password": ADMIN_PASSWORD})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "no admin is created when users exist"
+    );
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

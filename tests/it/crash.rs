@@ -1,0 +1,173 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::*;
+
+/// Experts submit in a loop while the server is killed with SIGKILL. Every submission that got a
+/// 2xx must be in the store after a restart, and the server must carry on cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_submits_loses_no_acknowledged_submission() {
+    let mut s = Server::start().await;
+    let admin = s.admin().await;
+    let project = s.project(&admin, pairwise_project("crash", 1)).await;
+    assert_eq!(
+        s.upload(&admin, project, &pairwise_tasks("c", 400)).await.0,
+        StatusCode::CREATED
+    );
+    let mut tokens = Vec::new();
+    for i in 0..4 {
+        let (id, token) = s.expert(&admin, &format!("crash{i}"), &[]).await;
+        s.add_member(&admin, project, id, "expert").await;
+        tokens.push(token);
+    }
+    let acked: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    let url = s.url.clone();
+    let client = s.client.clone();
+    let mut loops = Vec::new();
+    for token in tokens.clone() {
+        let (acked, url, client) = (acked.clone(), url.clone(), client.clone());
+        loops.push(tokio::spawn(async move {
+            loop {
+                let Ok(res) = client
+                    .post(format!("{url}/api/v1/projects/{project}/next"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if res.status() != StatusCode::OK {
+                    return;
+                }
+                let Ok(next) = res.json::<serde_json::Value>().await else {
+                    return;
+                };
+                let aid = next["assignment"]["id"].as_u64().unwrap();
+                let body =
+                    json!({"token": next["assignment"]["token"], "answer": pairwise_answer()});
+                let Ok(res) = client
+                    .post(format!("{url}/api/v1/assignments/{aid}/submit"))
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                if !res.status().is_success() {
+                    return;
+                }
+                let Ok(sub) = res.json::<serde_json::Value>().await else {
+                    return;
+                };
+                acked.lock().unwrap().insert(
+                    sub["id"].as_u64().unwrap(),
+                    sub["task_id"].as_u64().unwrap(),
+                );
+            }
+        }));
+    }
+    // Let a good number of submissions through, then pull the plug mid-flight.
+    for _ in 0..600 {
+        if acked.lock().unwrap().len() >= 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    s.kill();
+    for l in loops {
+        let _ = l.await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 60,
+        "only {} submissions before the kill",
+        acked.len()
+    );
+
+    s.restart().await;
+    let admin = s.admin().await;
+    let rows = s.export(&admin, project).await;
+    let stored: HashSet<u64> = rows
+        .iter()
+        .map(|r| r["submission_id"].as_u64().unwrap())
+        .collect();
+    let lost: Vec<_> = acked.keys().filter(|id| !stored.contains(id)).collect();
+    assert!(lost.is_empty(), "acknowledged submissions lost: {lost:?}");
+    // Never more reviews than asked, even across the crash.
+    let mut per_task: HashMap<u64, usize> = HashMap::new();
+    for r in &rows {
+        *per_task.entry(r["task_id"].as_u64().unwrap()).or_default() += 1;
+    }
+    assert!(per_task.values().all(|&n| n == 1), "a task got two reviews");
+
+    // The restarted server works: the loop continues where it stopped.
+    let token = s.login("crash0", EXPERT_PASSWORD).await;
+    let (status, next) = s
+        .post(
+            &token,
+            &format!("/api/v1/projects/{project}/next"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    let (status, _) = s
+        .post(
+            &token,
+            &format!("/api/v1/assignments/{aid}/submit"),
+            json!({"token": next["assignment"]["token"], "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, stats) = s
+        .get(&admin, &format!("/api/v1/projects/{project}/stats"))
+        .await;
+    assert_eq!(
+        stats["submissions"].as_u64().unwrap() as usize,
+        rows.len() + 1
+    );
+    assert_eq!(stats["tasks"], 400);
+}
+
+/// A lease handed out just before a crash may not have reached the disk; its signed token still
+/// lets the expert submit after the restart while the task has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_token_survives_a_restart() {
+    let mut s = Server::start().await;
+    let admin = s.admin().await;
+    let project = s.project(&admin, pairwise_project("restart", 1)).await;
+    s.upload(&admin, project, &pairwise_tasks("x", 1)).await;
+    let (id, token) = s.expert(&admin, "survivor", &[]).await;
+    s.add_member(&admin, project, id, "expert").await;
+    let (_, next) = s
+        .post(
+            &token,
+            &format!("/api/v1/projects/{project}/next"),
+            json!({}),
+        )
+        .await;
+    s.restart().await;
+    let token = s.login("survivor", EXPERT_PASSWORD).await;
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    let (status, body) = s
+        .post(
+            &token,
+            &format!("/api/v1/assignments/{aid}/submit"),
+            json!({"token": next["assignment"]["token"], "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = s
+        .post(
+            &token,
+            &format!("/api/v1/projects/{project}/next"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}

@@ -1,0 +1,383 @@
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_experts_hammering_never_exceed_the_overlap() {
+    const TASKS: usize = 30;
+    const EXPERTS: usize = 8;
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let project = s.project(&admin, pairwise_project("race", 2)).await;
+    let (status, report) = s.upload(&admin, project, &pairwise_tasks("r", TASKS)).await;
+    assert_eq!(status, StatusCode::CREATED, "{report}");
+    let mut experts = Vec::new();
+    for i in 0..EXPERTS {
+        let (id, token) = s.expert(&admin, &format!("expert{i}"), &[]).await;
+        s.add_member(&admin, project, id, "expert").await;
+        experts.push(token);
+    }
+    let s = std::sync::Arc::new(s);
+    let mut handles = Vec::new();
+    for token in experts {
+        let s = s.clone();
+        handles.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            loop {
+                let (status, next) = s
+                    .post(
+                        &token,
+                        &format!("/api/v1/projects/{project}/next"),
+                        json!({}),
+                    )
+                    .await;
+                if status == StatusCode::NO_CONTENT {
+                    return done;
+                }
+                assert_eq!(status, StatusCode::OK, "{next}");
+                let aid = next["assignment"]["id"].as_u64().unwrap();
+                let body =
+                    json!({"token": next["assignment"]["token"], "answer": pairwise_answer()});
+                let (status, sub) = s
+                    .post(&token, &format!("/api/v1/assignments/{aid}/submit"), body)
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "{sub}");
+                done.push(sub["task_id"].as_u64().unwrap());
+            }
+        }));
+    }
+    let mut per_task: HashMap<u64, usize> = HashMap::new();
+    for h in handles {
+        let done = h.await.unwrap();
+        let unique: HashSet<_> = done.iter().collect();
+        assert_eq!(unique.len(), done.len(), "an expert reviewed a task twice");
+        for t in done {
+            *per_task.entry(t).or_default() += 1;
+        }
+    }
+    assert_eq!(per_task.len(), TASKS);
+    assert!(per_task.values().all(|&n| n == 2), "{per_task:?}");
+
+    // The stored truth agrees with what the clients saw.
+    let rows = s.export(&admin, project).await;
+    assert_eq!(rows.len(), TASKS * 2);
+    let mut pairs: HashMap<u64, HashSet<u64>> = HashMap::new();
+    for r in &rows {
+        pairs
+            .entry(r["task_id"].as_u64().unwrap())
+            .or_default()
+            .insert(r["expert_id"].as_u64().unwrap());
+    }
+    assert!(pairs.values().all(|e| e.len() == 2));
+    let (_, stats) = s
+        .get(&admin, &format!("/api/v1/projects/{project}/stats"))
+        .await;
+    assert_eq!(stats["complete"], TASKS as u64);
+    assert_eq!(stats["open"], 0);
+    assert_eq!(stats["submissions"], (TASKS * 2) as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_task_comes_back_after_its_lease() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let project = s
+        .project(&admin, json!({"name": "lease", "rubric": "pairwise_preference", "reviews_per_task": 1, "lease_seconds": 1}))
+        .await;
+    s.upload(&admin, project, &pairwise_tasks("l", 1)).await;
+    let (a_id, a) = s.expert(&admin, "abandoner", &[]).await;
+    let (b_id, b) = s.expert(&admin, "finisher", &[]).await;
+    s.add_member(&admin, project, a_id, "expert").await;
+    s.add_member(&admin, project, b_id, "expert").await;
+
+    let (status, first) = s
+        .post(&a, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // While leased, nobody else gets it; asking again returns the same lease.
+    assert_eq!(
+        s.post(&b, &format!("/api/v1/projects/{project}/next"), json!({}))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (_, again) = s
+        .post(&a, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    assert_eq!(again["assignment"]["id"], first["assignment"]["id"]);
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, second) = s
+        .post(&b, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "the task should come back");
+    assert_eq!(second["task"]["id"], first["task"]["id"]);
+
+    // The abandoned lease can no longer submit or heartbeat.
+    let aid = first["assignment"]["id"].as_u64().unwrap();
+    let token = first["assignment"]["token"].clone();
+    let (status, body) = s
+        .post(
+            &a,
+            &format!("/api/v1/assignments/{aid}/submit"),
+            json!({"token": token, "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("lease_expired")),
+        "{body}"
+    );
+    let (status, _) = s
+        .post(
+            &a,
+            &format!("/api/v1/assignments/{aid}/heartbeat"),
+            json!({"token": token}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let bid = second["assignment"]["id"].as_u64().unwrap();
+    let (status, _) = s
+        .post(
+            &b,
+            &format!("/api/v1/assignments/{bid}/submit"),
+            json!({"token": second["assignment"]["token"], "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_validates_is_idempotent_and_checks_the_lease() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let project = s.project(&admin, pairwise_project("submit", 2)).await;
+    s.upload(&admin, project, &pairwise_tasks("s", 2)).await;
+    let (e1, t1) = s.expert(&admin, "one", &[]).await;
+    let (e2, t2) = s.expert(&admin, "two", &[]).await;
+    s.add_member(&admin, project, e1, "expert").await;
+    s.add_member(&admin, project, e2, "expert").await;
+
+    let (_, next) = s
+        .post(&t1, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    assert_eq!(next["criteria"][0]["kind"], "pairwise");
+    assert!(next["instructions"].is_string());
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    let token = next["assignment"]["token"].clone();
+    let path = format!("/api/v1/assignments/{aid}/submit");
+
+    // Declarative and scripted validation, every problem named by field.
+    let (status, body) = s
+        .post(
+            &t1,
+            &path,
+            json!({"token": token, "answer": {"preference": {"pick": "up"}, "bogus": 1}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["code"], "invalid_answer");
+    let fields: HashSet<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        HashSet::from(["bogus", "preference", "justification"]),
+        "{body}"
+    );
+    let strong = json!({"preference": {"pick": "right", "strength": 3}, "justification": "B is a lot better here."});
+    let (status, body) = s
+        .post(&t1, &path, json!({"token": token, "answer": strong}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["errors"][0]["field"], "justification");
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("80 characters"));
+
+    // Someone else's lease.
+    let (status, body) = s
+        .post(
+            &t2,
+            &path,
+            json!({"token": token, "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("foreign_lease"))
+    );
+    let (status, body) = s
+        .post(
+            &t1,
+            &path,
+            json!({"token": "forged", "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("invalid_lease_token"))
+    );
+
+    // Heartbeat extends the lease.
+    let (status, hb) = s
+        .post(
+            &t1,
+            &format!("/api/v1/assignments/{aid}/heartbeat"),
+            json!({"token": token}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        hb["expires_at"].as_i64().unwrap() >= next["assignment"]["expires_at"].as_i64().unwrap()
+    );
+
+    // A valid answer is stored with scores and versions; a retry returns the same submission.
+    let (status, first) = s
+        .post(
+            &t1,
+            &path,
+            json!({"token": token, "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["scores"]["preference"], 2);
+    assert_eq!(first["rubric"], "pairwise_preference");
+    assert_eq!(first["rubric_version"].as_str().unwrap().len(), 64);
+    let (status, retry) = s
+        .post(
+            &t1,
+            &path,
+            json!({"token": token, "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(retry["id"], first["id"]);
+    let task = first["task_id"].as_u64().unwrap();
+    let (_, subs) = s
+        .get(&admin, &format!("/api/v1/tasks/{task}/submissions"))
+        .await;
+    assert_eq!(subs.as_array().unwrap().len(), 1);
+    // The lease is over: no more heartbeats.
+    let (status, body) = s
+        .post(
+            &t1,
+            &format!("/api/v1/assignments/{aid}/heartbeat"),
+            json!({"token": token}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("lease_ended"))
+    );
+
+    // Blind review: expert two sees only their own submissions of that task.
+    let (_, next2) = s
+        .post(&t2, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    let t2_task = next2["task"]["id"].as_u64().unwrap();
+    let (status, theirs) = s
+        .get(&t2, &format!("/api/v1/tasks/{t2_task}/submissions"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(theirs.as_array().unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_release_and_pools() {
+    let s = Server::start_with(Options {
+        rubrics: vec![],
+        env: vec![],
+    })
+    .await;
+    // A router that sends medical tasks to the "medicine" pool.
+    std::fs::write(
+        s.dir.path().join("plugins").join("by_domain.rhai"),
+        "fn route(task) { if task.meta.domain == \"medicine\" { #{ pool: \"medicine\", priority: 5 } } else { #{} } }",
+    )
+    .unwrap();
+    let mut s = s;
+    s.restart().await;
+    let admin = s.admin().await;
+    let project = s
+        .project(&admin, json!({"name": "pools", "rubric": "pairwise_preference", "router": "by_domain", "reviews_per_task": 1}))
+        .await;
+    let tasks = [
+        json!({"external_id": "med", "data": {"prompt": "dose?", "responses": ["a", "b"]}, "meta": {"domain": "medicine"}}),
+        json!({"external_id": "gen", "data": {"prompt": "egg?", "responses": ["a", "b"]}, "meta": {"domain": "general"}}),
+    ];
+    let body = tasks
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        s.upload(&admin, project, &body).await.0,
+        StatusCode::CREATED
+    );
+    let (doc_id, doc) = s.expert(&admin, "doc", &["medicine"]).await;
+    let (lay_id, lay) = s.expert(&admin, "lay", &[]).await;
+    s.add_member(&admin, project, doc_id, "expert").await;
+    s.add_member(&admin, project, lay_id, "expert").await;
+
+    // The physician gets the higher-priority medical task; the lay expert never sees it.
+    let (_, n) = s
+        .post(&doc, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    assert_eq!(n["task"]["external_id"], "med");
+    let doc_aid = n["assignment"]["id"].as_u64().unwrap();
+    let doc_token = n["assignment"]["token"].clone();
+    // Release: the task goes back and can be taken again (by the same physician).
+    let (status, _) = s
+        .post(
+            &doc,
+            &format!("/api/v1/assignments/{doc_aid}/release"),
+            json!({"token": doc_token, "reason": "need a break"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, n) = s
+        .post(&doc, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    assert_eq!(n["task"]["external_id"], "med");
+    // Skip: never offered to them again.
+    let aid = n["assignment"]["id"].as_u64().unwrap();
+    let (status, _) = s
+        .post(
+            &doc,
+            &format!("/api/v1/assignments/{aid}/skip"),
+            json!({"token": n["assignment"]["token"], "reason": "conflict of interest"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = s
+        .post(
+            &doc,
+            &format!("/api/v1/assignments/{aid}/skip"),
+            json!({"token": n["assignment"]["token"]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("lease_ended"))
+    );
+    let (_, n) = s
+        .post(&doc, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    assert_eq!(n["task"]["external_id"], "gen");
+
+    // The lay expert: the general task is leased by the physician, the medical one is not for them.
+    let (status, _) = s
+        .post(&lay, &format!("/api/v1/projects/{project}/next"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}

@@ -1,0 +1,363 @@
+//! Conformance suite for the `Store` trait. Every implementation must pass it; today that is the
+//! sled store, opened on a temporary folder.
+
+use assay::domain::*;
+use assay::store::{SledStore, Store, StoreError};
+use serde_json::json;
+
+fn open(dir: &std::path::Path) -> Box<dyn Store> {
+    Box::new(SledStore::open(dir, true).expect("open"))
+}
+
+fn user(name: &str) -> User {
+    User {
+        id: 0,
+        username: name.into(),
+        password_hash: "x".into(),
+        role: GlobalRole::Member,
+        skills: vec![],
+        hourly_rate: None,
+        active: true,
+        token_generation: 0,
+        created_at: 1,
+    }
+}
+
+fn project(name: &str) -> Project {
+    Project {
+        id: 0,
+        name: name.into(),
+        instructions: String::new(),
+        rubric: "r".into(),
+        router: "q".into(),
+        reviews_per_task: 2,
+        lease_seconds: 60,
+        estimate_minutes: None,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn new_task(ext: Option<&str>, reviews: u32) -> NewTask {
+    NewTask {
+        external_id: ext.map(str::to_owned),
+        data: json!({"prompt": ext}),
+        meta: json!({}),
+        gold: None,
+        routing: Routing {
+            reviews,
+            ..Default::default()
+        },
+    }
+}
+
+fn assignment(store: &dyn Store, task: &TaskStatus, expert: Id, expires_at: i64) -> Assignment {
+    Assignment {
+        id: store.new_id().unwrap(),
+        task_id: task.task_id,
+        project_id: task.project_id,
+        expert_id: expert,
+        status: AssignmentStatus::Active,
+        served_at: 0,
+        expires_at,
+        last_seen_at: 0,
+        active_seconds: 0.0,
+        fence: 7,
+        rubric: "r".into(),
+        rubric_version: "v1".into(),
+        router: "q".into(),
+        router_version: "v1".into(),
+        submission_id: None,
+        reason: None,
+    }
+}
+
+fn submission(a: &Assignment) -> Submission {
+    Submission {
+        id: 0,
+        task_id: a.task_id,
+        project_id: a.project_id,
+        assignment_id: a.id,
+        expert_id: a.expert_id,
+        answer: json!({"ok": true}),
+        scores: json!({}),
+        rubric: "r".into(),
+        rubric_version: "v1".into(),
+        router: "q".into(),
+        router_version: "v1".into(),
+        served_at: 0,
+        submitted_at: 1,
+        active_seconds: 1.0,
+    }
+}
+
+#[test]
+fn users_projects_and_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.user_count().unwrap(), 0);
+    let a = s.create_user(user("ann")).unwrap();
+    let b = s.create_user(user("bob")).unwrap();
+    assert!(b.id > a.id, "ids increase");
+    assert!(matches!(
+        s.create_user(user("ann")),
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.user_by_name("bob").unwrap().unwrap().id, b.id);
+    assert!(s.user_by_name("nobody").unwrap().is_none());
+    let mut a2 = a.clone();
+    a2.token_generation = 3;
+    s.update_user(&a2).unwrap();
+    assert_eq!(s.user(a.id).unwrap().unwrap().token_generation, 3);
+    assert!(matches!(
+        s.update_user(&User {
+            id: 999_999_999,
+            ..a2
+        }),
+        Err(StoreError::Missing(_))
+    ));
+    assert_eq!(s.users().unwrap().len(), 2);
+    assert_eq!(
+        s.user_count().unwrap(),
+        1,
+        "user_count says 'some', it never scans"
+    );
+
+    let p = s.create_project(project("p")).unwrap();
+    let q = s.create_project(project("q")).unwrap();
+    s.set_member(p.id, a.id, Some(ProjectRole::Lead)).unwrap();
+    s.set_member(q.id, a.id, Some(ProjectRole::Expert)).unwrap();
+    s.set_member(p.id, b.id, Some(ProjectRole::Expert)).unwrap();
+    assert_eq!(s.member_role(p.id, a.id).unwrap(), Some(ProjectRole::Lead));
+    assert_eq!(s.members(p.id).unwrap().len(), 2);
+    assert_eq!(
+        s.memberships(a.id).unwrap(),
+        vec![(p.id, ProjectRole::Lead), (q.id, ProjectRole::Expert)]
+    );
+    s.set_member(p.id, b.id, None).unwrap();
+    assert_eq!(s.member_role(p.id, b.id).unwrap(), None);
+    assert!(s.memberships(b.id).unwrap().is_empty());
+}
+
+#[test]
+fn import_counts_and_skips_known_external_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = s.create_project(project("p")).unwrap();
+    let other = s.create_project(project("o")).unwrap();
+    let first = s
+        .import_tasks(
+            p.id,
+            vec![
+                new_task(Some("a"), 2),
+                new_task(Some("b"), 2),
+                new_task(None, 1),
+            ],
+        )
+        .unwrap();
+    assert_eq!((first.created.len(), first.duplicates), (3, 0));
+    let again = s
+        .import_tasks(p.id, vec![new_task(Some("a"), 2), new_task(Some("c"), 2)])
+        .unwrap();
+    assert_eq!((again.created.len(), again.duplicates), (1, 1));
+    // External ids are per project.
+    assert_eq!(
+        s.import_tasks(other.id, vec![new_task(Some("a"), 1)])
+            .unwrap()
+            .created
+            .len(),
+        1
+    );
+    let counts = s.project_counts(p.id).unwrap();
+    assert_eq!((counts.tasks, counts.open, counts.complete), (4, 4, 0));
+    let page = s.tasks_page(p.id, None, 2).unwrap();
+    assert_eq!(page.len(), 2);
+    let rest = s.tasks_page(p.id, Some(page[1].id), 10).unwrap();
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[1].external_id.as_deref(), Some("c"));
+    assert_eq!(s.open_tasks().unwrap().len(), 5);
+    let status = s.task_status(page[0].id).unwrap().unwrap();
+    assert_eq!((status.state, status.reviews), (TaskState::Open, 2));
+}
+
+#[test]
+fn leases_expire_by_index_and_end_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = s.create_project(project("p")).unwrap();
+    let t = s
+        .import_tasks(p.id, vec![new_task(None, 2)])
+        .unwrap()
+        .created
+        .remove(0);
+    let early = assignment(s.as_ref(), &t, 1, 100);
+    let late = assignment(s.as_ref(), &t, 2, 300);
+    s.put_assignment(&late).unwrap();
+    s.put_assignment(&early).unwrap();
+    assert_eq!(s.active_assignments().unwrap().len(), 2);
+    let due: Vec<Id> = s
+        .expired_assignments(200, 10)
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(due, vec![early.id]);
+    // Extending moves it in the expiry index.
+    let mut extended = early.clone();
+    extended.expires_at = 500;
+    s.put_assignment(&extended).unwrap();
+    assert!(s.expired_assignments(200, 10).unwrap().is_empty());
+    let due: Vec<Id> = s
+        .expired_assignments(400, 10)
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(due, vec![late.id]);
+
+    // Ending a lease (a skip that also updates the task) happens once.
+    let mut skipped = late.clone();
+    skipped.status = AssignmentStatus::Skipped;
+    let mut status = t.clone();
+    status.skipped_by.push(2);
+    s.end_assignment(&skipped, Some(&status)).unwrap();
+    assert!(matches!(
+        s.end_assignment(&skipped, None),
+        Err(StoreError::AssignmentEnded(_))
+    ));
+    assert_eq!(
+        s.task_status(t.task_id).unwrap().unwrap().skipped_by,
+        vec![2]
+    );
+    assert_eq!(s.active_assignments().unwrap().len(), 1);
+    assert!(s
+        .expired_assignments(i64::MAX, 10)
+        .unwrap()
+        .iter()
+        .all(|a| a.id == early.id));
+}
+
+#[test]
+fn submissions_commit_atomically_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = s.create_project(project("p")).unwrap();
+    let t = s
+        .import_tasks(p.id, vec![new_task(None, 1)])
+        .unwrap()
+        .created
+        .remove(0);
+    let a = assignment(s.as_ref(), &t, 9, 1000);
+    s.put_assignment(&a).unwrap();
+    let mut done = t.clone();
+    done.done_by.push(9);
+    done.state = TaskState::Complete;
+    let stored = s.commit_submission(submission(&a), &a, &done).unwrap();
+    assert!(stored.id > 0);
+    // A second commit for the same assignment is refused and points at the first.
+    match s.commit_submission(submission(&a), &a, &done) {
+        Err(StoreError::AssignmentEnded(cur)) => assert_eq!(cur.submission_id, Some(stored.id)),
+        other => panic!("expected AssignmentEnded, got {other:?}"),
+    }
+    assert_eq!(s.submission(stored.id).unwrap().unwrap(), stored);
+    assert_eq!(
+        s.submissions_for_task(t.task_id).unwrap(),
+        vec![stored.clone()]
+    );
+    assert_eq!(s.submissions_page(p.id, None, 10).unwrap().len(), 1);
+    assert!(s
+        .submissions_page(p.id, Some(stored.id), 10)
+        .unwrap()
+        .is_empty());
+    let counts = s.project_counts(p.id).unwrap();
+    assert_eq!(
+        (counts.open, counts.complete, counts.submissions),
+        (0, 1, 1)
+    );
+    assert!(
+        s.open_tasks().unwrap().is_empty(),
+        "a complete task leaves the queue index"
+    );
+    assert!(s.active_assignments().unwrap().is_empty());
+    assert_eq!(
+        s.assignment(a.id).unwrap().unwrap().status,
+        AssignmentStatus::Submitted
+    );
+
+    // A submission whose lease record was lost (crash) commits too.
+    let t2 = s
+        .import_tasks(p.id, vec![new_task(None, 1)])
+        .unwrap()
+        .created
+        .remove(0);
+    let lost = assignment(s.as_ref(), &t2, 9, 1000);
+    let mut done2 = t2.clone();
+    done2.done_by.push(9);
+    s.commit_submission(submission(&lost), &lost, &done2)
+        .unwrap();
+    assert_eq!(s.project_counts(p.id).unwrap().submissions, 2);
+}
+
+#[test]
+fn plugin_versions_audit_durability_and_schema_guard() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        let v = PluginVersion {
+            hash: "h1".into(),
+            kind: "rubric".into(),
+            name: "r".into(),
+            source: "one".into(),
+            first_seen_at: 1,
+        };
+        s.put_plugin_version(&v).unwrap();
+        s.put_plugin_version(&PluginVersion {
+            source: "other".into(),
+            ..v.clone()
+        })
+        .unwrap();
+        assert_eq!(
+            s.plugin_version("h1").unwrap().unwrap().source,
+            "one",
+            "a hash names one source forever"
+        );
+        for (at, action) in [(5, "b"), (1, "a"), (9, "c")] {
+            s.append_audit(&AuditEvent {
+                at,
+                actor: None,
+                action: action.into(),
+                object: "x".into(),
+                detail: json!(null),
+            })
+            .unwrap();
+        }
+        let recent: Vec<String> = s
+            .recent_audit(2)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(recent, vec!["c", "b"]);
+        s.create_user(user("kept")).unwrap();
+        s.flush().unwrap();
+    }
+    // Reopened: data is there.
+    {
+        let s = open(dir.path());
+        assert!(s.user_by_name("kept").unwrap().is_some());
+    }
+    // A database from a newer version is refused.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(b"schema_version", &99u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    match SledStore::open(dir.path(), true) {
+        Err(StoreError::TooNew { found: 99, .. }) => {}
+        Err(other) => panic!("expected TooNew, got {other}"),
+        Ok(_) => panic!("expected TooNew, got a store"),
+    }
+}
