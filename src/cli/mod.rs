@@ -22,8 +22,9 @@ pub struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct ConfigArgs {
-    /// Configuration file (TOML). Without one, built-in defaults and ASSAY_* variables apply.
-    #[arg(long)]
+    /// Configuration file (TOML). Default: ./config.toml when it exists; without one,
+    /// built-in defaults and ASSAY_* variables apply.
+    #[arg(long, env = "ASSAY_CONFIG")]
     config: Option<PathBuf>,
     /// Data folder (overrides storage.data).
     #[arg(long)]

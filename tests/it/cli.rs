@@ -6,7 +6,10 @@ use serde_json::json;
 use crate::support::*;
 
 fn assay() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_assay"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_assay"));
+    // Away from the repository's own config.toml.
+    cmd.current_dir(std::env::temp_dir());
+    cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,7 +98,7 @@ impl Server {
         cmd.arg("serve")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        cmd.env("RUST_LOG", "warn");
+        cmd.env("RUST_LOG", "warn").current_dir(self.dir.path());
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
