@@ -1,5 +1,6 @@
 //! Command-line interface: `serve`, `import`, `export`, `user add`.
 
+mod bench;
 mod client;
 
 use std::path::PathBuf;
@@ -78,6 +79,8 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Measure a server under load (starts its own unless --url is given).
+    Bench(bench::BenchArgs),
     /// Manage users directly in the data folder (the server must be stopped).
     User {
         #[command(subcommand)]
@@ -128,6 +131,7 @@ fn load_config(args: &ConfigArgs, bind: Option<String>) -> Result<Config, String
 pub async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { config, bind, demo } => serve(load_config(&config, bind)?, demo).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Import {
             file,
             project,

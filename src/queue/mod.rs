@@ -63,6 +63,8 @@ pub struct ProjectQueue {
     /// Open tasks per pool, best first.
     pools: HashMap<Option<String>, BTreeSet<Order>>,
     slots: HashMap<Id, Slot>,
+    /// The lease each expert holds in this project (an expert works on one task at a time).
+    held: HashMap<Id, (Id, Lease)>,
 }
 
 impl ProjectQueue {
@@ -88,8 +90,10 @@ impl ProjectQueue {
                 leases: Vec::new(),
             });
             slot.status = status;
-        } else {
-            self.slots.remove(&status.task_id);
+        } else if let Some(slot) = self.slots.remove(&status.task_id) {
+            for lease in &slot.leases {
+                self.forget_held(lease);
+            }
         }
     }
 
@@ -101,23 +105,40 @@ impl ProjectQueue {
         if let Some(slot) = self.slots.get_mut(&task) {
             slot.leases
                 .retain(|l| l.assignment_id != lease.assignment_id);
-            slot.leases.push(lease);
+            slot.leases.push(lease.clone());
+            self.held.insert(lease.expert_id, (task, lease));
         }
     }
 
     pub fn remove_lease(&mut self, task: Id, assignment: Id) {
-        if let Some(slot) = self.slots.get_mut(&task) {
-            slot.leases.retain(|l| l.assignment_id != assignment);
+        let Some(slot) = self.slots.get_mut(&task) else {
+            return;
+        };
+        if let Some(i) = slot
+            .leases
+            .iter()
+            .position(|l| l.assignment_id == assignment)
+        {
+            let lease = slot.leases.swap_remove(i);
+            self.forget_held(&lease);
         }
     }
 
-    /// The live lease this expert holds in the project, if any.
+    fn forget_held(&mut self, lease: &Lease) {
+        let holds = self.held.get(&lease.expert_id);
+        if holds.is_some_and(|(_, l)| l.assignment_id == lease.assignment_id) {
+            self.held.remove(&lease.expert_id);
+        }
+    }
+
+    /// The live lease this expert holds in the project, if any: (task, assignment).
     pub fn held_by(&self, expert: Id, now: i64) -> Option<(Id, Id)> {
-        self.slots.values().find_map(|slot| {
-            slot.live_leases(now)
-                .find(|l| l.expert_id == expert)
-                .map(|l| (slot.status.task_id, l.assignment_id))
-        })
+        match self.held.get(&expert) {
+            Some((task, lease)) if lease.expires_at > now && self.slots.contains_key(task) => {
+                Some((*task, lease.assignment_id))
+            }
+            _ => None,
+        }
     }
 
     /// The best open task this expert may take: in a pool they have (or in no pool), with room,

@@ -1,0 +1,568 @@
+//! `assay bench`: the load generator. It starts its own server on a temporary data folder (or
+//! uses `--url`), creates a project and experts, imports generated tasks, runs experts in a closed
+//! next+submit loop, exports what was submitted, and reports rates, latency percentiles, errors,
+//! duplicate hand-outs, and the server's CPU and peak memory. Loopback only; bounded in time.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(clap::Args, Clone)]
+pub struct BenchArgs {
+    /// A running server to measure; by default the bench starts its own.
+    #[arg(long)]
+    url: Option<String>,
+    /// Admin token for --url (or ASSAY_PASSWORD to log in as admin).
+    #[arg(long, env = "ASSAY_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export"])]
+    scenario: String,
+    /// Concurrent experts.
+    #[arg(long, default_value_t = 32)]
+    experts: usize,
+    /// Tasks to import.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Reviews per task.
+    #[arg(long, default_value_t = 1)]
+    reviews: u32,
+    /// Warm-up seconds (not measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+const ADMIN_PASSWORD: &str = "bench-admin-password";
+
+#[derive(Serialize, Default)]
+struct Latency {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn latency(mut micros: Vec<u64>) -> Latency {
+    if micros.is_empty() {
+        return Latency::default();
+    }
+    micros.sort_unstable();
+    let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q).round() as usize] as f64 / 1000.0;
+    Latency {
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+#[derive(Serialize, Default)]
+struct Report {
+    scenario: String,
+    experts: usize,
+    tasks: usize,
+    reviews: u32,
+    loops: u64,
+    loops_per_s: f64,
+    latency_ms: HashMap<&'static str, Latency>,
+    errors: HashMap<String, u64>,
+    duplicates: u64,
+    import: Option<Rate>,
+    export: Option<Rate>,
+    server_cpu_percent: Option<f64>,
+    peak_rss_mb: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Rate {
+    items: u64,
+    seconds: f64,
+    tasks_per_s: f64,
+    mb_per_s: f64,
+}
+
+/// The server the bench talks to; killed on drop when the bench started it.
+struct Target {
+    url: String,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Target {
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+fn start_server() -> Result<Target, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let here = std::env::current_dir().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("ASSAY_STORAGE__DATA", dir.path().join("data"))
+        .env("ASSAY_PLUGINS__RUBRICS", here.join("rubrics"))
+        .env("ASSAY_PLUGINS__PLUGINS", here.join("plugins"))
+        .env("ASSAY_SERVER__BIND", "127.0.0.1:0")
+        .env("ASSAY_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start the server: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(url) = line.strip_prefix("assay listening on ") {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .map_err(|_| "the server did not start")?;
+    Ok(Target {
+        url,
+        child: Some(child),
+        _dir: Some(dir),
+    })
+}
+
+/// ~2.3 KB per task: a prompt and two responses.
+fn generated_tasks(n: usize) -> Vec<u8> {
+    let filler =
+        "The committee reviewed the evidence in detail and found that the proposed change \
+                  would reduce the error rate while keeping latency within the agreed budget. ";
+    let mut out = Vec::with_capacity(n * 2400);
+    for i in 0..n {
+        let a = filler.repeat(6);
+        let b = filler.repeat(5);
+        let line = json!({
+            "external_id": format!("bench-{i}"),
+            "data": {"prompt": format!("Task {i}: summarise the committee's finding in two sentences."),
+                     "responses": [{"id": "a", "text": a}, {"id": "b", "text": b}]},
+            "meta": {"domain": "general"}
+        });
+        out.extend_from_slice(line.to_string().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+fn proc_stat(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = hwm.split_whitespace().nth(1)?.parse().ok()?;
+    Some((cpu, kb / 1024.0))
+}
+
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value), String> {
+    let mut req = client.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.map_err(|e| format!("transport: {e}"))?;
+    let status = res.status().as_u16();
+    let text = res.text().await.map_err(|e| format!("transport: {e}"))?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+async fn login(
+    client: &reqwest::Client,
+    url: &str,
+    user: &str,
+    password: &str,
+) -> Result<String, String> {
+    let res = client
+        .post(format!("{url}/api/v1/auth/login"))
+        .json(&json!({"username": user, "password": password}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let v: Value = res.json().await.map_err(|e| e.to_string())?;
+    v["token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("login of {user} failed: {v}"))
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let target = match &args.url {
+        Some(url) => Target {
+            url: url.clone(),
+            child: None,
+            _dir: None,
+        },
+        None => start_server()?,
+    };
+    let url = target.url.clone();
+    let api = format!("{url}/api/v1");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let admin = match &args.token {
+        Some(t) => t.clone(),
+        None => {
+            let pw = if args.url.is_some() {
+                std::env::var("ASSAY_PASSWORD")
+                    .map_err(|_| "give --token or ASSAY_PASSWORD for --url")?
+            } else {
+                ADMIN_PASSWORD.to_owned()
+            };
+            login(&client, &url, "admin", &pw).await?
+        }
+    };
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    let (status, project) = call(&client, reqwest::Method::POST, format!("{api}/projects"), &admin, Some(json!({
+        "name": format!("bench {run_id}"), "rubric": "pairwise_preference", "router": "fixed_overlap",
+        "reviews_per_task": args.reviews, "lease_seconds": 600
+    }))).await?;
+    if status != 201 {
+        return Err(format!("cannot create the bench project: {project}"));
+    }
+    let pid = project["id"].as_u64().ok_or("no project id")?;
+    let mut report = Report {
+        scenario: args.scenario.clone(),
+        experts: args.experts,
+        tasks: args.tasks,
+        reviews: args.reviews,
+        ..Default::default()
+    };
+
+    // Import.
+    let body = generated_tasks(args.tasks);
+    let bytes = body.len() as f64;
+    let started = Instant::now();
+    let res = client
+        .post(format!("{api}/projects/{pid}/tasks"))
+        .bearer_auth(&admin)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if res.status().as_u16() != 201 {
+        return Err(format!(
+            "import failed: {}",
+            res.text().await.unwrap_or_default()
+        ));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    report.import = Some(Rate {
+        items: args.tasks as u64,
+        seconds: secs,
+        tasks_per_s: args.tasks as f64 / secs,
+        mb_per_s: bytes / 1e6 / secs,
+    });
+
+    if args.scenario != "import" {
+        run_loop(
+            &args,
+            &client,
+            &api,
+            &admin,
+            pid,
+            &run_id,
+            &target,
+            &mut report,
+        )
+        .await?;
+        // Export everything submitted.
+        let started = Instant::now();
+        let res = client
+            .get(format!("{api}/projects/{pid}/export?format=jsonl"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut stream = res.bytes_stream();
+        let (mut n, mut lines) = (0u64, 0u64);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            n += chunk.len() as u64;
+            lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        report.export = Some(Rate {
+            items: lines,
+            seconds: secs,
+            tasks_per_s: lines as f64 / secs,
+            mb_per_s: n as f64 / 1e6 / secs,
+        });
+    }
+    if let Some((_, rss)) = target.pid().and_then(proc_stat) {
+        report.peak_rss_mb = Some(rss);
+    }
+    print_report(&report, args.json);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_loop(
+    args: &BenchArgs,
+    client: &reqwest::Client,
+    api: &str,
+    admin: &str,
+    pid: u64,
+    run_id: &str,
+    target: &Target,
+    report: &mut Report,
+) -> Result<(), String> {
+    let mut tokens = Vec::new();
+    for i in 0..args.experts {
+        let name = format!("bench-{run_id}-{i}");
+        let (status, user) = call(
+            client,
+            reqwest::Method::POST,
+            format!("{api}/users"),
+            admin,
+            Some(json!({"username": name, "password": "bench-expert-password"})),
+        )
+        .await?;
+        if status != 201 {
+            return Err(format!("cannot create expert: {user}"));
+        }
+        let uid = user["id"].as_u64().ok_or("no user id")?;
+        call(
+            client,
+            reqwest::Method::PUT,
+            format!("{api}/projects/{pid}/members/{uid}"),
+            admin,
+            Some(json!({"role": "expert"})),
+        )
+        .await?;
+        tokens.push((
+            uid,
+            login(
+                client,
+                api.trim_end_matches("/api/v1"),
+                &name,
+                "bench-expert-password",
+            )
+            .await?,
+        ));
+    }
+    let answer = json!({"preference": {"pick": "left", "strength": 2}, "justification": "A is more complete and better supported by the evidence."});
+    let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let end = warmup_end + Duration::from_secs_f64(args.duration);
+    #[derive(Default)]
+    struct Shared {
+        next: Vec<u64>,
+        submit: Vec<u64>,
+        whole: Vec<u64>,
+        errors: HashMap<String, u64>,
+        handed: HashMap<u64, HashSet<u64>>,
+        duplicates: u64,
+        loops: u64,
+    }
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let cpu_before = target.pid().and_then(proc_stat).map(|s| s.0);
+    let mut workers = Vec::new();
+    for (uid, token) in tokens {
+        let (client, api, answer, shared) = (
+            client.clone(),
+            api.to_owned(),
+            answer.clone(),
+            shared.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let (mut next_l, mut sub_l, mut loop_l) = (Vec::new(), Vec::new(), Vec::new());
+            let mut errors: HashMap<String, u64> = HashMap::new();
+            let mut seen: Vec<u64> = Vec::new();
+            let mut loops = 0u64;
+            while Instant::now() < end {
+                let t0 = Instant::now();
+                let n = call(
+                    &client,
+                    reqwest::Method::POST,
+                    format!("{api}/projects/{pid}/next"),
+                    &token,
+                    None,
+                )
+                .await;
+                let t1 = Instant::now();
+                let (status, next) = match n {
+                    Ok(r) => r,
+                    Err(e) => {
+                        *errors.entry(e).or_default() += 1;
+                        continue;
+                    }
+                };
+                if status == 204 {
+                    *errors.entry("queue empty".into()).or_default() += 1;
+                    break;
+                }
+                if status != 200 {
+                    *errors
+                        .entry(format!(
+                            "next {status} {}",
+                            next["code"].as_str().unwrap_or("")
+                        ))
+                        .or_default() += 1;
+                    continue;
+                }
+                let (Some(aid), Some(task)) = (
+                    next["assignment"]["id"].as_u64(),
+                    next["task"]["id"].as_u64(),
+                ) else {
+                    continue;
+                };
+                seen.push(task);
+                let body = json!({"token": next["assignment"]["token"], "answer": answer});
+                let s = call(
+                    &client,
+                    reqwest::Method::POST,
+                    format!("{api}/assignments/{aid}/submit"),
+                    &token,
+                    Some(body),
+                )
+                .await;
+                let t2 = Instant::now();
+                match s {
+                    Ok((201, _)) => {
+                        if t0 >= warmup_end {
+                            next_l.push((t1 - t0).as_micros() as u64);
+                            sub_l.push((t2 - t1).as_micros() as u64);
+                            loop_l.push((t2 - t0).as_micros() as u64);
+                            loops += 1;
+                        }
+                    }
+                    Ok((status, body)) => {
+                        *errors
+                            .entry(format!(
+                                "submit {status} {}",
+                                body["code"].as_str().unwrap_or("")
+                            ))
+                            .or_default() += 1
+                    }
+                    Err(e) => *errors.entry(e).or_default() += 1,
+                }
+            }
+            let mut sh = shared.lock().unwrap_or_else(|p| p.into_inner());
+            sh.next.extend(next_l);
+            sh.submit.extend(sub_l);
+            sh.whole.extend(loop_l);
+            sh.loops += loops;
+            for (k, v) in errors {
+                *sh.errors.entry(k).or_default() += v;
+            }
+            for task in seen {
+                if !sh.handed.entry(task).or_default().insert(uid) {
+                    sh.duplicates += 1; // the same task handed to the same expert twice
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let measured = (Instant::now().min(end) - warmup_end)
+        .as_secs_f64()
+        .max(1e-9);
+    let cpu_after = target.pid().and_then(proc_stat).map(|s| s.0);
+    let mut sh = shared.lock().unwrap_or_else(|p| p.into_inner());
+    // More experts on a task than it asked reviews for is a duplicate hand-out too.
+    let over: u64 = sh
+        .handed
+        .values()
+        .map(|e| (e.len() as u64).saturating_sub(u64::from(args.reviews)))
+        .sum();
+    report.duplicates = sh.duplicates + over;
+    report.loops = sh.loops;
+    report.loops_per_s = sh.loops as f64 / measured;
+    report
+        .latency_ms
+        .insert("next", latency(std::mem::take(&mut sh.next)));
+    report
+        .latency_ms
+        .insert("submit", latency(std::mem::take(&mut sh.submit)));
+    report
+        .latency_ms
+        .insert("loop", latency(std::mem::take(&mut sh.whole)));
+    report.errors = std::mem::take(&mut sh.errors);
+    if let (Some(a), Some(b)) = (cpu_before, cpu_after) {
+        report.server_cpu_percent = Some((b - a) / (measured + args.warmup) * 100.0);
+    }
+    Ok(())
+}
+
+fn print_report(r: &Report, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return;
+    }
+    println!(
+        "scenario {}: {} experts, {} tasks, {} review(s) per task",
+        r.scenario, r.experts, r.tasks, r.reviews
+    );
+    if let Some(i) = &r.import {
+        println!(
+            "import   {} tasks in {:.2} s: {:.0} tasks/s, {:.1} MB/s",
+            i.items, i.seconds, i.tasks_per_s, i.mb_per_s
+        );
+    }
+    if r.scenario != "import" {
+        println!(
+            "loop     {} loops, {:.0} loops/s, duplicates {}",
+            r.loops, r.loops_per_s, r.duplicates
+        );
+        for phase in ["next", "submit", "loop"] {
+            if let Some(l) = r.latency_ms.get(phase) {
+                println!(
+                    "  {phase:<7} p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                    l.p50, l.p95, l.p99, l.max
+                );
+            }
+        }
+        if !r.errors.is_empty() {
+            println!("errors   {:?}", r.errors);
+        }
+    }
+    if let Some(e) = &r.export {
+        println!(
+            "export   {} records in {:.2} s: {:.0} records/s, {:.1} MB/s",
+            e.items, e.seconds, e.tasks_per_s, e.mb_per_s
+        );
+    }
+    if let Some(c) = r.server_cpu_percent {
+        println!("server   cpu {c:.0}% (of one core)");
+    }
+    if let Some(m) = r.peak_rss_mb {
+        println!("server   peak RSS {m:.1} MB");
+    }
+}
