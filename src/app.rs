@@ -29,8 +29,12 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
     let data = &config.storage.data;
     std::fs::create_dir_all(data)
         .map_err(|e| format!("cannot create data folder {}: {e}", data.display()))?;
-    let sled =
-        SledStore::open(&data.join("db"), config.storage.fsync).map_err(|e| e.to_string())?;
+    let sled = SledStore::open_with_cache(
+        &data.join("db"),
+        config.storage.fsync,
+        config.storage.cache_mb,
+    )
+    .map_err(|e| e.to_string())?;
     let store: Arc<dyn Store> = Arc::new(sled);
     let flush_store = store.clone();
     let flusher = GroupFlusher::start(move || flush_store.flush().map_err(|e| e.to_string()))

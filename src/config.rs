@@ -39,6 +39,8 @@ pub struct StorageConfig {
     /// After each group flush also fdatasync the database files (survives power loss, not just
     /// a killed process).
     pub fsync: bool,
+    /// Page cache of the embedded database, in MiB.
+    pub cache_mb: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -113,6 +115,7 @@ impl Default for StorageConfig {
         Self {
             data: "data".into(),
             fsync: true,
+            cache_mb: 128,
         }
     }
 }

@@ -173,8 +173,14 @@ fn tx_transition(
 impl SledStore {
     /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
     pub fn open(path: &Path, fsync: bool) -> StoreResult<Self> {
+        Self::open_with_cache(path, fsync, 128)
+    }
+
+    /// Opens with a page cache of `cache_mb` MiB.
+    pub fn open_with_cache(path: &Path, fsync: bool, cache_mb: u64) -> StoreResult<Self> {
         let db = sled::Config::new()
             .path(path)
+            .cache_capacity(cache_mb * 1024 * 1024)
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
