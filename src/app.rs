@@ -74,6 +74,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::web::api;
     cfg.route("/healthz", web::get().to(api::health::healthz))
         .route("/readyz", web::get().to(api::health::readyz))
+        .route("/metrics", web::get().to(api::health::metrics))
         .service(
             web::scope("/api/v1")
                 .route("/auth/login", web::post().to(api::auth::login))
@@ -123,6 +124,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     web::post().to(api::review::submit),
                 )
                 .route("/plugins", web::get().to(api::plugins::list))
+                .route(
+                    "/plugins/{kind}/{name}/versions",
+                    web::get().to(api::plugins::versions),
+                )
+                .route(
+                    "/plugins/{kind}/{name}/versions/{hash}",
+                    web::get().to(api::plugins::version),
+                )
                 .route("/audit", web::get().to(api::audit::recent))
                 .default_service(web::to(api::not_found)),
         );
@@ -134,6 +143,18 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     let workers = state.config.server.workers;
     let json_limit = state.config.server.max_json_kb as usize * 1024;
     crate::services::review::spawn_sweeper(state.clone());
+    let plugins = &state.config.plugins;
+    if plugins.watch {
+        let config = crate::scripting::watch::WatchConfig {
+            folders: vec![
+                (PluginKind::Rubric, plugins.rubrics.clone()),
+                (PluginKind::Router, plugins.plugins.clone()),
+            ],
+            debounce: std::time::Duration::from_millis(plugins.debounce_ms),
+            poll: (plugins.poll_ms > 0).then(|| std::time::Duration::from_millis(plugins.poll_ms)),
+        };
+        crate::scripting::watch::spawn(state.registry.clone(), config)?;
+    }
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()

@@ -49,6 +49,13 @@ pub struct PluginsConfig {
     pub rubrics: PathBuf,
     pub plugins: PathBuf,
     pub templates: PathBuf,
+    /// Reload changed scripts while running.
+    pub watch: bool,
+    /// Quiet time after the last file-system event before reloading, in milliseconds.
+    pub debounce_ms: u64,
+    /// Poll the folders on this interval (milliseconds) instead of waiting for file-system
+    /// events; 0 uses events. For file systems that send none (some network mounts).
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +133,9 @@ impl Default for PluginsConfig {
             rubrics: "rubrics".into(),
             plugins: "plugins".into(),
             templates: "templates".into(),
+            watch: true,
+            debounce_ms: 100,
+            poll_ms: 0,
         }
     }
 }

@@ -79,6 +79,14 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Check rubric and router scripts offline: compile, contract, tests() (like `nginx -t`).
+    Check {
+        /// Script files (`rubrics/NAME.rhai`, `plugins/NAME.rhai`) or folders of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// Measure a server under load (starts its own unless --url is given).
     Bench(bench::BenchArgs),
     /// Manage users directly in the data folder (the server must be stopped).
@@ -132,6 +140,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { config, bind, demo } => serve(load_config(&config, bind)?, demo).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Check { paths, config } => check(&load_config(&config, None)?, &paths),
         Command::Import {
             file,
             project,
@@ -210,5 +219,52 @@ fn user_add(
     let user = crate::services::users::create_blocking(&store, new).map_err(|e| e.to_string())?;
     crate::store::Store::flush(&store).map_err(|e| e.to_string())?;
     println!("created user `{}` with id {}", user.username, user.id);
+    Ok(())
+}
+
+/// `assay check`: every file is compiled and checked as the server would; errors are printed
+/// as file:line:col and make the exit status non-zero.
+fn check(config: &Config, paths: &[PathBuf]) -> Result<(), String> {
+    let engine = crate::scripting::ScriptEngine::new(&config.scripting);
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| crate::scripting::registry::is_plugin_file(p))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut failed = 0;
+    for file in &files {
+        match crate::scripting::registry::check_file(&engine, file) {
+            Ok((kind, cases)) => println!(
+                "ok     {} ({}, {cases} test case(s))",
+                file.display(),
+                kind.as_str()
+            ),
+            Err(e) => {
+                failed += 1;
+                let position = match (e.line, e.column) {
+                    (Some(l), Some(c)) => format!(":{l}:{c}"),
+                    _ => String::new(),
+                };
+                let function = e.function.map(|f| format!(" in `{f}`")).unwrap_or_default();
+                println!("error  {}{position}{function}: {}", e.file, e.message);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!(
+            "{failed} of {} file(s) failed the check",
+            files.len()
+        ));
+    }
     Ok(())
 }

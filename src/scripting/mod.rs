@@ -1,10 +1,12 @@
 //! Rhai plugins: one hardened engine shared by every script, rubric and router contracts, and
 //! the registry of loaded versions.
 
+pub mod contract;
 pub mod engine;
 pub mod registry;
 pub mod router;
 pub mod rubric;
+pub mod watch;
 
 use serde::Serialize;
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rhai::AST;
@@ -76,6 +77,10 @@ struct Entry {
     current: Option<Arc<Plugin>>,
     error: Option<ScriptError>,
     file: String,
+    /// Hash of the last source tried, so an unchanged broken file is not re-reported.
+    attempted: Option<String>,
+    /// The file is gone; the last good version keeps serving the projects that use it.
+    deleted: bool,
 }
 
 pub struct Registry {
@@ -84,10 +89,123 @@ pub struct Registry {
     entries: RwLock<HashMap<(PluginKind, String), Entry>>,
     /// Versions other than the current one, compiled on demand from stored source.
     by_hash: RwLock<HashMap<String, Arc<Plugin>>>,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
 }
 
 pub fn content_hash(source: &str) -> String {
     hex::encode(Sha256::digest(source.as_bytes()))
+}
+
+/// Whether a folder entry is a plugin file: `NAME.rhai`, not an editor's temp or backup file.
+pub fn is_plugin_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name.ends_with(".rhai") && !name.starts_with('.') && !name.starts_with('#') && name.len() > 5
+}
+
+fn plugin_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(read) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = read
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| is_plugin_file(p) && p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn unreadable(path: &Path, e: std::io::Error) -> ScriptError {
+    ScriptError {
+        plugin: name_of(path),
+        function: None,
+        file: path.display().to_string(),
+        line: None,
+        column: None,
+        message: format!("cannot read: {e}"),
+        timed_out: false,
+    }
+}
+
+/// Compiles a source and checks it fully: required functions and its own `tests()`. No side
+/// effects, so `assay check` uses it as it is. Returns the plugin and its number of test cases.
+pub fn prepare(
+    engine: &ScriptEngine,
+    kind: PluginKind,
+    name: &str,
+    file: &str,
+    source: String,
+) -> Result<(Plugin, usize), ScriptError> {
+    let ast = engine.compile(name, file, &source)?;
+    let plugin = Plugin {
+        name: name.to_owned(),
+        kind,
+        file: file.to_owned(),
+        hash: content_hash(&source),
+        source,
+        ast,
+        loaded_at: crate::now_ms(),
+    };
+    for (function, arity) in kind.required() {
+        if !plugin.has_fn(function, *arity) {
+            return Err(ScriptError {
+                plugin: name.to_owned(),
+                function: None,
+                file: file.to_owned(),
+                line: None,
+                column: None,
+                message: format!(
+                    "a {} must define `fn {function}` with {arity} parameter(s)",
+                    kind.as_str()
+                ),
+                timed_out: false,
+            });
+        }
+    }
+    let cases = super::contract::run_tests(engine, &plugin)?;
+    Ok((plugin, cases))
+}
+
+/// Checks a file offline, as the server would load it. The kind comes from the folder name
+/// (`rubrics/` or `plugins/`), or else from the functions the file defines.
+pub fn check_file(engine: &ScriptEngine, path: &Path) -> Result<(PluginKind, usize), ScriptError> {
+    let source = std::fs::read_to_string(path).map_err(|e| unreadable(path, e))?;
+    let folder = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    let kind = match folder {
+        "rubrics" => PluginKind::Rubric,
+        "plugins" => PluginKind::Router,
+        _ if source.contains("fn route(") => PluginKind::Router,
+        _ => PluginKind::Rubric,
+    };
+    let (_, cases) = prepare(
+        engine,
+        kind,
+        &name_of(path),
+        &path.display().to_string(),
+        source,
+    )?;
+    Ok((kind, cases))
+}
+
+/// What one rescan of a folder did.
+#[derive(Debug, Default)]
+pub struct Rescan {
+    pub loaded: Vec<String>,
+    pub failed: Vec<ScriptError>,
+    pub deleted: Vec<String>,
 }
 
 impl Registry {
@@ -97,112 +215,113 @@ impl Registry {
             store,
             entries: RwLock::new(HashMap::new()),
             by_hash: RwLock::new(HashMap::new()),
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
         }
     }
 
-    /// Loads every `*.rhai` file of a folder. A missing folder loads nothing.
-    pub fn load_dir(&self, kind: PluginKind, dir: &Path) -> Vec<ScriptError> {
-        let mut errors = Vec::new();
-        let Ok(read) = std::fs::read_dir(dir) else {
-            tracing::warn!(kind = kind.as_str(), dir = %dir.display(), "plugin folder not found");
-            return errors;
-        };
-        let mut files: Vec<PathBuf> = read
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "rhai"))
-            .collect();
-        files.sort();
-        for file in files {
-            if let Err(e) = self.load_file(kind, &file) {
-                errors.push(e);
+    /// Compares a folder with what is loaded and (re)loads every file whose content changed.
+    /// Called at start-up, after file-system events, and by the polling fallback.
+    pub fn rescan(&self, kind: PluginKind, dir: &Path) -> Rescan {
+        let mut report = Rescan::default();
+        let files = plugin_files(dir);
+        let present: Vec<String> = files.iter().map(|f| name_of(f)).collect();
+        for path in files {
+            let name = name_of(&path);
+            let Ok(source) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let hash = content_hash(&source);
+            let unchanged = {
+                let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
+                entries
+                    .get(&(kind, name.clone()))
+                    .is_some_and(|e| e.attempted.as_deref() == Some(hash.as_str()) && !e.deleted)
+            };
+            if unchanged {
+                continue;
+            }
+            match self.install(kind, &name, &path.display().to_string(), source) {
+                Ok(_) => report.loaded.push(name),
+                Err(e) => report.failed.push(e),
             }
         }
-        errors
-    }
-
-    /// Compiles and checks one file and makes it the current version of its plugin. On failure
-    /// the previous version (if any) stays current and the error is recorded.
-    pub fn load_file(&self, kind: PluginKind, path: &Path) -> Result<Arc<Plugin>, ScriptError> {
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let file = path.display().to_string();
-        let result = std::fs::read_to_string(path)
-            .map_err(|e| ScriptError {
-                plugin: name.clone(),
-                function: None,
-                file: file.clone(),
-                line: None,
-                column: None,
-                message: format!("cannot read: {e}"),
-                timed_out: false,
-            })
-            .and_then(|source| self.compile_checked(kind, &name, &file, source));
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry((kind, name.clone())).or_default();
-        entry.file = file.clone();
-        match result {
-            Ok(plugin) => {
-                tracing::info!(kind = kind.as_str(), plugin = %name, version = %plugin.hash, "plugin loaded");
-                entry.current = Some(plugin.clone());
-                entry.error = None;
-                Ok(plugin)
-            }
-            Err(e) => {
-                tracing::error!(kind = kind.as_str(), plugin = %name, error = %e, "plugin failed to load");
-                entry.error = Some(e.clone());
-                Err(e)
+        for ((k, name), entry) in entries.iter_mut() {
+            if *k == kind && !entry.deleted && !present.contains(name) {
+                entry.deleted = true;
+                entry.attempted = None;
+                tracing::warn!(kind = kind.as_str(), plugin = %name, "plugin file deleted; its last version keeps serving");
+                report.deleted.push(name.clone());
             }
         }
+        report
     }
 
-    /// Compiles a source, checks its contract and stores the version.
-    fn compile_checked(
+    /// Loads every plugin file of a folder (start-up).
+    pub fn load_dir(&self, kind: PluginKind, dir: &Path) -> Vec<ScriptError> {
+        if !dir.is_dir() {
+            tracing::warn!(kind = kind.as_str(), dir = %dir.display(), "plugin folder not found");
+        }
+        self.rescan(kind, dir).failed
+    }
+
+    /// Loads one file and makes it current.
+    pub fn load_file(&self, kind: PluginKind, path: &Path) -> Result<Arc<Plugin>, ScriptError> {
+        let source = std::fs::read_to_string(path).map_err(|e| unreadable(path, e))?;
+        self.install(kind, &name_of(path), &path.display().to_string(), source)
+    }
+
+    /// Prepares a new version and swaps it in; on failure the previous version stays current
+    /// and the error is recorded.
+    fn install(
         &self,
         kind: PluginKind,
         name: &str,
         file: &str,
         source: String,
     ) -> Result<Arc<Plugin>, ScriptError> {
-        let ast = self.engine.compile(name, file, &source)?;
-        let plugin = Plugin {
-            name: name.to_owned(),
-            kind,
-            file: file.to_owned(),
-            hash: content_hash(&source),
-            source,
-            ast,
-            loaded_at: crate::now_ms(),
-        };
-        for (function, arity) in kind.required() {
-            if !plugin.has_fn(function, *arity) {
-                return Err(ScriptError {
-                    plugin: name.to_owned(),
-                    function: None,
-                    file: file.to_owned(),
-                    line: None,
-                    column: None,
-                    message: format!(
-                        "a {} must define `fn {function}` with {arity} parameter(s)",
-                        kind.as_str()
-                    ),
-                    timed_out: false,
-                });
+        let hash = content_hash(&source);
+        let result = prepare(&self.engine, kind, name, file, source).map(|(p, _)| Arc::new(p));
+        if let Ok(plugin) = &result {
+            let version = PluginVersion {
+                hash: plugin.hash.clone(),
+                kind: kind.as_str().to_owned(),
+                name: name.to_owned(),
+                source: plugin.source.clone(),
+                first_seen_at: plugin.loaded_at,
+            };
+            // Stored durably before it serves: every answer given under it can be read back.
+            if let Err(e) = self
+                .store
+                .put_plugin_version(&version)
+                .and_then(|_| self.store.flush())
+            {
+                tracing::error!(plugin = %name, error = %e, "could not store plugin version");
             }
         }
-        let version = PluginVersion {
-            hash: plugin.hash.clone(),
-            kind: kind.as_str().to_owned(),
-            name: name.to_owned(),
-            source: plugin.source.clone(),
-            first_seen_at: plugin.loaded_at,
-        };
-        if let Err(e) = self.store.put_plugin_version(&version) {
-            tracing::error!(plugin = %name, error = %e, "could not store plugin version");
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.entry((kind, name.to_owned())).or_default();
+        entry.file = file.to_owned();
+        entry.attempted = Some(hash);
+        entry.deleted = false;
+        let replacing = entry.current.is_some();
+        match &result {
+            Ok(plugin) => {
+                tracing::info!(kind = kind.as_str(), plugin = %name, version = %plugin.hash, "plugin loaded");
+                entry.current = Some(plugin.clone());
+                entry.error = None;
+                if replacing {
+                    self.reloads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::error!(kind = kind.as_str(), plugin = %name, error = %e, "plugin failed to load; the previous version keeps serving");
+                entry.error = Some(e.clone());
+                self.reload_failures.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        Ok(Arc::new(plugin))
+        result
     }
 
     /// The current version of a plugin, or why there is none.
@@ -287,7 +406,11 @@ impl Registry {
                 file: e.file.clone(),
                 version: e.current.as_ref().map(|p| p.hash.clone()),
                 loaded_at: e.current.as_ref().map(|p| p.loaded_at),
-                status: if e.error.is_some() { "error" } else { "ok" },
+                status: match (&e.error, e.deleted) {
+                    (Some(_), _) => "error",
+                    (None, true) => "deleted",
+                    (None, false) => "ok",
+                },
                 last_error: e.error.clone(),
             })
             .collect();

@@ -14,15 +14,26 @@ pub fn route(
     project: &Project,
     task: &Value,
 ) -> Result<Routing, ScriptError> {
-    let out = engine.call(router, "route", (to_dynamic(router, "route", task)?,))?;
-    let value = from_dynamic(router, "route", &out)?;
-    let mut routing = Routing {
+    let defaults = Routing {
         pool: None,
         reviews: project.reviews_per_task,
         priority: 0,
         estimate_minutes: project.estimate_minutes,
         router_version: Some(router.hash.clone()),
     };
+    route_with(engine, router, defaults, task)
+}
+
+/// Calls `route(task)`; what the script leaves out keeps the value in `defaults`.
+pub fn route_with(
+    engine: &ScriptEngine,
+    router: &Plugin,
+    defaults: Routing,
+    task: &Value,
+) -> Result<Routing, ScriptError> {
+    let out = engine.call(router, "route", (to_dynamic(router, "route", task)?,))?;
+    let value = from_dynamic(router, "route", &out)?;
+    let mut routing = defaults;
     let bad = |m: &str| ScriptError::contract(router, "route", m.to_owned());
     let map = match value {
         Value::Null => return Ok(routing),

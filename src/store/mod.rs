@@ -108,6 +108,8 @@ pub trait Store: Send + Sync + 'static {
     // Plugin versions and audit
     fn put_plugin_version(&self, version: &PluginVersion) -> StoreResult<()>;
     fn plugin_version(&self, hash: &str) -> StoreResult<Option<PluginVersion>>;
+    /// Every stored version of one plugin, oldest first.
+    fn plugin_versions(&self, kind: &str, name: &str) -> StoreResult<Vec<PluginVersion>>;
     fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
     /// Most recent first.
     fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;

@@ -23,6 +23,7 @@
 //! | `submissions_project_id` | project id ++ submission id           | empty                |
 //! | `counters_project_name`  | project id ++ counter name            | u64 BE               |
 //! | `plugins_hash`           | content hash (hex)                    | PluginVersion        |
+//! | `plugins_kind_name_time` | kind 0x00 name 0x00 first-seen time ++ hash | empty          |
 //! | `audit_time_id`          | time ++ event id                      | AuditEvent           |
 //!
 //! Ids and times are big-endian u64 (times offset by 2^63, see `keys::time`). Ids come from
@@ -67,6 +68,7 @@ struct Trees {
     subs_project: Tree,
     counters: Tree,
     plugins: Tree,
+    plugins_by_name: Tree,
     audit: Tree,
 }
 
@@ -213,6 +215,7 @@ impl SledStore {
             subs_project: tree("submissions_project_id")?,
             counters: tree("counters_project_name")?,
             plugins: tree("plugins_hash")?,
+            plugins_by_name: tree("plugins_kind_name_time")?,
             audit: tree("audit_time_id")?,
         };
         let sync_file = if fsync {
@@ -749,12 +752,34 @@ impl Store for SledStore {
     fn put_plugin_version(&self, version: &PluginVersion) -> StoreResult<()> {
         // First write wins: a hash names one source forever.
         let bytes = enc(version)?;
-        self.t
-            .plugins
-            .compare_and_swap(version.hash.as_bytes(), None as Option<&[u8]>, Some(bytes))
-            .map_err(backend)?
-            .ok();
-        Ok(())
+        let mut index = plugin_prefix(&version.kind, &version.name);
+        index.extend_from_slice(&keys::time(version.first_seen_at).to_be_bytes());
+        index.extend_from_slice(version.hash.as_bytes());
+        (&self.t.plugins, &self.t.plugins_by_name)
+            .transaction(|(plugins, by_name)| {
+                if plugins.get(version.hash.as_bytes())?.is_none() {
+                    plugins.insert(version.hash.as_bytes(), bytes.as_slice())?;
+                    by_name.insert(index.as_slice(), &[])?;
+                }
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    fn plugin_versions(&self, kind: &str, name: &str) -> StoreResult<Vec<PluginVersion>> {
+        let prefix = plugin_prefix(kind, name);
+        let mut out = Vec::new();
+        for item in self.t.plugins_by_name.scan_prefix(&prefix).keys() {
+            let key = item.map_err(backend)?;
+            let Some(hash) = key.get(prefix.len() + 8..) else {
+                continue;
+            };
+            let hash = String::from_utf8_lossy(hash);
+            if let Some(v) = self.plugin_version(&hash)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     fn plugin_version(&self, hash: &str) -> StoreResult<Option<PluginVersion>> {
@@ -780,6 +805,15 @@ impl Store for SledStore {
             .map(|v| v.map_err(backend).and_then(|b| dec("audit_time_id", &b)))
             .collect()
     }
+}
+
+fn plugin_prefix(kind: &str, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(kind.len() + name.len() + 2);
+    k.extend_from_slice(kind.as_bytes());
+    k.push(0);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
 }
 
 impl From<UnabortableTransactionError> for StoreError {

@@ -17,3 +17,46 @@ pub async fn readyz(state: State) -> HttpResponse {
         }
     }
 }
+
+/// Prometheus text format: what an operator asks about.
+pub async fn metrics(state: State) -> HttpResponse {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let r = &state.registry;
+    let statuses = r.statuses();
+    let failing = statuses.iter().filter(|s| s.status == "error").count();
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    metric(
+        "assay_plugin_reloads_total",
+        "counter",
+        "Plugin versions swapped in while running.",
+        r.reloads.load(Relaxed),
+    );
+    metric(
+        "assay_plugin_reload_failures_total",
+        "counter",
+        "Plugin loads that failed (the previous version kept serving).",
+        r.reload_failures.load(Relaxed),
+    );
+    metric(
+        "assay_plugins_failing",
+        "gauge",
+        "Plugins whose last load failed.",
+        failing as u64,
+    );
+    metric(
+        "assay_plugins",
+        "gauge",
+        "Plugins known.",
+        statuses.len() as u64,
+    );
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}
