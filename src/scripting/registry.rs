@@ -251,6 +251,8 @@ impl Registry {
             if *k == kind && !entry.deleted && !present.contains(name) {
                 entry.deleted = true;
                 entry.attempted = None;
+                // The error was about a file that is gone; what serves now is the last good one.
+                entry.error = None;
                 tracing::warn!(kind = kind.as_str(), plugin = %name, "plugin file deleted; its last version keeps serving");
                 report.deleted.push(name.clone());
             }

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::rubric::{from_dynamic, to_dynamic};
 use super::{Plugin, ScriptEngine, ScriptError};
-use crate::domain::{Project, Routing};
+use crate::domain::{Project, Routing, TaskState, TaskStatus};
 
 /// Calls `route(task)` and merges its answer with the project's defaults.
 pub fn route(
@@ -66,4 +66,86 @@ pub fn route_with(
         }
     }
     Ok(routing)
+}
+
+/// What `on_submit` decided about a task after a new submission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// No `on_submit`, or it returned nothing: complete once `reviews` submissions are in.
+    Default,
+    Complete,
+    /// Ask for more reviews (a new total), optionally from another pool.
+    More {
+        reviews: u32,
+        pool: Option<String>,
+    },
+    /// Send the task to a lead.
+    Qa,
+}
+
+impl Decision {
+    /// Applies the decision to a task whose `done_by` already counts the new submission.
+    pub fn apply(&self, status: &mut TaskStatus) {
+        let done = status.done_by.len();
+        match self {
+            Decision::Default if done >= status.reviews as usize => {
+                status.state = TaskState::Complete
+            }
+            Decision::Default => {}
+            Decision::Complete => status.state = TaskState::Complete,
+            Decision::Qa => status.state = TaskState::InQa,
+            Decision::More { reviews, pool } => {
+                status.reviews = (*reviews).max(done as u32 + 1);
+                if pool.is_some() {
+                    status.pool = pool.clone();
+                }
+                status.state = TaskState::Open;
+            }
+        }
+    }
+}
+
+/// Calls `on_submit(task, submission, submissions)`; `submissions` includes the new one.
+pub fn on_submit(
+    engine: &ScriptEngine,
+    router: &Plugin,
+    task: &Value,
+    submission: &Value,
+    submissions: &Value,
+) -> Result<Decision, ScriptError> {
+    let f = "on_submit";
+    let args = (
+        to_dynamic(router, f, task)?,
+        to_dynamic(router, f, submission)?,
+        to_dynamic(router, f, submissions)?,
+    );
+    let out = from_dynamic(router, f, &engine.call(router, f, args)?)?;
+    let bad = |m: &str| ScriptError::contract(router, f, m.to_owned());
+    let map = match out {
+        Value::Null => return Ok(Decision::Default),
+        Value::Object(m) if m.is_empty() => return Ok(Decision::Default),
+        Value::Object(m) => m,
+        _ => return Err(bad("must return #{action, reviews, pool}")),
+    };
+    match map.get("action").and_then(Value::as_str) {
+        Some("complete") => Ok(Decision::Complete),
+        Some("qa") => Ok(Decision::Qa),
+        Some("more") => {
+            let reviews = map
+                .get("reviews")
+                .and_then(Value::as_u64)
+                .filter(|r| (1..=1000).contains(r))
+                .ok_or_else(|| bad("`more` needs `reviews`: the new total, 1 to 1000"))?;
+            let pool = match map.get("pool") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(p)) => Some(p.clone()),
+                Some(_) => return Err(bad("`pool` must be a string")),
+            };
+            Ok(Decision::More {
+                reviews: reviews as u32,
+                pool,
+            })
+        }
+        _ => Err(bad("`action` must be \"complete\", \"more\" or \"qa\"")),
+    }
 }

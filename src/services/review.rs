@@ -16,7 +16,7 @@ use crate::domain::*;
 use crate::error::{AppError, AppResult};
 use crate::queue::{Lease, Queue};
 use crate::scripting::rubric::{self, Checked, Criterion};
-use crate::scripting::PluginKind;
+use crate::scripting::{router, PluginKind};
 use crate::store::StoreError;
 
 /// What `next` hands to the expert.
@@ -383,6 +383,7 @@ fn submit_blocking(
         Checked::Valid { scores } => scores,
         Checked::Invalid(errors) => return Err(AppError::InvalidAnswer(errors)),
     };
+    let decision = on_submit(st, &task, user, &answer, &scores)?;
 
     // Phase 2, under the project lock: re-check and commit.
     let q = st.queue.project(a.project_id);
@@ -443,9 +444,7 @@ fn submit_blocking(
     }
     let mut new_status = status.clone();
     new_status.done_by.push(user.id);
-    if new_status.done_by.len() >= new_status.reviews as usize {
-        new_status.state = TaskState::Complete;
-    }
+    decision.apply(&mut new_status);
     let submission = Submission {
         id: 0,
         task_id: a.task_id,
@@ -481,6 +480,39 @@ fn submit_blocking(
         submission,
         replay: false,
     })
+}
+
+/// Asks the project's current router what a new submission means for its task.
+fn on_submit(
+    st: &AppState,
+    task: &Task,
+    user: &User,
+    answer: &Value,
+    scores: &Value,
+) -> AppResult<router::Decision> {
+    let project = st
+        .store
+        .project(task.project_id)?
+        .ok_or(AppError::NotFound("project"))?;
+    let plugin = st.registry.current(PluginKind::Router, &project.router)?;
+    if !plugin.has_fn("on_submit", 3) {
+        return Ok(router::Decision::Default);
+    }
+    let earlier = st.store.submissions_for_task(task.id)?;
+    let view = |expert: Id, answer: &Value, scores: &Value| serde_json::json!({"expert_id": expert, "answer": answer, "scores": scores});
+    let submission = view(user.id, answer, scores);
+    let mut all: Vec<Value> = earlier
+        .iter()
+        .map(|s| view(s.expert_id, &s.answer, &s.scores))
+        .collect();
+    all.push(submission.clone());
+    Ok(router::on_submit(
+        &st.registry.engine,
+        &plugin,
+        &rubric::task_value(task),
+        &submission,
+        &Value::Array(all),
+    )?)
 }
 
 /// Returns expired leases' tasks to the queue, on a timer.

@@ -11,3 +11,4 @@ mod review_loop;
 mod scripts;
 mod store;
 mod support;
+mod workflows;
