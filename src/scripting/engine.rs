@@ -1,6 +1,7 @@
 //! The one Rhai engine every plugin runs in, hardened: only the packages scripts need, no
 //! `eval`, no module imports from disk, no clock, every size and depth limited, and a wall-clock
 //! deadline enforced through `on_progress` (an operation limit alone does not bound time).
+//! Rhai is built with `no_module`, so `import` does not exist and scripts cannot load files.
 
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
@@ -50,8 +51,6 @@ impl ScriptEngine {
             .set_max_array_size(limits.max_array_size)
             .set_max_map_size(limits.max_map_size)
             .set_max_variables(limits.max_variables)
-            .set_max_modules(0)
-            .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
             .disable_symbol("eval");
         engine.on_progress(|ops| {
             // Reading the clock on every operation would be costly; every 256th is enough.
@@ -71,7 +70,7 @@ impl ScriptEngine {
                 tracing::debug!(plugin = %plugin, source = source.unwrap_or(""), position = %pos, "debug: {text}")
             })
         });
-        super::rubric::register_helpers(&mut engine);
+        super::helpers::register(&mut engine);
         Self {
             engine,
             timeout: Duration::from_millis(limits.timeout_ms),

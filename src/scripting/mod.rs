@@ -3,6 +3,7 @@
 
 pub mod contract;
 pub mod engine;
+pub mod helpers;
 pub mod registry;
 pub mod router;
 pub mod rubric;

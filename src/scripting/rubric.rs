@@ -2,7 +2,7 @@
 //! declarative rule itself (types, ranges, required, lengths, spans inside their text); optional
 //! `validate(task, answer)` adds cross-field rules and `score(task, answer)` computes numbers.
 
-use rhai::{Dynamic, Engine};
+use rhai::Dynamic;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -548,12 +548,6 @@ fn parse_field_errors(rubric: &Plugin, out: &Dynamic) -> Result<Vec<FieldError>,
             "must return an array of #{field, message}",
         )
     })
-}
-
-/// Helper functions available to every script.
-pub fn register_helpers(engine: &mut Engine) {
-    engine.register_fn("char_count", |s: &str| s.chars().count() as i64);
-    engine.register_fn("word_count", |s: &str| s.split_whitespace().count() as i64);
 }
 
 #[cfg(test)]
