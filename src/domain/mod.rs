@@ -129,6 +129,9 @@ pub struct TaskStatus {
     /// Router version that made the decision.
     #[serde(default)]
     pub router_version: Option<String>,
+    /// The task carries a gold answer (for quality checks).
+    #[serde(default)]
+    pub gold: bool,
 }
 
 /// A task to be written by an import, with its routing already decided.

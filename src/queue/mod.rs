@@ -65,6 +65,8 @@ pub struct ProjectQueue {
     slots: HashMap<Id, Slot>,
     /// The lease each expert holds in this project (an expert works on one task at a time).
     held: HashMap<Id, (Id, Lease)>,
+    /// Leases handed to each expert in this project since start-up (for routers' `pick`).
+    handouts: HashMap<Id, u64>,
 }
 
 impl ProjectQueue {
@@ -103,6 +105,13 @@ impl ProjectQueue {
 
     pub fn add_lease(&mut self, task: Id, lease: Lease) {
         if let Some(slot) = self.slots.get_mut(&task) {
+            if !slot
+                .leases
+                .iter()
+                .any(|l| l.assignment_id == lease.assignment_id)
+            {
+                *self.handouts.entry(lease.expert_id).or_default() += 1;
+            }
             slot.leases
                 .retain(|l| l.assignment_id != lease.assignment_id);
             slot.leases.push(lease.clone());
@@ -141,22 +150,50 @@ impl ProjectQueue {
         }
     }
 
-    /// The best open task this expert may take: in a pool they have (or in no pool), with room,
-    /// not reviewed, skipped or held by them. Highest priority first, then oldest.
-    pub fn pick(&self, expert: Id, skills: &[String], now: i64) -> Option<Id> {
-        let open_pool = std::iter::once(None);
-        let skill_pools = skills.iter().map(|s| Some(s.clone()));
-        open_pool
-            .chain(skill_pools)
-            .filter_map(|pool| {
-                self.pools.get(&pool)?.iter().find(|(_, task)| {
+    /// Whether this expert may take this task now: open with room, in a pool they have (or in
+    /// no pool), not reviewed, skipped or held by them.
+    pub fn may_take(&self, task: Id, expert: Id, skills: &[String], now: i64) -> bool {
+        self.slots.get(&task).is_some_and(|s| {
+            s.has_room(now)
+                && !s.touched_by(expert, now)
+                && s.status.pool.as_ref().is_none_or(|p| skills.contains(p))
+        })
+    }
+
+    /// Up to `limit` tasks this expert may take, best first (highest priority, then oldest).
+    pub fn eligible(&self, expert: Id, skills: &[String], now: i64, limit: usize) -> Vec<Id> {
+        let pools = std::iter::once(None).chain(skills.iter().map(|s| Some(s.clone())));
+        let mut found: Vec<Order> = Vec::new();
+        for pool in pools {
+            let Some(set) = self.pools.get(&pool) else {
+                continue;
+            };
+            let room = set
+                .iter()
+                .filter(|(_, task)| {
                     self.slots
                         .get(task)
                         .is_some_and(|s| s.has_room(now) && !s.touched_by(expert, now))
                 })
-            })
-            .min()
-            .map(|(_, task)| *task)
+                .take(limit);
+            found.extend(room);
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
+            .into_iter()
+            .take(limit)
+            .map(|(_, task)| task)
+            .collect()
+    }
+
+    /// The best task this expert may take.
+    pub fn pick(&self, expert: Id, skills: &[String], now: i64) -> Option<Id> {
+        self.eligible(expert, skills, now, 1).into_iter().next()
+    }
+
+    pub fn handouts(&self, expert: Id) -> u64 {
+        self.handouts.get(&expert).copied().unwrap_or(0)
     }
 
     pub fn open_count(&self) -> usize {
@@ -211,6 +248,7 @@ mod tests {
             done_by: vec![],
             skipped_by: vec![],
             router_version: None,
+            gold: false,
         }
     }
 

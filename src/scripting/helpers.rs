@@ -29,7 +29,9 @@ pub fn register(engine: &mut Engine) {
 }
 
 fn word_diff<'a>(old: &'a str, new: &'a str) -> TextDiff<'a, 'a, str> {
-    TextDiff::configure().timeout(DIFF_TIMEOUT).diff_words(old, new)
+    TextDiff::configure()
+        .timeout(DIFF_TIMEOUT)
+        .diff_words(old, new)
 }
 
 pub fn diff(old: &str, new: &str) -> Array {

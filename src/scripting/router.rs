@@ -149,3 +149,32 @@ pub fn on_submit(
         _ => Err(bad("`action` must be \"complete\", \"more\" or \"qa\"")),
     }
 }
+
+/// Calls `pick(expert, candidates)`: `Some(index)` of the chosen candidate, `None` for "none of
+/// these" (the expert gets nothing now). An index out of range is a contract error.
+pub fn pick(
+    engine: &ScriptEngine,
+    router: &Plugin,
+    expert: &Value,
+    candidates: &Value,
+) -> Result<Option<usize>, ScriptError> {
+    let f = "pick";
+    let n = candidates.as_array().map_or(0, Vec::len);
+    let args = (
+        to_dynamic(router, f, expert)?,
+        to_dynamic(router, f, candidates)?,
+    );
+    let out = engine.call(router, f, args)?;
+    match out.as_int() {
+        Ok(-1) => Ok(None),
+        Ok(i) if i >= 0 && (i as usize) < n => Ok(Some(i as usize)),
+        _ => Err(ScriptError::contract(
+            router,
+            f,
+            format!(
+                "must return an index from 0 to {} or -1, got {out}",
+                n.saturating_sub(1)
+            ),
+        )),
+    }
+}

@@ -453,13 +453,14 @@ fn as_integer(v: &Value) -> Option<i64> {
     }
 }
 
-/// `task` as scripts see it: `#{id, external_id, data, meta}`.
+/// `task` as scripts see it: `#{id, external_id, data, meta, is_gold}`.
 pub fn task_value(task: &Task) -> Value {
     serde_json::json!({
         "id": task.id,
         "external_id": task.external_id,
         "data": task.data,
         "meta": task.meta,
+        "is_gold": task.gold.is_some(),
     })
 }
 
@@ -516,12 +517,12 @@ pub fn check_answer(
             return Ok(Checked::Invalid(errors));
         }
     }
-    let scores = if rubric.has_fn("score", 2) {
-        let out = engine.call(rubric, "score", (task_dyn, answer_dyn))?;
+    let mut scores = if rubric.has_fn("score", 2) {
+        let out = engine.call(rubric, "score", (task_dyn, answer_dyn.clone()))?;
         let value = from_dynamic(rubric, "score", &out)?;
-        match &value {
-            Value::Object(m) if m.values().all(Value::is_number) => value,
-            Value::Null => Value::Object(Map::new()),
+        match value {
+            Value::Object(m) if m.values().all(Value::is_number) => m,
+            Value::Null => Map::new(),
             _ => {
                 return Err(ScriptError::contract(
                     rubric,
@@ -531,8 +532,26 @@ pub fn check_answer(
             }
         }
     } else {
-        Value::Object(Map::new())
+        Map::new()
     };
+    // A gold task is graded against its gold answer; the grade is stored with the scores.
+    if let (Some(gold), true) = (&task.gold, rubric.has_fn("grade", 2)) {
+        let out = engine.call(
+            rubric,
+            "grade",
+            (to_dynamic(rubric, "grade", gold)?, answer_dyn),
+        )?;
+        let grade = out
+            .as_float()
+            .ok()
+            .or_else(|| out.as_int().ok().map(|i| i as f64))
+            .filter(|g| (0.0..=1.0).contains(g))
+            .ok_or_else(|| {
+                ScriptError::contract(rubric, "grade", "must return a number from 0.0 to 1.0")
+            })?;
+        scores.insert("gold_grade".into(), serde_json::json!(grade));
+    }
+    let scores = Value::Object(scores);
     Ok(Checked::Valid { scores })
 }
 

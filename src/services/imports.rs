@@ -36,7 +36,10 @@ fn open(path: &Path) -> AppResult<BufReader<File>> {
 }
 
 fn task_json(r: &RawRecord) -> serde_json::Value {
-    serde_json::json!({"id": null, "external_id": r.external_id, "data": r.data, "meta": r.meta})
+    serde_json::json!({
+        "id": null, "external_id": r.external_id, "data": r.data, "meta": r.meta,
+        "is_gold": r.gold.is_some(),
+    })
 }
 
 /// Imports a spooled upload into a project (blocking).

@@ -16,7 +16,7 @@ use crate::domain::*;
 use crate::error::{AppError, AppResult};
 use crate::queue::{Lease, Queue};
 use crate::scripting::rubric::{self, Checked, Criterion};
-use crate::scripting::{router, PluginKind};
+use crate::scripting::{router, Plugin, PluginKind};
 use crate::store::StoreError;
 
 /// What `next` hands to the expert.
@@ -71,48 +71,20 @@ pub async fn next(state: &AppState, user: User, project: Id) -> AppResult<Option
         let (project, _) = access_blocking(&st, &user, project)?;
         let now = crate::now_ms();
         let q = st.queue.project(project.id);
-        let assignment = {
-            let mut queue = Queue::lock(&q);
-            let held = match queue.held_by(user.id, now) {
-                Some((_, aid)) => st
-                    .store
-                    .assignment(aid)?
-                    .filter(|a| a.status == AssignmentStatus::Active),
-                None => None,
-            };
-            match held {
+        let held = Queue::lock(&q).held_by(user.id, now);
+        let held = match held {
+            Some((_, aid)) => st
+                .store
+                .assignment(aid)?
+                .filter(|a| a.status == AssignmentStatus::Active),
+            None => None,
+        };
+        let assignment = match held {
+            Some(a) => a,
+            None => match lease_next(&st, &project, &user, now)? {
                 Some(a) => a,
-                None => {
-                    let rubric = st.registry.current(PluginKind::Rubric, &project.rubric)?;
-                    let router = st.registry.current(PluginKind::Router, &project.router)?;
-                    let Some(task_id) = queue.pick(user.id, &user.skills, now) else {
-                        return Ok(None);
-                    };
-                    let a = Assignment {
-                        id: st.store.new_id()?,
-                        task_id,
-                        project_id: project.id,
-                        expert_id: user.id,
-                        status: AssignmentStatus::Active,
-                        served_at: now,
-                        expires_at: now + project.lease_seconds as i64 * 1000,
-                        last_seen_at: now,
-                        active_seconds: 0.0,
-                        fence: rand::random(),
-                        rubric: rubric.name.clone(),
-                        rubric_version: rubric.hash.clone(),
-                        router: router.name.clone(),
-                        router_version: router.hash.clone(),
-                        submission_id: None,
-                        reason: None,
-                    };
-                    // Not flushed: a lease lost in a crash only returns its task to the queue,
-                    // and its signed token still lets the expert submit if there is room.
-                    st.store.put_assignment(&a)?;
-                    queue.add_lease(task_id, Lease::from(&a));
-                    a
-                }
-            }
+                None => return Ok(None),
+            },
         };
         let task = st
             .store
@@ -175,6 +147,124 @@ pub async fn next(state: &AppState, user: User, project: Id) -> AppResult<Option
         }))
     })
     .await
+}
+
+/// Candidates a router's `pick` chooses among.
+const PICK_WINDOW: usize = 32;
+
+/// What a router's `pick` chose.
+enum Choice {
+    Task(Id),
+    Nothing,
+    Default,
+}
+
+/// Chooses a task (asking the router's `pick` when it has one) and leases it.
+fn lease_next(
+    st: &AppState,
+    project: &Project,
+    user: &User,
+    now: i64,
+) -> AppResult<Option<Assignment>> {
+    let rubric = st.registry.current(PluginKind::Rubric, &project.rubric)?;
+    let router = st.registry.current(PluginKind::Router, &project.router)?;
+    let q = st.queue.project(project.id);
+    // The script runs without the lock, so a slow `pick` never holds up other experts; its
+    // choice is checked again under the lock below.
+    let choice = if router.has_fn("pick", 2) {
+        scripted_pick(st, &router, user, project.id, now)?
+    } else {
+        Choice::Default
+    };
+    let mut queue = Queue::lock(&q);
+    if let Some((_, aid)) = queue.held_by(user.id, now) {
+        // A concurrent `next` of the same expert leased meanwhile: answer with that lease.
+        return Ok(st
+            .store
+            .assignment(aid)?
+            .filter(|a| a.status == AssignmentStatus::Active));
+    }
+    let task_id = match choice {
+        Choice::Nothing => return Ok(None),
+        Choice::Task(id) if queue.may_take(id, user.id, &user.skills, now) => id,
+        _ => match queue.pick(user.id, &user.skills, now) {
+            Some(id) => id,
+            None => return Ok(None),
+        },
+    };
+    let a = Assignment {
+        id: st.store.new_id()?,
+        task_id,
+        project_id: project.id,
+        expert_id: user.id,
+        status: AssignmentStatus::Active,
+        served_at: now,
+        expires_at: now + project.lease_seconds as i64 * 1000,
+        last_seen_at: now,
+        active_seconds: 0.0,
+        fence: rand::random(),
+        rubric: rubric.name.clone(),
+        rubric_version: rubric.hash.clone(),
+        router: router.name.clone(),
+        router_version: router.hash.clone(),
+        submission_id: None,
+        reason: None,
+    };
+    // Not flushed: a lease lost in a crash only returns its task to the queue, and its signed
+    // token still lets the expert submit while the task has room.
+    st.store.put_assignment(&a)?;
+    queue.add_lease(task_id, Lease::from(&a));
+    Ok(Some(a))
+}
+
+/// Calls `pick(expert, candidates)` over a window of the tasks this expert may take.
+fn scripted_pick(
+    st: &AppState,
+    router: &Plugin,
+    user: &User,
+    project: Id,
+    now: i64,
+) -> AppResult<Choice> {
+    let q = st.queue.project(project);
+    let (window, handouts) = {
+        let queue = Queue::lock(&q);
+        let ids = queue.eligible(user.id, &user.skills, now, PICK_WINDOW);
+        let statuses: Vec<TaskStatus> = ids
+            .iter()
+            .filter_map(|id| queue.slot(*id).map(|s| s.status.clone()))
+            .collect();
+        (statuses, queue.handouts(user.id))
+    };
+    if window.is_empty() {
+        return Ok(Choice::Nothing);
+    }
+    let mut candidates = Vec::with_capacity(window.len());
+    for status in &window {
+        let Some(task) = st.store.task(status.task_id)? else {
+            continue;
+        };
+        candidates.push(serde_json::json!({
+            "id": task.id, "external_id": task.external_id, "meta": task.meta,
+            "pool": status.pool, "priority": status.priority, "reviews": status.reviews,
+            "done": status.done_by.len(), "is_gold": status.gold,
+        }));
+    }
+    let expert = serde_json::json!({
+        "id": user.id, "username": user.username, "skills": user.skills, "handouts": handouts,
+    });
+    Ok(
+        match router::pick(
+            &st.registry.engine,
+            router,
+            &expert,
+            &Value::Array(candidates),
+        )? {
+            Some(i) => window
+                .get(i)
+                .map_or(Choice::Default, |s| Choice::Task(s.task_id)),
+            None => Choice::Nothing,
+        },
+    )
 }
 
 /// Loads an assignment for a lease operation and checks that it is live and the caller's.

@@ -494,6 +494,7 @@ impl Store for SledStore {
         let mut prepared = Vec::with_capacity(batch.len());
         for new in batch {
             let id = self.next_id()?;
+            let has_gold = new.gold.is_some();
             let task = Task {
                 id,
                 project_id: project,
@@ -514,6 +515,7 @@ impl Store for SledStore {
                 done_by: Vec::new(),
                 skipped_by: Vec::new(),
                 router_version: new.routing.router_version,
+                gold: has_gold,
             };
             prepared.push((enc(&task)?, task.external_id, status));
         }

@@ -395,7 +395,7 @@ fn assay_check_passes_good_files_and_fails_bad_ones_with_positions() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("pairwise_preference.rhai (rubric, 4 test case(s))"),
+        text.contains("pairwise_preference.rhai (rubric, 5 test case(s))"),
         "{text}"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_assay"))
