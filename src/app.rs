@@ -101,6 +101,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     web::delete().to(api::projects::remove_member),
                 )
                 .route("/projects/{id}/stats", web::get().to(api::projects::stats))
+                .route(
+                    "/projects/{id}/reroute",
+                    web::post().to(api::projects::reroute),
+                )
                 .route("/projects/{id}/tasks", web::post().to(api::tasks::import))
                 .route("/projects/{id}/tasks", web::get().to(api::tasks::list))
                 .route("/projects/{id}/next", web::post().to(api::review::next))

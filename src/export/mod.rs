@@ -1,6 +1,10 @@
-//! Streamed exports. A blocking producer pages through the project's submissions in id order and
-//! sends JSON Lines in chunks over a small bounded channel, so memory stays constant whatever the
-//! project size and a slow client simply slows the producer down.
+//! Streamed exports. A blocking producer pages through the project's submissions (or tasks) in id
+//! order and sends JSON Lines in chunks over a small bounded channel, so memory stays constant
+//! whatever the project size and a slow client simply slows the producer down.
+//!
+//! Formats: `jsonl` (one line per submission, with its task and context), `records` (what the
+//! rubric's `export_records(task, submissions)` returns), `dpo` (prompt/chosen/rejected from the
+//! majority of a pairwise criterion), `sft` (chat `messages` ending in each expert rewrite).
 
 use std::collections::HashMap;
 
@@ -10,8 +14,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::app::AppState;
-use crate::domain::{Id, Submission, Task};
+use crate::domain::{Id, Project, Submission, Task};
 use crate::error::AppError;
+use crate::scripting::rubric::{self, Kind};
+use crate::scripting::{Plugin, PluginKind};
 
 const PAGE: usize = 256;
 const CHUNK: usize = 64 * 1024;
@@ -37,14 +43,45 @@ struct Record<'a> {
     active_seconds: f64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Format {
+    Jsonl,
+    Records,
+    Dpo,
+    Sft,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Self, AppError> {
+        match s {
+            "jsonl" => Ok(Format::Jsonl),
+            "records" => Ok(Format::Records),
+            "dpo" => Ok(Format::Dpo),
+            "sft" => Ok(Format::Sft),
+            other => Err(AppError::field(
+                "format",
+                format!("unknown format `{other}`; available: jsonl, records, dpo, sft"),
+            )),
+        }
+    }
+}
+
 /// Starts producing the export of a project; the receiver yields chunks of JSON Lines.
-pub fn jsonl(state: AppState, project: Id) -> mpsc::Receiver<Result<Bytes, AppError>> {
+pub fn start(
+    state: AppState,
+    project: Project,
+    format: Format,
+) -> mpsc::Receiver<Result<Bytes, AppError>> {
     let (tx, rx) = mpsc::channel(4);
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
-        if let Err(e) = produce(&state, project, &tx) {
-            tracing::error!(error = %e, project, "export failed");
+        let result = match format {
+            Format::Jsonl => produce(&state, project.id, &tx),
+            _ => produce_by_task(&state, &project, format, &tx),
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, project = project.id, "export failed");
             // The client sees a truncated body; the error is in the log.
             let _ = tx.blocking_send(Err(e));
         }
@@ -109,4 +146,201 @@ fn produce(
         let _ = tx.blocking_send(Ok(Bytes::from(buf)));
     }
     Ok(())
+}
+
+/// Checks that a project can be exported in a format, before any byte is sent.
+pub fn check(
+    st: &AppState,
+    project: &Project,
+    format: Format,
+) -> Result<std::sync::Arc<Plugin>, AppError> {
+    let plugin = st.registry.current(PluginKind::Rubric, &project.rubric)?;
+    if format == Format::Records && !plugin.has_fn("export_records", 2) {
+        return Err(AppError::field(
+            "format",
+            format!(
+                "rubric `{}` defines no `export_records(task, submissions)`",
+                plugin.name
+            ),
+        ));
+    }
+    Ok(plugin)
+}
+
+/// Sends `buf` once it is a chunk's worth; false when the client went away.
+fn send_if_full(buf: &mut Vec<u8>, tx: &mpsc::Sender<Result<Bytes, AppError>>) -> bool {
+    if buf.len() < CHUNK {
+        return true;
+    }
+    let chunk = Bytes::from(std::mem::replace(buf, Vec::with_capacity(CHUNK + 4096)));
+    tx.blocking_send(Ok(chunk)).is_ok()
+}
+
+/// Task-level formats: every task with at least one submission becomes zero or more records.
+fn produce_by_task(
+    st: &AppState,
+    project: &Project,
+    format: Format,
+    tx: &mpsc::Sender<Result<Bytes, AppError>>,
+) -> Result<(), AppError> {
+    let plugin = check(st, project, format)?;
+    let mut after = None;
+    let mut buf = Vec::with_capacity(CHUNK + 4096);
+    loop {
+        let page = st.store.tasks_page(project.id, after, PAGE)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        for task in &page {
+            let subs = st.store.submissions_for_task(task.id)?;
+            if subs.is_empty() {
+                continue;
+            }
+            let records = match format {
+                Format::Records => scripted_records(st, &plugin, task, &subs)?,
+                Format::Dpo => dpo(st, &plugin, task, &subs)?,
+                _ => sft(st, &plugin, task, &subs)?,
+            };
+            for r in records {
+                serde_json::to_writer(&mut buf, &r).map_err(AppError::internal)?;
+                buf.push(b'\n');
+            }
+            if !send_if_full(&mut buf, tx) {
+                return Ok(());
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+    }
+    Ok(())
+}
+
+fn submissions_value(subs: &[Submission]) -> Value {
+    Value::Array(
+        subs.iter()
+            .map(|s| serde_json::json!({"id": s.id, "expert_id": s.expert_id, "answer": s.answer, "scores": s.scores}))
+            .collect(),
+    )
+}
+
+fn scripted_records(
+    st: &AppState,
+    plugin: &Plugin,
+    task: &Task,
+    subs: &[Submission],
+) -> Result<Vec<Value>, AppError> {
+    let f = "export_records";
+    let args = (
+        rubric::to_dynamic(plugin, f, &rubric::task_value(task))?,
+        rubric::to_dynamic(plugin, f, &submissions_value(subs))?,
+    );
+    let out = rubric::from_dynamic(plugin, f, &st.registry.engine.call(plugin, f, args)?)?;
+    match out {
+        Value::Array(records) => Ok(records),
+        Value::Null => Ok(Vec::new()),
+        _ => Err(crate::scripting::ScriptError::contract(
+            plugin,
+            f,
+            "must return an array of records",
+        )
+        .into()),
+    }
+}
+
+/// The prompt of a task: `prompt`, or the chat `messages` so far.
+fn prompt_of(data: &Value) -> Value {
+    data.get("prompt")
+        .or_else(|| data.get("messages"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The text of `responses[i]`: a string, or an object's `text`.
+fn response_text(data: &Value, i: usize) -> Option<Value> {
+    let r = data.get("responses")?.get(i)?;
+    match r {
+        Value::String(_) => Some(r.clone()),
+        _ => r.get("text").cloned(),
+    }
+}
+
+fn first_criterion(
+    st: &AppState,
+    plugin: &Plugin,
+    task: &Task,
+    want: fn(&Kind) -> bool,
+) -> Result<Option<String>, AppError> {
+    let criteria = rubric::criteria(&st.registry.engine, plugin, &rubric::task_value(task))?;
+    Ok(criteria.into_iter().find(|c| want(&c.kind)).map(|c| c.id))
+}
+
+/// Preference pairs: the majority pick of the first pairwise criterion; ties and split votes
+/// give no pair.
+fn dpo(
+    st: &AppState,
+    plugin: &Plugin,
+    task: &Task,
+    subs: &[Submission],
+) -> Result<Vec<Value>, AppError> {
+    let Some(id) = first_criterion(st, plugin, task, |k| matches!(k, Kind::Pairwise { .. }))?
+    else {
+        return Ok(Vec::new());
+    };
+    let (mut left, mut right, mut tie) = (0u64, 0u64, 0u64);
+    for s in subs {
+        match s
+            .answer
+            .get(&id)
+            .and_then(|v| v.get("pick"))
+            .and_then(Value::as_str)
+        {
+            Some("left") => left += 1,
+            Some("right") => right += 1,
+            Some("tie") => tie += 1,
+            _ => {}
+        }
+    }
+    let (Some(a), Some(b)) = (response_text(&task.data, 0), response_text(&task.data, 1)) else {
+        return Ok(Vec::new());
+    };
+    let (chosen, rejected) = match left.cmp(&right) {
+        std::cmp::Ordering::Greater => (a, b),
+        std::cmp::Ordering::Less => (b, a),
+        std::cmp::Ordering::Equal => return Ok(Vec::new()),
+    };
+    Ok(vec![serde_json::json!({
+        "prompt": prompt_of(&task.data), "chosen": chosen, "rejected": rejected,
+        "task_id": task.id, "external_id": task.external_id,
+        "votes": {"left": left, "right": right, "tie": tie},
+    })])
+}
+
+/// Supervised examples: the conversation, ending with each expert's rewrite.
+fn sft(
+    st: &AppState,
+    plugin: &Plugin,
+    task: &Task,
+    subs: &[Submission],
+) -> Result<Vec<Value>, AppError> {
+    let Some(id) = first_criterion(st, plugin, task, |k| matches!(k, Kind::Rewrite { .. }))? else {
+        return Ok(Vec::new());
+    };
+    let context: Vec<Value> = match prompt_of(&task.data) {
+        Value::Array(messages) => messages,
+        Value::Null => Vec::new(),
+        prompt => vec![serde_json::json!({"role": "user", "content": prompt})],
+    };
+    let mut out = Vec::new();
+    for s in subs {
+        let Some(text) = s.answer.get(&id).and_then(Value::as_str) else {
+            continue;
+        };
+        let mut messages = context.clone();
+        messages.push(serde_json::json!({"role": "assistant", "content": text}));
+        out.push(serde_json::json!({
+            "messages": messages, "task_id": task.id, "external_id": task.external_id,
+            "submission_id": s.id, "expert_id": s.expert_id,
+        }));
+    }
+    Ok(out)
 }

@@ -196,6 +196,17 @@ impl ProjectQueue {
         self.handouts.get(&expert).copied().unwrap_or(0)
     }
 
+    /// Ids of every open task, best first.
+    pub fn open_tasks(&self) -> Vec<Id> {
+        let mut all: Vec<Order> = self
+            .pools
+            .values()
+            .flat_map(|s| s.iter().copied())
+            .collect();
+        all.sort_unstable();
+        all.into_iter().map(|(_, id)| id).collect()
+    }
+
     pub fn open_count(&self) -> usize {
         self.slots.len()
     }

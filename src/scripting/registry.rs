@@ -321,9 +321,35 @@ impl Registry {
                 tracing::error!(kind = kind.as_str(), plugin = %name, error = %e, "plugin failed to load; the previous version keeps serving");
                 entry.error = Some(e.clone());
                 self.reload_failures.fetch_add(1, Ordering::Relaxed);
+                if entry.current.is_none() {
+                    // Nothing served yet in this process (a start with a broken file): fall
+                    // back to the last version that passed, from the database.
+                    entry.current = self.last_stored(kind, name);
+                }
             }
         }
         result
+    }
+
+    /// The newest stored version of a plugin, compiled.
+    fn last_stored(&self, kind: PluginKind, name: &str) -> Option<Arc<Plugin>> {
+        let stored = self
+            .store
+            .plugin_versions(kind.as_str(), name)
+            .ok()?
+            .pop()?;
+        let file = format!("{name}@{}", stored.hash);
+        let ast = self.engine.compile(name, &file, &stored.source).ok()?;
+        tracing::warn!(kind = kind.as_str(), plugin = %name, version = %stored.hash, "serving the last stored version");
+        Some(Arc::new(Plugin {
+            name: name.to_owned(),
+            kind,
+            file,
+            hash: stored.hash,
+            source: stored.source,
+            ast,
+            loaded_at: crate::now_ms(),
+        }))
     }
 
     /// The current version of a plugin, or why there is none.

@@ -4,6 +4,7 @@
 pub mod imports;
 pub mod projects;
 pub mod review;
+pub mod routing;
 pub mod users;
 
 use crate::app::AppState;

@@ -573,6 +573,21 @@ impl Store for SledStore {
         )
     }
 
+    fn put_task_status(&self, status: &TaskStatus) -> StoreResult<()> {
+        let t = &self.t;
+        (&t.taskstatus, &t.queue, &t.counters)
+            .transaction(|(statuses, queue, counters)| {
+                let key = keys::id(status.task_id);
+                let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                let Some(old) = old else {
+                    return Err(abort(StoreError::Missing("task")));
+                };
+                tx_put(statuses, &key, status)?;
+                tx_transition(counters, queue, status, Some(old.state))
+            })
+            .map_err(from_tx)
+    }
+
     fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>> {
         let mut out = Vec::new();
         for item in self.t.queue.iter().keys() {

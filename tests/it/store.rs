@@ -6,7 +6,17 @@ use assay::store::{SledStore, Store, StoreError};
 use serde_json::json;
 
 fn open(dir: &std::path::Path) -> Box<dyn Store> {
-    Box::new(SledStore::open(dir, true).expect("open"))
+    // Reopening in the same process: sled's background flusher of the dropped handle may hold
+    // the file lock for a moment longer, so give it a few tries.
+    let mut last = None;
+    for _ in 0..50 {
+        match SledStore::open(dir, true) {
+            Ok(store) => return Box::new(store),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("cannot open the store: {last:?}");
 }
 
 fn user(name: &str) -> User {
@@ -348,14 +358,29 @@ fn plugin_versions_audit_durability_and_schema_guard() {
     }
     // A database from a newer version is refused.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = (0..50)
+            .find_map(|_| {
+                sled::open(dir.path()).ok().or_else(|| {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                })
+            })
+            .unwrap();
         db.open_tree("meta")
             .unwrap()
             .insert(b"schema_version", &99u32.to_be_bytes())
             .unwrap();
         db.flush().unwrap();
     }
-    match SledStore::open(dir.path(), true) {
+    let mut reopened = SledStore::open(dir.path(), true);
+    for _ in 0..50 {
+        if !matches!(&reopened, Err(StoreError::Backend(_))) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        reopened = SledStore::open(dir.path(), true);
+    }
+    match reopened {
         Err(StoreError::TooNew { found: 99, .. }) => {}
         Err(other) => panic!("expected TooNew, got {other}"),
         Ok(_) => panic!("expected TooNew, got a store"),

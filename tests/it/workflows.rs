@@ -407,3 +407,307 @@ fn assay_check_passes_good_files_and_fails_bad_ones_with_positions() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("bad.rhai:3:1"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gold_injection_hands_gold_every_fifth_task_and_never_twice() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "gold", "rubric": "pairwise_preference", "router": "gold_injection"}),
+        )
+        .await;
+    let gold = |i: usize, pick: &str| {
+        json!({"external_id": format!("gold-{i}"), "gold": {"preference": {"pick": pick, "strength": 2}},
+               "data": {"prompt": format!("gold {i}"), "responses": ["x", "y"]}})
+        .to_string()
+    };
+    let upload = format!(
+        "{}\n{}\n{}",
+        pairwise_tasks("reg", 12),
+        gold(0, "left"),
+        gold(1, "right")
+    );
+    assert_eq!(s.upload(&admin, p, &upload).await.0, StatusCode::CREATED);
+    let (eid, expert) = s.expert(&admin, "measured", &[]).await;
+    s.add_member(&admin, p, eid, "expert").await;
+    let mut kinds = Vec::new();
+    for _ in 0..14 {
+        let (status, next) = s
+            .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{next}");
+        let ext = next["task"]["external_id"].as_str().unwrap().to_owned();
+        let aid = next["assignment"]["id"].as_u64().unwrap();
+        let (status, sub) = s
+            .post(
+                &expert,
+                &format!("/api/v1/assignments/{aid}/submit"),
+                json!({"token": next["assignment"]["token"], "answer": pick("left", 2)}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        if ext.starts_with("gold") {
+            // Graded against the gold answer: left is right for gold-0, wrong for gold-1.
+            let want = if ext == "gold-0" { 1.0 } else { 0.0 };
+            assert_eq!(sub["scores"]["gold_grade"].as_f64(), Some(want), "{sub}");
+        } else {
+            assert!(sub["scores"].get("gold_grade").is_none());
+        }
+        kinds.push(ext);
+    }
+    let gold_positions: Vec<usize> = kinds
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| k.starts_with("gold"))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(gold_positions, vec![5, 10], "{kinds:?}");
+    let golds: std::collections::HashSet<_> =
+        kinds.iter().filter(|k| k.starts_with("gold")).collect();
+    assert_eq!(golds.len(), 2, "never the same gold twice");
+    // Only gold left for this expert once regular work is done... none, since both were seen.
+    assert_eq!(
+        s.post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    // Another expert sees the same gold tasks.
+    let (e2, other) = s.expert(&admin, "other", &[]).await;
+    s.add_member(&admin, p, e2, "expert").await;
+    let (status, next) = s
+        .post(&other, &format!("/api/v1/projects/{p}/next"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        next["task"]["external_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("gold"),
+        "only gold is left: {next}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expertise_pools_route_by_domain_and_reroute_applies_a_changed_router() {
+    let mut s = Server::start().await;
+    let admin = s.admin().await;
+    let p = s.project(&admin, json!({"name": "experts", "rubric": "pairwise_preference", "router": "expertise_pools"})).await;
+    let task = |ext: &str, domain: &str| {
+        json!({"external_id": ext, "meta": {"domain": domain}, "data": {"prompt": ext, "responses": ["a", "b"]}}).to_string()
+    };
+    let upload = [
+        task("g1", "general"),
+        task("m1", "medicine"),
+        task("f1", "finance"),
+    ]
+    .join("\n");
+    s.upload(&admin, p, &upload).await;
+    let (doc_id, doc) = s.expert(&admin, "doc", &["medicine"]).await;
+    let (lay_id, lay) = s.expert(&admin, "lay", &[]).await;
+    s.add_member(&admin, p, doc_id, "expert").await;
+    s.add_member(&admin, p, lay_id, "expert").await;
+    let (_, tasks) = s.get(&admin, &format!("/api/v1/projects/{p}/tasks")).await;
+    let routed: Vec<(String, Value, u64)> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["task"]["external_id"].as_str().unwrap().to_owned(),
+                t["status"]["pool"].clone(),
+                t["status"]["reviews"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        routed,
+        vec![
+            ("g1".into(), Value::Null, 1),
+            ("m1".into(), json!("medicine"), 3),
+            ("f1".into(), json!("finance"), 1)
+        ]
+    );
+    // The physician is handed the medical task first (pick prefers their specialty).
+    let (_, next) = s
+        .post(&doc, &format!("/api/v1/projects/{p}/next"), json!({}))
+        .await;
+    assert_eq!(next["task"]["external_id"], "m1");
+    // The lay expert sees only the general task.
+    let (_, next) = s
+        .post(&lay, &format!("/api/v1/projects/{p}/next"), json!({}))
+        .await;
+    assert_eq!(next["task"]["external_id"], "g1");
+
+    // The router is changed on disk to open finance to everyone; reroute applies it.
+    let file = s.dir.path().join("plugins").join("expertise_pools.rhai");
+    let source = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace(
+            "fn general_domains() { [\"\", \"general\", \"other\"] }",
+            "fn general_domains() { [\"\", \"general\", \"other\", \"finance\"] }",
+        )
+        // Its own test case changes with it, or the new version would be refused.
+        .replace(
+            "route: #{ pool: \"finance\", reviews: 1 }",
+            "route: #{ pool: () }",
+        );
+    std::fs::write(&file, source).unwrap();
+    s.restart().await; // (a restart also loads it; the watcher does the same live)
+    let admin = s.admin().await;
+    let (status, report) = s
+        .post(&admin, &format!("/api/v1/projects/{p}/reroute"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["rerouted"], 3);
+    let lay = s.login("lay", EXPERT_PASSWORD).await;
+    let (_, next) = s
+        .post(&lay, &format!("/api/v1/projects/{p}/next"), json!({}))
+        .await;
+    // The lay expert still holds g1 (the lease survived the restart), and finance is now theirs to take after.
+    assert_eq!(next["task"]["external_id"], "g1");
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    s.post(
+        &lay,
+        &format!("/api/v1/assignments/{aid}/submit"),
+        json!({"token": next["assignment"]["token"], "answer": pick("left", 1)}),
+    )
+    .await;
+    let (_, next) = s
+        .post(&lay, &format!("/api/v1/projects/{p}/next"), json!({}))
+        .await;
+    assert_eq!(next["task"]["external_id"], "f1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_formats_dpo_sft_and_rubric_records() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    // DPO from pairwise majority votes: 2 of 3 prefer the right response.
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "dpo", "rubric": "pairwise_preference", "reviews_per_task": 3}),
+        )
+        .await;
+    s.upload(&admin, p, &json!({"data": {"prompt": "Capital of France?", "responses": [{"text": "Lyon"}, {"text": "Paris"}]}}).to_string()).await;
+    for (i, side) in ["right", "left", "right"].iter().enumerate() {
+        let (id, t) = s.expert(&admin, &format!("voter{i}"), &[]).await;
+        s.add_member(&admin, p, id, "expert").await;
+        assert_eq!(
+            take_and_submit(&s, &t, p, pick(side, 1)).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let rows = export_format(&s, &admin, p, "dpo").await;
+    assert_eq!(
+        rows,
+        vec![
+            json!({"prompt": "Capital of France?", "chosen": "Paris", "rejected": "Lyon",
+        "task_id": rows[0]["task_id"], "external_id": null, "votes": {"left": 1, "right": 2, "tie": 0}})
+        ]
+    );
+    let (status, body) = s
+        .get(
+            &admin,
+            &format!("/api/v1/projects/{p}/export?format=records"),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "pairwise_preference has no export_records: {body}"
+    );
+
+    // SFT and scripted records from expert rewrites.
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "sft", "rubric": "expert_rewrite", "reviews_per_task": 1}),
+        )
+        .await;
+    s.upload(&admin, p, &json!({"external_id": "boil", "data": {"prompt": "Boiling point of water?", "response": "90 °C."}}).to_string()).await;
+    let (id, t) = s.expert(&admin, "editor", &[]).await;
+    s.add_member(&admin, p, id, "expert").await;
+    let answer = json!({"rewrite": "100 °C at sea level.", "changes": ["factual correction"], "why": "Water boils at 100 °C at sea level."});
+    let (status, sub) = take_and_submit(&s, &t, p, answer).await;
+    assert_eq!(status, StatusCode::CREATED, "{sub}");
+    assert!(sub["scores"]["similarity"].as_f64().unwrap() < 1.0);
+    let sft = export_format(&s, &admin, p, "sft").await;
+    assert_eq!(
+        sft[0]["messages"],
+        json!([{"role": "user", "content": "Boiling point of water?"}, {"role": "assistant", "content": "100 °C at sea level."}])
+    );
+    let records = export_format(&s, &admin, p, "records").await;
+    assert_eq!(records[0]["source_task"], "boil");
+    assert_eq!(records[0]["messages"][1]["content"], "100 °C at sea level.");
+}
+
+async fn export_format(s: &Server, token: &str, project: u64, format: &str) -> Vec<Value> {
+    let res = s
+        .client
+        .get(format!(
+            "{}/api/v1/projects/{project}/export?format={format}",
+            s.url
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_broken_while_the_server_was_down_falls_back_to_the_last_stored_version() {
+    let good =
+        "fn criteria(task) {\n    [ #{ id: \"ok\", kind: \"boolean\", label: \"OK?\" } ]\n}\n"
+            .to_owned();
+    let mut s = Server::start_with(Options {
+        rubrics: vec![("sturdy", good)],
+        env: vec![],
+    })
+    .await;
+    let admin = s.admin().await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "sturdy", "rubric": "sturdy", "reviews_per_task": 1}),
+        )
+        .await;
+    s.upload(&admin, p, &pairwise_tasks("st", 1)).await;
+    let (_, versions) = s
+        .get(&admin, "/api/v1/plugins/rubric/sturdy/versions")
+        .await;
+    let good_hash = versions[0]["hash"].as_str().unwrap().to_owned();
+    s.kill();
+    std::fs::write(
+        s.rubric_dir().join("sturdy.rhai"),
+        "fn criteria(task) {\n    oops(\n}\n",
+    )
+    .unwrap();
+    s.restart().await;
+    let admin = s.admin().await;
+    let (_, plugins) = s.get(&admin, "/api/v1/plugins").await;
+    let me = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "sturdy")
+        .unwrap()
+        .clone();
+    assert_eq!(me["status"], "error");
+    assert_eq!(me["version"], good_hash.as_str(), "{me}");
+    let (eid, expert) = s.expert(&admin, "steady", &[]).await;
+    s.add_member(&admin, p, eid, "expert").await;
+    let (status, sub) = take_and_submit(&s, &expert, p, json!({"ok": true})).await;
+    assert_eq!(status, StatusCode::CREATED, "{sub}");
+    assert_eq!(sub["rubric_version"], good_hash.as_str());
+}

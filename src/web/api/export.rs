@@ -27,15 +27,12 @@ pub async fn export(
             "only leads and admins export a project",
         ));
     }
-    match q.format.as_deref().unwrap_or("jsonl") {
-        "jsonl" => {}
-        other => {
-            return Err(AppError::field(
-                "format",
-                format!("unknown format `{other}`; available: jsonl"),
-            ))
-        }
+    let name = q.format.clone().unwrap_or_else(|| "jsonl".to_owned());
+    let format = crate::export::Format::parse(&name)?;
+    if format != crate::export::Format::Jsonl {
+        crate::export::check(&state, &project, format)?;
     }
+    let logged = name.clone();
     let st = state.get_ref().clone();
     let actor = caller.0.id;
     let pid = project.id;
@@ -45,17 +42,20 @@ pub async fn export(
             Some(actor),
             "export",
             format!("project:{pid}"),
-            serde_json::json!({"format": "jsonl"}),
+            serde_json::json!({"format": logged}),
         );
         Ok(())
     })
     .await?;
-    let rx = crate::export::jsonl(state.get_ref().clone(), project.id);
+    let rx = crate::export::start(state.get_ref().clone(), project.clone(), format);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header((
             "Content-Disposition",
-            format!("attachment; filename=\"project-{}.jsonl\"", project.id),
+            format!(
+                "attachment; filename=\"project-{}-{name}.jsonl\"",
+                project.id
+            ),
         ))
         .streaming(ReceiverStream::new(rx)))
 }

@@ -106,3 +106,9 @@ pub async fn stats(state: State, caller: Caller, id: web::Path<Id>) -> AppResult
     let counts = blocking(move || Ok(st.store.project_counts(project.id)?)).await?;
     Ok(HttpResponse::Ok().json(counts))
 }
+
+/// `POST /projects/{id}/reroute`: apply the project's current router to its open tasks.
+pub async fn reroute(state: State, admin: Admin, id: web::Path<Id>) -> AppResult<HttpResponse> {
+    let report = crate::services::routing::reroute(&state, admin.0.id, id.into_inner()).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
