@@ -4,6 +4,7 @@
 //! duplicate hand-outs, and the server's CPU and peak memory. Loopback only; bounded in time.
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,8 +21,14 @@ pub struct BenchArgs {
     /// Admin token for --url (or ASSAY_PASSWORD to log in as admin).
     #[arg(long, env = "ASSAY_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export"])]
+    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export", "reload"])]
     scenario: String,
+    /// reload: the server's rubric folder (needed with --url; the bench's own server uses a copy).
+    #[arg(long)]
+    rubrics: Option<PathBuf>,
+    /// reload: milliseconds between two saves of the rubric file.
+    #[arg(long, default_value_t = 1000)]
+    interval: u64,
     /// Concurrent experts.
     #[arg(long, default_value_t = 32)]
     experts: usize,
@@ -79,6 +86,7 @@ struct Report {
     duplicates: u64,
     import: Option<Rate>,
     export: Option<Rate>,
+    reload: Option<Reload>,
     server_cpu_percent: Option<f64>,
     peak_rss_mb: Option<f64>,
 }
@@ -91,9 +99,19 @@ struct Rate {
     mb_per_s: f64,
 }
 
+#[derive(Serialize)]
+struct Reload {
+    saves: u64,
+    /// Time from a file save to the new version serving, in milliseconds.
+    save_to_live_ms: Latency,
+    /// Saves whose version never went live within 10 s.
+    missed: u64,
+}
+
 /// The server the bench talks to; killed on drop when the bench started it.
 struct Target {
     url: String,
+    rubrics: Option<PathBuf>,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -117,11 +135,19 @@ fn start_server() -> Result<Target, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let here = std::env::current_dir().map_err(|e| e.to_string())?;
+    // A copy of the rubrics, so the reload scenario can rewrite one without touching the repo.
+    let rubrics = dir.path().join("rubrics");
+    std::fs::create_dir_all(&rubrics).map_err(|e| e.to_string())?;
+    if let Ok(entries) = std::fs::read_dir(here.join("rubrics")) {
+        for e in entries.flatten() {
+            let _ = std::fs::copy(e.path(), rubrics.join(e.file_name()));
+        }
+    }
     let mut child = Command::new(exe)
         .arg("serve")
         .current_dir(dir.path())
         .env("ASSAY_STORAGE__DATA", dir.path().join("data"))
-        .env("ASSAY_PLUGINS__RUBRICS", here.join("rubrics"))
+        .env("ASSAY_PLUGINS__RUBRICS", &rubrics)
         .env("ASSAY_PLUGINS__PLUGINS", here.join("plugins"))
         .env("ASSAY_SERVER__BIND", "127.0.0.1:0")
         .env("ASSAY_ADMIN_PASSWORD", ADMIN_PASSWORD)
@@ -148,6 +174,7 @@ fn start_server() -> Result<Target, String> {
         .map_err(|_| "the server did not start")?;
     Ok(Target {
         url,
+        rubrics: Some(rubrics),
         child: Some(child),
         _dir: Some(dir),
     })
@@ -225,6 +252,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let target = match &args.url {
         Some(url) => Target {
             url: url.clone(),
+            rubrics: args.rubrics.clone(),
             child: None,
             _dir: None,
         },
@@ -249,8 +277,14 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         }
     };
     let run_id = format!("{:08x}", rand::random::<u32>());
+    let live = match (args.scenario.as_str(), &target.rubrics) {
+        ("reload", Some(dir)) => Some(prepare_live_rubric(&client, &api, &admin, dir, &run_id).await?),
+        ("reload", None) => return Err("the reload scenario needs --rubrics DIR with --url".into()),
+        _ => None,
+    };
+    let rubric_name = live.as_ref().map_or("pairwise_preference".to_owned(), |(name, _)| name.clone());
     let (status, project) = call(&client, reqwest::Method::POST, format!("{api}/projects"), &admin, Some(json!({
-        "name": format!("bench {run_id}"), "rubric": "pairwise_preference", "router": "fixed_overlap",
+        "name": format!("bench {run_id}"), "rubric": rubric_name, "router": "fixed_overlap",
         "reviews_per_task": args.reviews, "lease_seconds": 600
     }))).await?;
     if status != 201 {
@@ -291,17 +325,17 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     });
 
     if args.scenario != "import" {
-        run_loop(
-            &args,
-            &client,
-            &api,
-            &admin,
-            pid,
-            &run_id,
-            &target,
-            &mut report,
-        )
-        .await?;
+        let reloader = live.map(|(name, file)| {
+            let (client, api, admin) = (client.clone(), api.clone(), admin.clone());
+            let (warmup, duration, interval) = (args.warmup, args.duration, args.interval);
+            tokio::spawn(async move {
+                reload_loop(&client, &api, &admin, &name, &file, warmup, duration, interval).await
+            })
+        });
+        run_loop(&args, &client, &api, &admin, pid, &run_id, &target, &mut report).await?;
+        if let Some(r) = reloader {
+            report.reload = Some(r.await.map_err(|e| e.to_string())??);
+        }
         // Export everything submitted.
         let started = Instant::now();
         let res = client
@@ -521,6 +555,89 @@ async fn run_loop(
     Ok(())
 }
 
+/// Writes `bench_live_ID.rhai` (the pairwise rubric) and waits until the server serves it.
+async fn prepare_live_rubric(
+    client: &reqwest::Client,
+    api: &str,
+    admin: &str,
+    dir: &std::path::Path,
+    run_id: &str,
+) -> Result<(String, PathBuf), String> {
+    let name = format!("bench_live_{run_id}");
+    let file = dir.join(format!("{name}.rhai"));
+    let source = std::fs::read_to_string(dir.join("pairwise_preference.rhai"))
+        .map_err(|e| format!("no pairwise_preference rubric to copy: {e}"))?;
+    std::fs::write(&file, &source).map_err(|e| e.to_string())?;
+    let hash = crate::scripting::registry::content_hash(&source);
+    wait_live(client, api, admin, &name, &hash, Duration::from_secs(20))
+        .await
+        .ok_or("the bench rubric never went live (is the watcher on?)")?;
+    Ok((name, file))
+}
+
+/// Polls the plugin list until `name` serves `hash`; returns how long it took.
+async fn wait_live(
+    client: &reqwest::Client,
+    api: &str,
+    admin: &str,
+    name: &str,
+    hash: &str,
+    limit: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok((200, list)) = call(client, reqwest::Method::GET, format!("{api}/plugins"), admin, None).await {
+            let live = list
+                .as_array()
+                .is_some_and(|l| l.iter().any(|p| p["name"] == name && p["version"] == hash));
+            if live {
+                return Some(started.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    None
+}
+
+/// Rewrites the live rubric every `interval` ms during the measured window, alternating
+/// in-place writes and write-then-rename saves, and times each until it serves.
+#[allow(clippy::too_many_arguments)]
+async fn reload_loop(
+    client: &reqwest::Client,
+    api: &str,
+    admin: &str,
+    name: &str,
+    file: &std::path::Path,
+    warmup: f64,
+    duration: f64,
+    interval: u64,
+) -> Result<Reload, String> {
+    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    let base = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    let end = Instant::now() + Duration::from_secs_f64(duration);
+    let (mut saves, mut missed, mut took) = (0u64, 0u64, Vec::new());
+    while Instant::now() + Duration::from_millis(interval) <= end {
+        saves += 1;
+        let source = format!("{base}\n// revision {saves}\n");
+        let hash = crate::scripting::registry::content_hash(&source);
+        let saved_at = Instant::now();
+        let written = if saves % 2 == 0 {
+            let tmp = file.with_extension("rhai.tmp");
+            std::fs::write(&tmp, &source).and_then(|_| std::fs::rename(&tmp, file))
+        } else {
+            std::fs::write(file, &source)
+        };
+        written.map_err(|e| e.to_string())?;
+        match wait_live(client, api, admin, name, &hash, Duration::from_secs(10)).await {
+            Some(_) => took.push(saved_at.elapsed().as_micros() as u64),
+            None => missed += 1,
+        }
+        let next = saved_at + Duration::from_millis(interval);
+        tokio::time::sleep(next.saturating_duration_since(Instant::now())).await;
+    }
+    Ok(Reload { saves, save_to_live_ms: latency(took), missed })
+}
+
 fn print_report(r: &Report, as_json: bool) {
     if as_json {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
@@ -557,6 +674,13 @@ fn print_report(r: &Report, as_json: bool) {
         println!(
             "export   {} records in {:.2} s: {:.0} records/s, {:.1} MB/s",
             e.items, e.seconds, e.tasks_per_s, e.mb_per_s
+        );
+    }
+    if let Some(rl) = &r.reload {
+        let l = &rl.save_to_live_ms;
+        println!(
+            "reload   {} saves, save-to-live p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, missed {}",
+            rl.saves, l.p50, l.p99, l.max, rl.missed
         );
     }
     if let Some(c) = r.server_cpu_percent {
