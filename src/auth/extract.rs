@@ -44,10 +44,16 @@ async fn authenticate(req: HttpRequest) -> Result<User, AppError> {
         .keys
         .verify_session(&token)
         .ok_or(AppError::Unauthorized("the token is invalid or expired"))?;
-    let store = state.store.clone();
-    let user = web::block(move || store.user(claims.sub))
-        .await??
-        .ok_or(AppError::Unauthorized("the token's user no longer exists"))?;
+    // Users are cached in memory: the common case needs no trip to the blocking pool.
+    let user = match state.store.cached_user(claims.sub) {
+        Some(user) => user,
+        None => {
+            let store = state.store.clone();
+            web::block(move || store.user(claims.sub))
+                .await??
+                .ok_or(AppError::Unauthorized("the token's user no longer exists"))?
+        }
+    };
     if !user.active {
         return Err(AppError::Unauthorized("this account is deactivated"));
     }

@@ -278,15 +278,26 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     };
     let run_id = format!("{:08x}", rand::random::<u32>());
     let live = match (args.scenario.as_str(), &target.rubrics) {
-        ("reload", Some(dir)) => Some(prepare_live_rubric(&client, &api, &admin, dir, &run_id).await?),
+        ("reload", Some(dir)) => {
+            Some(prepare_live_rubric(&client, &api, &admin, dir, &run_id).await?)
+        }
         ("reload", None) => return Err("the reload scenario needs --rubrics DIR with --url".into()),
         _ => None,
     };
-    let rubric_name = live.as_ref().map_or("pairwise_preference".to_owned(), |(name, _)| name.clone());
-    let (status, project) = call(&client, reqwest::Method::POST, format!("{api}/projects"), &admin, Some(json!({
-        "name": format!("bench {run_id}"), "rubric": rubric_name, "router": "fixed_overlap",
-        "reviews_per_task": args.reviews, "lease_seconds": 600
-    }))).await?;
+    let rubric_name = live
+        .as_ref()
+        .map_or("pairwise_preference".to_owned(), |(name, _)| name.clone());
+    let (status, project) = call(
+        &client,
+        reqwest::Method::POST,
+        format!("{api}/projects"),
+        &admin,
+        Some(json!({
+            "name": format!("bench {run_id}"), "rubric": rubric_name, "router": "fixed_overlap",
+            "reviews_per_task": args.reviews, "lease_seconds": 600
+        })),
+    )
+    .await?;
     if status != 201 {
         return Err(format!("cannot create the bench project: {project}"));
     }
@@ -329,10 +340,23 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             let (client, api, admin) = (client.clone(), api.clone(), admin.clone());
             let (warmup, duration, interval) = (args.warmup, args.duration, args.interval);
             tokio::spawn(async move {
-                reload_loop(&client, &api, &admin, &name, &file, warmup, duration, interval).await
+                reload_loop(
+                    &client, &api, &admin, &name, &file, warmup, duration, interval,
+                )
+                .await
             })
         });
-        run_loop(&args, &client, &api, &admin, pid, &run_id, &target, &mut report).await?;
+        run_loop(
+            &args,
+            &client,
+            &api,
+            &admin,
+            pid,
+            &run_id,
+            &target,
+            &mut report,
+        )
+        .await?;
         if let Some(r) = reloader {
             report.reload = Some(r.await.map_err(|e| e.to_string())??);
         }
@@ -586,7 +610,15 @@ async fn wait_live(
 ) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < limit {
-        if let Ok((200, list)) = call(client, reqwest::Method::GET, format!("{api}/plugins"), admin, None).await {
+        if let Ok((200, list)) = call(
+            client,
+            reqwest::Method::GET,
+            format!("{api}/plugins"),
+            admin,
+            None,
+        )
+        .await
+        {
             let live = list
                 .as_array()
                 .is_some_and(|l| l.iter().any(|p| p["name"] == name && p["version"] == hash));
@@ -635,7 +667,11 @@ async fn reload_loop(
         let next = saved_at + Duration::from_millis(interval);
         tokio::time::sleep(next.saturating_duration_since(Instant::now())).await;
     }
-    Ok(Reload { saves, save_to_live_ms: latency(took), missed })
+    Ok(Reload {
+        saves,
+        save_to_live_ms: latency(took),
+        missed,
+    })
 }
 
 fn print_report(r: &Report, as_json: bool) {

@@ -51,6 +51,9 @@ pub trait Store: Send + Sync + 'static {
     fn update_user(&self, user: &User) -> StoreResult<()>;
     fn user(&self, id: Id) -> StoreResult<Option<User>>;
     fn user_by_name(&self, username: &str) -> StoreResult<Option<User>>;
+    /// A user from memory only, never touching the disk (so it may run on an async worker);
+    /// `None` when not cached. Every user read or write through the store refreshes it.
+    fn cached_user(&self, id: Id) -> Option<User>;
     fn users(&self) -> StoreResult<Vec<User>>;
     fn user_count(&self) -> StoreResult<u64>;
 

@@ -75,6 +75,9 @@ struct Trees {
 pub struct SledStore {
     db: Db,
     t: Trees,
+    /// Users are few and read on every request (authentication): kept in memory, written
+    /// through.
+    users: std::sync::RwLock<std::collections::HashMap<Id, User>>,
     /// The main data file, for an optional fdatasync after each flush.
     sync_file: Option<Mutex<File>>,
 }
@@ -223,7 +226,12 @@ impl SledStore {
         } else {
             None
         };
-        let store = Self { db, t, sync_file };
+        let store = Self {
+            db,
+            t,
+            users: Default::default(),
+            sync_file,
+        };
         store.migrate()?;
         Ok(store)
     }
@@ -251,6 +259,11 @@ impl SledStore {
                 Ok(())
             }
         }
+    }
+
+    fn remember(&self, user: &User) {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        users.insert(user.id, user.clone());
     }
 
     fn next_id(&self) -> StoreResult<Id> {
@@ -343,6 +356,7 @@ impl Store for SledStore {
                 tx_put(users, &keys::id(user.id), &user)
             })
             .map_err(from_tx)?;
+        self.remember(&user);
         Ok(user)
     }
 
@@ -361,11 +375,27 @@ impl Store for SledStore {
             .users
             .insert(keys::id(user.id), enc(user)?)
             .map_err(backend)?;
+        self.remember(user);
         Ok(())
     }
 
     fn user(&self, id: Id) -> StoreResult<Option<User>> {
-        self.get(&self.t.users, "users_id", &keys::id(id))
+        if let Some(user) = self.cached_user(id) {
+            return Ok(Some(user));
+        }
+        let user: Option<User> = self.get(&self.t.users, "users_id", &keys::id(id))?;
+        if let Some(u) = &user {
+            self.remember(u);
+        }
+        Ok(user)
+    }
+
+    fn cached_user(&self, id: Id) -> Option<User> {
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     fn user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
