@@ -26,6 +26,8 @@ pub struct AppState {
 
 /// Opens the store, loads plugins, rebuilds the queue and prepares keys.
 pub fn build_state(config: Config) -> Result<AppState, String> {
+    crate::services::init_pool(config.server.blocking_threads)
+        .map_err(|e| format!("cannot start the blocking pool: {e}"))?;
     let data = &config.storage.data;
     std::fs::create_dir_all(data)
         .map_err(|e| format!("cannot create data folder {}: {e}", data.display()))?;

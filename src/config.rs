@@ -25,6 +25,8 @@ pub struct ServerConfig {
     pub bind: String,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// Threads for blocking work (storage, scripts, password hashing).
+    pub blocking_threads: usize,
     /// Largest accepted request body for imports, in MiB.
     pub max_import_mb: u64,
     /// Largest accepted JSON body for everything else, in KiB.
@@ -111,6 +113,7 @@ impl Default for ServerConfig {
         Self {
             bind: "127.0.0.1:8080".into(),
             workers: 0,
+            blocking_threads: 4,
             max_import_mb: 1024,
             max_json_kb: 2048,
         }
