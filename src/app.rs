@@ -22,6 +22,7 @@ pub struct AppState {
     pub queue: Arc<Queue>,
     pub keys: Arc<Keys>,
     pub login_limiter: Arc<LoginLimiter>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Opens the store, loads plugins, rebuilds the queue and prepares keys.
@@ -68,6 +69,7 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
         queue: Arc::new(queue),
         keys: Arc::new(keys),
         login_limiter: Arc::new(login_limiter),
+        metrics: Arc::default(),
     })
 }
 

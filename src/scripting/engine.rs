@@ -25,6 +25,8 @@ thread_local! {
 pub struct ScriptEngine {
     engine: Engine,
     timeout: Duration,
+    /// Calls that failed (errors, time-outs), for `/metrics`.
+    pub failures: std::sync::atomic::AtomicU64,
 }
 
 impl ScriptEngine {
@@ -74,6 +76,7 @@ impl ScriptEngine {
         Self {
             engine,
             timeout: Duration::from_millis(limits.timeout_ms),
+            failures: Default::default(),
         }
     }
 
@@ -113,7 +116,11 @@ impl ScriptEngine {
                 function,
                 args,
             )
-            .map_err(|e| self.describe(plugin, function, *e))
+            .map_err(|e| {
+                self.failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.describe(plugin, function, *e)
+            })
     }
 
     fn describe(&self, plugin: &Plugin, function: &str, err: EvalAltResult) -> ScriptError {

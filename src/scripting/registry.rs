@@ -302,6 +302,24 @@ impl Registry {
                 tracing::error!(plugin = %name, error = %e, "could not store plugin version");
             }
         }
+        let event = crate::domain::AuditEvent {
+            at: crate::now_ms(),
+            actor: None,
+            action: if result.is_ok() {
+                "plugin.load"
+            } else {
+                "plugin.load_failed"
+            }
+            .to_owned(),
+            object: format!("{}:{name}", kind.as_str()),
+            detail: match &result {
+                Ok(_) => serde_json::json!({"version": hash}),
+                Err(e) => serde_json::json!({"attempted": hash, "error": e.to_string()}),
+            },
+        };
+        if let Err(e) = self.store.append_audit(&event) {
+            tracing::error!(error = %e, "could not audit a plugin load");
+        }
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let entry = entries.entry((kind, name.to_owned())).or_default();
         entry.file = file.to_owned();

@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::auth::AssignmentClaims;
 use crate::domain::*;
 use crate::error::{AppError, AppResult};
+use crate::metrics::Metrics;
 use crate::queue::{Lease, Queue};
 use crate::scripting::rubric::{self, Checked, Criterion};
 use crate::scripting::{router, Plugin, PluginKind};
@@ -214,6 +215,7 @@ fn lease_next(
     // token still lets the expert submit while the task has room.
     st.store.put_assignment(&a)?;
     queue.add_lease(task_id, Lease::from(&a));
+    Metrics::count(&st.metrics.handouts);
     Ok(Some(a))
 }
 
@@ -409,7 +411,15 @@ pub async fn submit(
     answer: Value,
 ) -> AppResult<Submitted> {
     let st = state.clone();
-    let result = blocking(move || submit_blocking(&st, &user, id, &token, answer)).await?;
+    let result = blocking(move || submit_blocking(&st, &user, id, &token, answer)).await;
+    let counter = match &result {
+        Ok(done) if done.replay => &state.metrics.submission_replays,
+        Ok(_) => &state.metrics.submissions,
+        Err(AppError::InvalidAnswer(_)) => &state.metrics.invalid_answers,
+        Err(_) => return result,
+    };
+    Metrics::count(counter);
+    let result = result?;
     // Acknowledge only once the submission is on disk; retries wait for the same guarantee.
     durable(state).await?;
     Ok(result)

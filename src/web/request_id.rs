@@ -27,11 +27,17 @@ pub async fn middleware(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = new_id();
+    let metrics = req
+        .app_data::<actix_web::web::Data<crate::app::AppState>>()
+        .map(|s| s.metrics.clone());
     let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
     let started = std::time::Instant::now();
     let mut res = REQUEST_ID
         .scope(id.clone(), next.call(req).instrument(span.clone()))
         .await?;
+    if let Some(m) = metrics {
+        m.observe(res.status().as_u16(), started.elapsed().as_micros() as u64);
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut()
             .insert(HeaderName::from_static("x-request-id"), value);

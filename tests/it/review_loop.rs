@@ -280,6 +280,29 @@ async fn submit_validates_is_idempotent_and_checks_the_lease() {
         (StatusCode::CONFLICT, Some("lease_ended"))
     );
 
+    // Operators see it in the metrics.
+    let metrics = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "assay_submissions_total 1",
+        "assay_submission_replays_total 1",
+        "assay_invalid_answers_total 2",
+        "assay_handouts_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("assay_http_request_duration_seconds_count"));
+
     // Blind review: expert two sees only their own submissions of that task.
     let (_, next2) = s
         .post(&t2, &format!("/api/v1/projects/{project}/next"), json!({}))

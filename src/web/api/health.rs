@@ -56,6 +56,13 @@ pub async fn metrics(state: State) -> HttpResponse {
         "Plugins known.",
         statuses.len() as u64,
     );
+    metric(
+        "assay_script_failures_total",
+        "counter",
+        "Script calls that failed or timed out.",
+        r.engine.failures.load(Relaxed),
+    );
+    state.metrics.render(&mut out);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)

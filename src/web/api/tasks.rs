@@ -95,6 +95,7 @@ pub async fn get(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<H
         let task = st.store.task(id)?.ok_or(AppError::NotFound("task"))?;
         let (_, access) = projects::access_blocking(&st, &user, task.project_id)?;
         let status = st.store.task_status(id)?.ok_or(AppError::NotFound("task"))?;
+        crate::services::audit(&st, Some(user.id), "task.view", format!("task:{id}"), serde_json::Value::Null);
         if !access.can_oversee() {
             let worked_on = status.done_by.contains(&user.id)
                 || st.queue.project(task.project_id).lock().map(|q| {

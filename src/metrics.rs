@@ -1,0 +1,94 @@
+//! Counters and a latency histogram for `/metrics` (Prometheus text format): what an operator
+//! asks about — hand-outs, submissions, request outcomes and latency, script failures, reloads.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Upper bounds of the request latency buckets, in milliseconds.
+const BUCKETS_MS: [u64; 11] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub handouts: AtomicU64,
+    pub submissions: AtomicU64,
+    pub submission_replays: AtomicU64,
+    pub invalid_answers: AtomicU64,
+    requests_by_class: [AtomicU64; 5],
+    latency_buckets: [AtomicU64; BUCKETS_MS.len()],
+    latency_sum_micros: AtomicU64,
+    latency_count: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Records one finished request.
+    pub fn observe(&self, status: u16, micros: u64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests_by_class[class].fetch_add(1, Relaxed);
+        let ms = micros / 1000;
+        for (bound, bucket) in BUCKETS_MS.iter().zip(&self.latency_buckets) {
+            if ms < *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_sum_micros.fetch_add(micros, Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "assay_handouts_total",
+            "Leases handed out.",
+            self.handouts.load(Relaxed),
+        );
+        counter(
+            "assay_submissions_total",
+            "Submissions stored.",
+            self.submissions.load(Relaxed),
+        );
+        counter(
+            "assay_submission_replays_total",
+            "Submit retries answered with the first submission.",
+            self.submission_replays.load(Relaxed),
+        );
+        counter(
+            "assay_invalid_answers_total",
+            "Answers the rubric refused.",
+            self.invalid_answers.load(Relaxed),
+        );
+        let _ = writeln!(out, "# HELP assay_http_requests_total Requests by status class.\n# TYPE assay_http_requests_total counter");
+        for (i, c) in self.requests_by_class.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "assay_http_requests_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                c.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP assay_http_request_duration_seconds Request latency.\n# TYPE assay_http_request_duration_seconds histogram");
+        for (bound, bucket) in BUCKETS_MS.iter().zip(&self.latency_buckets) {
+            let le = *bound as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "assay_http_request_duration_seconds_bucket{{le=\"{le}\"}} {}",
+                bucket.load(Relaxed)
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "assay_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "assay_http_request_duration_seconds_sum {sum}\nassay_http_request_duration_seconds_count {count}");
+    }
+}
