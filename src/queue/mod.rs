@@ -60,7 +60,9 @@ type Order = (Reverse<i64>, Id);
 /// Open tasks and leases of one project.
 #[derive(Debug, Default)]
 pub struct ProjectQueue {
-    /// Open tasks per pool, best first.
+    /// Tasks still waiting for someone, per pool, best first: open, with fewer reviews done
+    /// plus leases out than they need. A task whose leases fill it leaves the set until a lease
+    /// ends (expired leases end by the sweeper), so picking never wades through taken tasks.
     pools: HashMap<Option<String>, BTreeSet<Order>>,
     slots: HashMap<Id, Slot>,
     /// The lease each expert holds in this project (an expert works on one task at a time).
@@ -83,15 +85,13 @@ impl ProjectQueue {
             }
         }
         if status.state == TaskState::Open {
-            self.pools
-                .entry(status.pool.clone())
-                .or_default()
-                .insert(Self::order(&status));
-            let slot = self.slots.entry(status.task_id).or_insert_with(|| Slot {
+            let task = status.task_id;
+            let slot = self.slots.entry(task).or_insert_with(|| Slot {
                 status: status.clone(),
                 leases: Vec::new(),
             });
             slot.status = status;
+            self.refresh(task);
         } else if let Some(slot) = self.slots.remove(&status.task_id) {
             for lease in &slot.leases {
                 self.forget_held(lease);
@@ -116,6 +116,22 @@ impl ProjectQueue {
                 .retain(|l| l.assignment_id != lease.assignment_id);
             slot.leases.push(lease.clone());
             self.held.insert(lease.expert_id, (task, lease));
+            self.refresh(task);
+        }
+    }
+
+    /// Puts a task in its pool's set, or takes it out, according to whether it still waits.
+    fn refresh(&mut self, task: Id) {
+        let Some(slot) = self.slots.get(&task) else {
+            return;
+        };
+        let order = Self::order(&slot.status);
+        let waiting = slot.status.done_by.len() + slot.leases.len() < slot.status.reviews as usize;
+        let set = self.pools.entry(slot.status.pool.clone()).or_default();
+        if waiting {
+            set.insert(order);
+        } else {
+            set.remove(&order);
         }
     }
 
@@ -130,6 +146,7 @@ impl ProjectQueue {
         {
             let lease = slot.leases.swap_remove(i);
             self.forget_held(&lease);
+            self.refresh(task);
         }
     }
 
@@ -282,11 +299,17 @@ mod tests {
         assert_eq!(q.pick(11, &[], 10), Some(1), "task 3 is full while leased");
         assert_eq!(
             q.pick(11, &[], 60),
-            Some(3),
-            "an expired lease frees the task"
+            Some(1),
+            "until the sweeper ends the lease"
         );
         assert_eq!(q.held_by(10, 10), Some((3, 100)));
         assert_eq!(q.held_by(10, 60), None);
+        q.remove_lease(3, 100);
+        assert_eq!(
+            q.pick(11, &[], 60),
+            Some(3),
+            "an ended lease frees the task"
+        );
     }
 
     #[test]
