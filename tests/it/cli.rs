@@ -74,17 +74,7 @@ async fn import_and_export_commands_talk_to_a_running_server() {
 
     let (eid, expert) = s.expert(&admin, "clier", &[]).await;
     s.add_member(&admin, p, eid, "expert").await;
-    let (_, next) = s
-        .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-        .await;
-    let aid = next["assignment"]["id"].as_u64().unwrap();
-    let (status, _) = s
-        .post(
-            &expert,
-            &format!("/api/v1/assignments/{aid}/submit"),
-            json!({"token": next["assignment"]["token"], "answer": pairwise_answer()}),
-        )
-        .await;
+    let (status, _) = s.review_next(&expert, p, pairwise_answer()).await;
     assert_eq!(status, StatusCode::CREATED);
 
     let target = s.dir.path().join("out.jsonl");

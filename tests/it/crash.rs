@@ -107,22 +107,7 @@ async fn sigkill_during_submits_loses_no_acknowledged_submission() {
 
     // The restarted server works: the loop continues where it stopped.
     let token = s.login("crash0", EXPERT_PASSWORD).await;
-    let (status, next) = s
-        .post(
-            &token,
-            &format!("/api/v1/projects/{project}/next"),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let aid = next["assignment"]["id"].as_u64().unwrap();
-    let (status, _) = s
-        .post(
-            &token,
-            &format!("/api/v1/assignments/{aid}/submit"),
-            json!({"token": next["assignment"]["token"], "answer": pairwise_answer()}),
-        )
-        .await;
+    let (status, _) = s.review_next(&token, project, pairwise_answer()).await;
     assert_eq!(status, StatusCode::CREATED);
     let (_, stats) = s
         .get(&admin, &format!("/api/v1/projects/{project}/stats"))

@@ -131,17 +131,7 @@ async fn export_streams_every_submission_with_its_context() {
     s.add_member(&admin, p, eid, "expert").await;
     assert!(s.export(&admin, p).await.is_empty());
     for _ in 0..3 {
-        let (_, next) = s
-            .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await;
-        let aid = next["assignment"]["id"].as_u64().unwrap();
-        let (status, _) = s
-            .post(
-                &expert,
-                &format!("/api/v1/assignments/{aid}/submit"),
-                json!({"token": next["assignment"]["token"], "answer": pairwise_answer()}),
-            )
-            .await;
+        let (status, _) = s.review_next(&expert, p, pairwise_answer()).await;
         assert_eq!(status, StatusCode::CREATED);
     }
     let rows = s.export(&admin, p).await;

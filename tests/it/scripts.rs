@@ -177,18 +177,7 @@ async fn hostile_rubrics_get_clear_errors_and_the_server_keeps_serving() {
     let good = s.project(&admin, pairwise_project("good", 1)).await;
     s.add_member(&admin, good, eid, "expert").await;
     s.upload(&admin, good, &pairwise_tasks("g", 1)).await;
-    let (status, next) = s
-        .post(&expert, &format!("/api/v1/projects/{good}/next"), json!({}))
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    let aid = next["assignment"]["id"].as_u64().unwrap();
-    let (status, _) = s
-        .post(
-            &expert,
-            &format!("/api/v1/assignments/{aid}/submit"),
-            json!({"token": next["assignment"]["token"], "answer": pairwise_answer()}),
-        )
-        .await;
+    let (status, _) = s.review_next(&expert, good, pairwise_answer()).await;
     assert_eq!(status, StatusCode::CREATED);
 }
 

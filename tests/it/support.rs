@@ -261,6 +261,30 @@ impl Server {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
+    /// Takes the next task of a project and submits `answer` for it: the submit's status and
+    /// body, or `next`'s when there was no task.
+    pub async fn review_next(
+        &self,
+        token: &str,
+        project: u64,
+        answer: Value,
+    ) -> (StatusCode, Value) {
+        let (status, next) = self
+            .post(
+                token,
+                &format!("/api/v1/projects/{project}/next"),
+                json!({}),
+            )
+            .await;
+        if status != StatusCode::OK {
+            return (status, next);
+        }
+        let aid = next["assignment"]["id"].as_u64().expect("assignment id");
+        let body = json!({"token": next["assignment"]["token"], "answer": answer});
+        self.post(token, &format!("/api/v1/assignments/{aid}/submit"), body)
+            .await
+    }
+
     pub async fn export(&self, token: &str, project: u64) -> Vec<Value> {
         let res = self
             .client

@@ -9,31 +9,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-async fn take_and_submit(
-    s: &Server,
-    token: &str,
-    project: u64,
-    answer: Value,
-) -> (StatusCode, Value) {
-    let (status, next) = s
-        .post(
-            token,
-            &format!("/api/v1/projects/{project}/next"),
-            json!({}),
-        )
-        .await;
-    if status != StatusCode::OK {
-        return (status, next);
-    }
-    let aid = next["assignment"]["id"].as_u64().unwrap();
-    s.post(
-        token,
-        &format!("/api/v1/assignments/{aid}/submit"),
-        json!({"token": next["assignment"]["token"], "answer": answer}),
-    )
-    .await
-}
-
 fn pick(side: &str, strength: u64) -> Value {
     json!({"preference": {"pick": side, "strength": strength}, "justification": "Clear difference in correctness."})
 }
@@ -52,11 +27,11 @@ async fn adaptive_consensus_asks_a_senior_only_on_disagreement() {
     // Agreement: two reviews complete the task; the senior is not asked.
     s.upload(&admin, p, &pairwise_tasks("agree", 1)).await;
     assert_eq!(
-        take_and_submit(&s, &t1, p, pick("left", 2)).await.0,
+        s.review_next(&t1, p, pick("left", 2)).await.0,
         StatusCode::CREATED
     );
     assert_eq!(
-        take_and_submit(&s, &t2, p, pick("left", 1)).await.0,
+        s.review_next(&t2, p, pick("left", 1)).await.0,
         StatusCode::CREATED
     );
     let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
@@ -71,11 +46,11 @@ async fn adaptive_consensus_asks_a_senior_only_on_disagreement() {
     // Disagreement: a third review, from the senior pool only.
     s.upload(&admin, p, &pairwise_tasks("disagree", 1)).await;
     assert_eq!(
-        take_and_submit(&s, &t1, p, pick("left", 2)).await.0,
+        s.review_next(&t1, p, pick("left", 2)).await.0,
         StatusCode::CREATED
     );
     assert_eq!(
-        take_and_submit(&s, &t2, p, pick("right", 2)).await.0,
+        s.review_next(&t2, p, pick("right", 2)).await.0,
         StatusCode::CREATED
     );
     let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
@@ -102,7 +77,7 @@ async fn adaptive_consensus_asks_a_senior_only_on_disagreement() {
         StatusCode::NO_CONTENT,
         "only the senior pool"
     );
-    let (status, third) = take_and_submit(&s, &senior, p, pick("left", 1)).await;
+    let (status, third) = s.review_next(&senior, p, pick("left", 1)).await;
     assert_eq!(status, StatusCode::CREATED, "{third}");
     let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
     assert_eq!(
@@ -368,7 +343,7 @@ async fn broken_versions_never_replace_the_working_one() {
     }
     let (eid, expert) = s.expert(&admin, "keeper", &[]).await;
     s.add_member(&admin, p, eid, "expert").await;
-    let (status, sub) = take_and_submit(&s, &expert, p, json!({"ok": true})).await;
+    let (status, sub) = s.review_next(&expert, p, json!({"ok": true})).await;
     assert_eq!(status, StatusCode::CREATED, "{sub}");
     assert_eq!(sub["rubric_version"], good_hash.as_str());
 }
@@ -597,7 +572,7 @@ async fn training_formats_dpo_sft_and_rubric_records() {
         let (id, t) = s.expert(&admin, &format!("voter{i}"), &[]).await;
         s.add_member(&admin, p, id, "expert").await;
         assert_eq!(
-            take_and_submit(&s, &t, p, pick(side, 1)).await.0,
+            s.review_next(&t, p, pick(side, 1)).await.0,
             StatusCode::CREATED
         );
     }
@@ -632,7 +607,7 @@ async fn training_formats_dpo_sft_and_rubric_records() {
     let (id, t) = s.expert(&admin, "editor", &[]).await;
     s.add_member(&admin, p, id, "expert").await;
     let answer = json!({"rewrite": "100 °C at sea level.", "changes": ["factual correction"], "why": "Water boils at 100 °C at sea level."});
-    let (status, sub) = take_and_submit(&s, &t, p, answer).await;
+    let (status, sub) = s.review_next(&t, p, answer).await;
     assert_eq!(status, StatusCode::CREATED, "{sub}");
     assert!(sub["scores"]["similarity"].as_f64().unwrap() < 1.0);
     let sft = export_format(&s, &admin, p, "sft").await;
@@ -707,7 +682,7 @@ async fn a_file_broken_while_the_server_was_down_falls_back_to_the_last_stored_v
     assert_eq!(me["version"], good_hash.as_str(), "{me}");
     let (eid, expert) = s.expert(&admin, "steady", &[]).await;
     s.add_member(&admin, p, eid, "expert").await;
-    let (status, sub) = take_and_submit(&s, &expert, p, json!({"ok": true})).await;
+    let (status, sub) = s.review_next(&expert, p, json!({"ok": true})).await;
     assert_eq!(status, StatusCode::CREATED, "{sub}");
     assert_eq!(sub["rubric_version"], good_hash.as_str());
 }

@@ -41,11 +41,28 @@ pub struct EndBody {
     reason: Option<String>,
 }
 
-fn reason(r: Option<String>) -> AppResult<Option<String>> {
-    match r {
-        Some(r) if r.len() > 2000 => Err(AppError::field("reason", "must be at most 2000 bytes")),
-        r => Ok(r.filter(|r| !r.trim().is_empty())),
-    }
+/// Ends a lease without an answer: `skipped` keeps the task away from the expert for good,
+/// `released` puts it back in the queue for anyone.
+async fn end(
+    state: State,
+    caller: Caller,
+    id: Id,
+    body: EndBody,
+    status: AssignmentStatus,
+) -> AppResult<HttpResponse> {
+    let reason = match body.reason {
+        Some(r) if r.len() > 2000 => {
+            return Err(AppError::field("reason", "must be at most 2000 bytes"))
+        }
+        r => r.filter(|r| !r.trim().is_empty()),
+    };
+    review::finish_without_answer(&state, caller.0, id, body.token, status, reason).await?;
+    let word = if status == AssignmentStatus::Skipped {
+        "skipped"
+    } else {
+        "released"
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": word })))
 }
 
 pub async fn skip(
@@ -54,17 +71,14 @@ pub async fn skip(
     id: web::Path<Id>,
     body: web::Json<EndBody>,
 ) -> AppResult<HttpResponse> {
-    let EndBody { token, reason: r } = body.into_inner();
-    review::finish_without_answer(
-        &state,
-        caller.0,
+    end(
+        state,
+        caller,
         id.into_inner(),
-        token,
+        body.into_inner(),
         AssignmentStatus::Skipped,
-        reason(r)?,
     )
-    .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "skipped"})))
+    .await
 }
 
 pub async fn release(
@@ -73,17 +87,14 @@ pub async fn release(
     id: web::Path<Id>,
     body: web::Json<EndBody>,
 ) -> AppResult<HttpResponse> {
-    let EndBody { token, reason: r } = body.into_inner();
-    review::finish_without_answer(
-        &state,
-        caller.0,
+    end(
+        state,
+        caller,
         id.into_inner(),
-        token,
+        body.into_inner(),
         AssignmentStatus::Released,
-        reason(r)?,
     )
-    .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "released"})))
+    .await
 }
 
 #[derive(Deserialize)]
