@@ -268,12 +268,6 @@ impl Registry {
         self.rescan(kind, dir).failed
     }
 
-    /// Loads one file and makes it current.
-    pub fn load_file(&self, kind: PluginKind, path: &Path) -> Result<Arc<Plugin>, ScriptError> {
-        let source = std::fs::read_to_string(path).map_err(|e| unreadable(path, e))?;
-        self.install(kind, &name_of(path), &path.display().to_string(), source)
-    }
-
     /// Prepares a new version and swaps it in; on failure the previous version stays current
     /// and the error is recorded.
     fn install(
