@@ -14,7 +14,7 @@
 //! | `taskstatus_id`          | task id                               | TaskStatus           |
 //! | `tasks_project_task`     | project id ++ task id                 | empty                |
 //! | `tasks_project_external` | project id ++ external id bytes       | task id              |
-//! | `queue_project_task`     | project id ++ task id (open tasks)    | empty                |
+//! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (copy)    |
 //! | `assignments_id`         | assignment id                         | Assignment           |
 //! | `leases_expiry_assignment` | expiry time ++ assignment id (active) | empty              |
 //! | `submissions_id`         | submission id                         | Submission           |
@@ -46,7 +46,7 @@ use crate::domain::*;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 struct Trees {
     meta: Tree,
@@ -160,15 +160,16 @@ fn tx_transition(
     from: Option<TaskState>,
 ) -> TxResult<()> {
     let key = keys::pair(status.project_id, status.task_id);
-    if from == Some(status.state) {
-        return Ok(());
+    if from != Some(status.state) {
+        if let Some(from) = from {
+            tx_count(counters, status.project_id, state_counter(from), -1)?;
+        }
+        tx_count(counters, status.project_id, state_counter(status.state), 1)?;
     }
-    if let Some(from) = from {
-        tx_count(counters, status.project_id, state_counter(from), -1)?;
-    }
-    tx_count(counters, status.project_id, state_counter(status.state), 1)?;
+    // The open-task index carries the status itself, so rebuilding the in-memory queue at
+    // start-up is one sequential scan instead of a random read per task.
     if status.state == TaskState::Open {
-        queue.insert(&key, &[])?;
+        tx_put(queue, &key, status)?;
     } else {
         queue.remove(&key)?;
     }
@@ -249,7 +250,11 @@ impl SledStore {
                 found: v,
                 supported: SCHEMA_VERSION,
             }),
-            // Ordered upgrade steps go here: `Some(1) => upgrade_1_to_2(...)`, and so on.
+            Some(1) => {
+                self.upgrade_1_to_2()?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(2) => self.upgrade_2_to_3()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t
@@ -259,6 +264,28 @@ impl SledStore {
                 Ok(())
             }
         }
+    }
+
+    /// Version 2: the open-task index carries each task's status (version 1 kept it empty).
+    fn upgrade_1_to_2(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 2");
+        for item in self.t.queue.iter().keys() {
+            let key = item.map_err(backend)?;
+            let Some(task) = keys::u64_at(&key, 8) else {
+                continue;
+            };
+            if let Some(status) =
+                self.get::<TaskStatus>(&self.t.taskstatus, "taskstatus_id", &keys::id(task))?
+            {
+                self.t.queue.insert(&key, enc(&status)?).map_err(backend)?;
+            }
+        }
+        self.t
+            .meta
+            .insert(b"schema_version", &2u32.to_be_bytes())
+            .map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
     }
 
     fn remember(&self, user: &User) {
@@ -619,17 +646,7 @@ impl Store for SledStore {
     }
 
     fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>> {
-        let mut out = Vec::new();
-        for item in self.t.queue.iter().keys() {
-            let key = item.map_err(backend)?;
-            let Some(task) = keys::u64_at(&key, 8) else {
-                continue;
-            };
-            if let Some(status) = self.task_status(task)? {
-                out.push(status);
-            }
-        }
-        Ok(out)
+        self.all(&self.t.queue, "queue_project_task")
     }
 
     fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {

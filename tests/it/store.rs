@@ -386,3 +386,45 @@ fn plugin_versions_audit_durability_and_schema_guard() {
         Ok(_) => panic!("expected TooNew, got a store"),
     }
 }
+
+/// Writes raw bytes the way an older binary would have, reopening with retries (see `open`).
+fn raw_db(dir: &std::path::Path) -> sled::Db {
+    for _ in 0..50 {
+        if let Ok(db) = sled::open(dir) {
+            return db;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("cannot open the database raw");
+}
+
+#[test]
+fn a_version_1_database_is_upgraded_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let task = {
+        let s = open(dir.path());
+        let p = s.create_project(project("p")).unwrap();
+        let t = s
+            .import_tasks(p.id, vec![new_task(Some("old"), 2)])
+            .unwrap()
+            .created
+            .remove(0);
+        s.flush().unwrap();
+        t
+    };
+    {
+        // Version 1 kept the open-task index empty.
+        let db = raw_db(dir.path());
+        let queue = db.open_tree("queue_project_task").unwrap();
+        for key in queue.iter().keys() {
+            queue.insert(key.unwrap(), &[]).unwrap();
+        }
+        db.open_tree("meta")
+            .unwrap()
+            .insert(b"schema_version", &1u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.open_tasks().unwrap(), vec![task]);
+}
