@@ -686,3 +686,71 @@ async fn a_file_broken_while_the_server_was_down_falls_back_to_the_last_stored_v
     assert_eq!(status, StatusCode::CREATED, "{sub}");
     assert_eq!(sub["rubric_version"], good_hash.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pick_may_decline_or_break_its_contract_and_on_submit_may_send_to_qa() {
+    let mut s = Server::start().await;
+    let plugins = s.dir.path().join("plugins");
+    // Declines everything for experts without the "trusted" skill; sends every answer to QA.
+    std::fs::write(
+        plugins.join("picky.rhai"),
+        "fn route(task) { #{} }\n\
+         fn pick(expert, candidates) { if \"trusted\" in expert.skills { 0 } else { -1 } }\n\
+         fn on_submit(task, submission, submissions) { #{ action: \"qa\" } }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        plugins.join("broken_pick.rhai"),
+        "fn route(task) { #{} }\nfn pick(expert, candidates) { 99 }\n",
+    )
+    .unwrap();
+    s.restart().await;
+    let admin = s.admin().await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "picky", "rubric": "pairwise_preference", "router": "picky"}),
+        )
+        .await;
+    s.upload(&admin, p, &pairwise_tasks("pk", 2)).await;
+    let (plain_id, plain) = s.expert(&admin, "plain", &[]).await;
+    let (trusted_id, trusted) = s.expert(&admin, "trusted", &["trusted"]).await;
+    s.add_member(&admin, p, plain_id, "expert").await;
+    s.add_member(&admin, p, trusted_id, "expert").await;
+
+    assert_eq!(
+        s.post(&plain, &format!("/api/v1/projects/{p}/next"), json!({}))
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, sub) = s.review_next(&trusted, p, pick("left", 1)).await;
+    assert_eq!(status, StatusCode::CREATED, "{sub}");
+    let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
+    assert_eq!(
+        (stats["in_qa"].as_u64(), stats["open"].as_u64()),
+        (Some(1), Some(1)),
+        "{stats}"
+    );
+
+    // An index outside the window is a contract error naming the plugin and function.
+    let b = s
+        .project(
+            &admin,
+            json!({"name": "broken", "rubric": "pairwise_preference", "router": "broken_pick"}),
+        )
+        .await;
+    s.upload(&admin, b, &pairwise_tasks("bp", 1)).await;
+    s.add_member(&admin, b, plain_id, "expert").await;
+    let (status, body) = s
+        .post(&plain, &format!("/api/v1/projects/{b}/next"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["code"], "script_error");
+    assert_eq!(body["script"]["plugin"], "broken_pick");
+    assert_eq!(body["script"]["function"], "pick");
+    assert!(
+        body["message"].as_str().unwrap().contains("got 99"),
+        "{body}"
+    );
+}
