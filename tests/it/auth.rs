@@ -171,9 +171,7 @@ async fn experts_are_kept_to_their_own_projects_and_roles() {
     assert_eq!(ids, vec![mine]);
     let (status, _) = s.get(&erin, &format!("/api/v1/projects/{theirs}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (status, _) = s
-        .post(&erin, &format!("/api/v1/projects/{theirs}/next"), json!({}))
-        .await;
+    let (status, _) = s.next(&erin, theirs).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (_, tasks) = s
         .get(&admin, &format!("/api/v1/projects/{theirs}/tasks"))
@@ -196,9 +194,7 @@ async fn experts_are_kept_to_their_own_projects_and_roles() {
         .iter()
         .map(|t| t["task"]["id"].as_u64().unwrap())
         .collect();
-    let (status, next) = s
-        .post(&erin, &format!("/api/v1/projects/{mine}/next"), json!({}))
-        .await;
+    let (status, next) = s.next(&erin, mine).await;
     assert_eq!(status, StatusCode::OK);
     let held = next["task"]["id"].as_u64().unwrap();
     let other = *ids.iter().find(|&&t| t != held).unwrap();

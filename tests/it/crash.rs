@@ -109,9 +109,7 @@ async fn sigkill_during_submits_loses_no_acknowledged_submission() {
     let token = s.login("crash0", EXPERT_PASSWORD).await;
     let (status, _) = s.review_next(&token, project, pairwise_answer()).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (_, stats) = s
-        .get(&admin, &format!("/api/v1/projects/{project}/stats"))
-        .await;
+    let stats = s.stats(&admin, project).await;
     assert_eq!(
         stats["submissions"].as_u64().unwrap() as usize,
         rows.len() + 1
@@ -129,13 +127,7 @@ async fn a_lease_token_survives_a_restart() {
     s.upload(&admin, project, &pairwise_tasks("x", 1)).await;
     let (id, token) = s.expert(&admin, "survivor", &[]).await;
     s.add_member(&admin, project, id, "expert").await;
-    let (_, next) = s
-        .post(
-            &token,
-            &format!("/api/v1/projects/{project}/next"),
-            json!({}),
-        )
-        .await;
+    let (_, next) = s.next(&token, project).await;
     s.restart().await;
     let token = s.login("survivor", EXPERT_PASSWORD).await;
     let aid = next["assignment"]["id"].as_u64().unwrap();
@@ -147,12 +139,6 @@ async fn a_lease_token_survives_a_restart() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _) = s
-        .post(
-            &token,
-            &format!("/api/v1/projects/{project}/next"),
-            json!({}),
-        )
-        .await;
+    let (status, _) = s.next(&token, project).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }

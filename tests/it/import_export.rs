@@ -100,7 +100,7 @@ async fn every_format_imports_and_external_ids_are_idempotent() {
     let (_, r) = s.upload(&admin, p, &twice).await;
     assert_eq!(r, json!({"records": 2, "imported": 1, "duplicates": 1}));
 
-    let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
+    let stats = s.stats(&admin, p).await;
     assert_eq!(stats["tasks"], 11);
     assert_eq!(stats["open"], 11);
     let (_, listed) = s

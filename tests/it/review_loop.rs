@@ -28,13 +28,7 @@ async fn eight_experts_hammering_never_exceed_the_overlap() {
         handles.push(tokio::spawn(async move {
             let mut done = Vec::new();
             loop {
-                let (status, next) = s
-                    .post(
-                        &token,
-                        &format!("/api/v1/projects/{project}/next"),
-                        json!({}),
-                    )
-                    .await;
+                let (status, next) = s.next(&token, project).await;
                 if status == StatusCode::NO_CONTENT {
                     return done;
                 }
@@ -73,9 +67,7 @@ async fn eight_experts_hammering_never_exceed_the_overlap() {
             .insert(r["expert_id"].as_u64().unwrap());
     }
     assert!(pairs.values().all(|e| e.len() == 2));
-    let (_, stats) = s
-        .get(&admin, &format!("/api/v1/projects/{project}/stats"))
-        .await;
+    let stats = s.stats(&admin, project).await;
     assert_eq!(stats["complete"], TASKS as u64);
     assert_eq!(stats["open"], 0);
     assert_eq!(stats["submissions"], (TASKS * 2) as u64);
@@ -94,26 +86,15 @@ async fn an_abandoned_task_comes_back_after_its_lease() {
     s.add_member(&admin, project, a_id, "expert").await;
     s.add_member(&admin, project, b_id, "expert").await;
 
-    let (status, first) = s
-        .post(&a, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    let (status, first) = s.next(&a, project).await;
     assert_eq!(status, StatusCode::OK);
     // While leased, nobody else gets it; asking again returns the same lease.
-    assert_eq!(
-        s.post(&b, &format!("/api/v1/projects/{project}/next"), json!({}))
-            .await
-            .0,
-        StatusCode::NO_CONTENT
-    );
-    let (_, again) = s
-        .post(&a, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    assert_eq!(s.next(&b, project).await.0, StatusCode::NO_CONTENT);
+    let (_, again) = s.next(&a, project).await;
     assert_eq!(again["assignment"]["id"], first["assignment"]["id"]);
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (status, second) = s
-        .post(&b, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    let (status, second) = s.next(&b, project).await;
     assert_eq!(status, StatusCode::OK, "the task should come back");
     assert_eq!(second["task"]["id"], first["task"]["id"]);
 
@@ -163,9 +144,7 @@ async fn submit_validates_is_idempotent_and_checks_the_lease() {
     s.add_member(&admin, project, e1, "expert").await;
     s.add_member(&admin, project, e2, "expert").await;
 
-    let (_, next) = s
-        .post(&t1, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    let (_, next) = s.next(&t1, project).await;
     assert_eq!(next["criteria"][0]["kind"], "pairwise");
     assert!(next["instructions"].is_string());
     let aid = next["assignment"]["id"].as_u64().unwrap();
@@ -304,9 +283,7 @@ async fn submit_validates_is_idempotent_and_checks_the_lease() {
     assert!(metrics.contains("assay_http_request_duration_seconds_count"));
 
     // Blind review: expert two sees only their own submissions of that task.
-    let (_, next2) = s
-        .post(&t2, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    let (_, next2) = s.next(&t2, project).await;
     let t2_task = next2["task"]["id"].as_u64().unwrap();
     let (status, theirs) = s
         .get(&t2, &format!("/api/v1/tasks/{t2_task}/submissions"))
@@ -353,9 +330,7 @@ async fn skip_release_and_pools() {
     s.add_member(&admin, project, lay_id, "expert").await;
 
     // The physician gets the higher-priority medical task; the lay expert never sees it.
-    let (_, n) = s
-        .post(&doc, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    let (_, n) = s.next(&doc, project).await;
     assert_eq!(n["task"]["external_id"], "med");
     let doc_aid = n["assignment"]["id"].as_u64().unwrap();
     let doc_token = n["assignment"]["token"].clone();
@@ -368,9 +343,7 @@ async fn skip_release_and_pools() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (_, n) = s
-        .post(&doc, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    let (_, n) = s.next(&doc, project).await;
     assert_eq!(n["task"]["external_id"], "med");
     // Skip: never offered to them again.
     let aid = n["assignment"]["id"].as_u64().unwrap();
@@ -393,14 +366,10 @@ async fn skip_release_and_pools() {
         (status, body["code"].as_str()),
         (StatusCode::CONFLICT, Some("lease_ended"))
     );
-    let (_, n) = s
-        .post(&doc, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    let (_, n) = s.next(&doc, project).await;
     assert_eq!(n["task"]["external_id"], "gen");
 
     // The lay expert: the general task is leased by the physician, the medical one is not for them.
-    let (status, _) = s
-        .post(&lay, &format!("/api/v1/projects/{project}/next"), json!({}))
-        .await;
+    let (status, _) = s.next(&lay, project).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }

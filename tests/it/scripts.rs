@@ -121,7 +121,7 @@ async fn hostile_rubrics_get_clear_errors_and_the_server_keeps_serving() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     // The task was given back, not stranded under a lease.
-    let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
+    let stats = s.stats(&admin, p).await;
     assert_eq!(stats["open"], 1);
 
     // Each other failure: its code, plugin, function and position.
@@ -133,9 +133,7 @@ async fn hostile_rubrics_get_clear_errors_and_the_server_keeps_serving() {
         ("badshape", "script_error", None, "min < max"),
     ] {
         let p = project_with(&s, &admin, eid, rubric).await;
-        let (status, body) = s
-            .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await;
+        let (status, body) = s.next(&expert, p).await;
         assert_eq!(
             status,
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -155,9 +153,7 @@ async fn hostile_rubrics_get_clear_errors_and_the_server_keeps_serving() {
     // Failures in validate and score surface at submit time, and nothing is stored.
     for (rubric, function) in [("badscore", "score"), ("throws", "validate")] {
         let p = project_with(&s, &admin, eid, rubric).await;
-        let (status, next) = s
-            .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await;
+        let (status, next) = s.next(&expert, p).await;
         assert_eq!(status, StatusCode::OK, "{next}");
         let aid = next["assignment"]["id"].as_u64().unwrap();
         let (status, body) = s
@@ -169,7 +165,7 @@ async fn hostile_rubrics_get_clear_errors_and_the_server_keeps_serving() {
             .await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
         assert_eq!(body["script"]["function"], function, "{body}");
-        let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
+        let stats = s.stats(&admin, p).await;
         assert_eq!(stats["submissions"], 0);
     }
 
@@ -203,9 +199,7 @@ async fn scripts_cannot_reach_files_eval_or_the_clock() {
     let (eid, expert) = s.expert(&admin, "probe", &[]).await;
     for rubric in ["importer", "evaler", "clock"] {
         let p = project_with(&s, &admin, eid, rubric).await;
-        let (status, body) = s
-            .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await;
+        let (status, body) = s.next(&expert, p).await;
         assert_eq!(
             status,
             StatusCode::INTERNAL_SERVER_ERROR,

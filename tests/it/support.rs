@@ -261,6 +261,23 @@ impl Server {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 
+    /// `POST /projects/{project}/next` as `token`.
+    pub async fn next(&self, token: &str, project: u64) -> (StatusCode, Value) {
+        self.post(
+            token,
+            &format!("/api/v1/projects/{project}/next"),
+            json!({}),
+        )
+        .await
+    }
+
+    /// The project's kept counters.
+    pub async fn stats(&self, token: &str, project: u64) -> Value {
+        self.get(token, &format!("/api/v1/projects/{project}/stats"))
+            .await
+            .1
+    }
+
     /// Takes the next task of a project and submits `answer` for it: the submit's status and
     /// body, or `next`'s when there was no task.
     pub async fn review_next(

@@ -34,14 +34,9 @@ async fn adaptive_consensus_asks_a_senior_only_on_disagreement() {
         s.review_next(&t2, p, pick("left", 1)).await.0,
         StatusCode::CREATED
     );
-    let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
+    let stats = s.stats(&admin, p).await;
     assert_eq!(stats["complete"], 1);
-    assert_eq!(
-        s.post(&senior, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await
-            .0,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(s.next(&senior, p).await.0, StatusCode::NO_CONTENT);
 
     // Disagreement: a third review, from the senior pool only.
     s.upload(&admin, p, &pairwise_tasks("disagree", 1)).await;
@@ -53,7 +48,7 @@ async fn adaptive_consensus_asks_a_senior_only_on_disagreement() {
         s.review_next(&t2, p, pick("right", 2)).await.0,
         StatusCode::CREATED
     );
-    let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
+    let stats = s.stats(&admin, p).await;
     assert_eq!(
         (stats["complete"].as_u64(), stats["open"].as_u64()),
         (Some(1), Some(1))
@@ -71,15 +66,13 @@ async fn adaptive_consensus_asks_a_senior_only_on_disagreement() {
         .unwrap();
     s.add_member(&admin, p, oid, "expert").await;
     assert_eq!(
-        s.post(&outsider, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await
-            .0,
+        s.next(&outsider, p).await.0,
         StatusCode::NO_CONTENT,
         "only the senior pool"
     );
     let (status, third) = s.review_next(&senior, p, pick("left", 1)).await;
     assert_eq!(status, StatusCode::CREATED, "{third}");
-    let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
+    let stats = s.stats(&admin, p).await;
     assert_eq!(
         (stats["complete"].as_u64(), stats["open"].as_u64()),
         (Some(2), Some(0))
@@ -116,9 +109,7 @@ async fn a_rubric_rewritten_under_load_switches_versions_without_failures() {
     // An answer in flight under version 1...
     let (eid, expert) = s.expert(&admin, "inflight", &[]).await;
     s.add_member(&admin, p, eid, "expert").await;
-    let (_, held) = s
-        .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-        .await;
+    let (_, held) = s.next(&expert, p).await;
     assert_eq!(held["assignment"]["rubric_version"], v1_hash.as_str());
 
     // ... while other experts loop and the file is rewritten, in place and by rename.
@@ -133,9 +124,7 @@ async fn a_rubric_rewritten_under_load_switches_versions_without_failures() {
         let (s, stop, failures, done) = (s.clone(), stop.clone(), failures.clone(), done.clone());
         loops.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let (status, next) = s
-                    .post(&token, &format!("/api/v1/projects/{p}/next"), json!({}))
-                    .await;
+                let (status, next) = s.next(&token, p).await;
                 if status != StatusCode::OK {
                     failures.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -197,9 +186,7 @@ async fn a_rubric_rewritten_under_load_switches_versions_without_failures() {
     assert_eq!(status, StatusCode::CREATED, "{sub}");
     assert_eq!(sub["rubric_version"], v1_hash.as_str());
     // New work is served under version 3; every version's source can be read back.
-    let (_, next) = s
-        .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-        .await;
+    let (_, next) = s.next(&expert, p).await;
     assert_eq!(next["assignment"]["rubric_version"], v3_hash.as_str());
     let (status, source) = s
         .get(
@@ -409,9 +396,7 @@ async fn gold_injection_hands_gold_every_fifth_task_and_never_twice() {
     s.add_member(&admin, p, eid, "expert").await;
     let mut kinds = Vec::new();
     for _ in 0..14 {
-        let (status, next) = s
-            .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await;
+        let (status, next) = s.next(&expert, p).await;
         assert_eq!(status, StatusCode::OK, "{next}");
         let ext = next["task"]["external_id"].as_str().unwrap().to_owned();
         let aid = next["assignment"]["id"].as_u64().unwrap();
@@ -443,18 +428,11 @@ async fn gold_injection_hands_gold_every_fifth_task_and_never_twice() {
         kinds.iter().filter(|k| k.starts_with("gold")).collect();
     assert_eq!(golds.len(), 2, "never the same gold twice");
     // Only gold left for this expert once regular work is done... none, since both were seen.
-    assert_eq!(
-        s.post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await
-            .0,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(s.next(&expert, p).await.0, StatusCode::NO_CONTENT);
     // Another expert sees the same gold tasks.
     let (e2, other) = s.expert(&admin, "other", &[]).await;
     s.add_member(&admin, p, e2, "expert").await;
-    let (status, next) = s
-        .post(&other, &format!("/api/v1/projects/{p}/next"), json!({}))
-        .await;
+    let (status, next) = s.next(&other, p).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
         next["task"]["external_id"]
@@ -506,14 +484,10 @@ async fn expertise_pools_route_by_domain_and_reroute_applies_a_changed_router() 
         ]
     );
     // The physician is handed the medical task first (pick prefers their specialty).
-    let (_, next) = s
-        .post(&doc, &format!("/api/v1/projects/{p}/next"), json!({}))
-        .await;
+    let (_, next) = s.next(&doc, p).await;
     assert_eq!(next["task"]["external_id"], "m1");
     // The lay expert sees only the general task.
-    let (_, next) = s
-        .post(&lay, &format!("/api/v1/projects/{p}/next"), json!({}))
-        .await;
+    let (_, next) = s.next(&lay, p).await;
     assert_eq!(next["task"]["external_id"], "g1");
 
     // The router is changed on disk to open finance to everyone; reroute applies it.
@@ -538,9 +512,7 @@ async fn expertise_pools_route_by_domain_and_reroute_applies_a_changed_router() 
     assert_eq!(status, StatusCode::OK, "{report}");
     assert_eq!(report["rerouted"], 3);
     let lay = s.login("lay", EXPERT_PASSWORD).await;
-    let (_, next) = s
-        .post(&lay, &format!("/api/v1/projects/{p}/next"), json!({}))
-        .await;
+    let (_, next) = s.next(&lay, p).await;
     // The lay expert still holds g1 (the lease survived the restart), and finance is now theirs to take after.
     assert_eq!(next["task"]["external_id"], "g1");
     let aid = next["assignment"]["id"].as_u64().unwrap();
@@ -550,9 +522,7 @@ async fn expertise_pools_route_by_domain_and_reroute_applies_a_changed_router() 
         json!({"token": next["assignment"]["token"], "answer": pick("left", 1)}),
     )
     .await;
-    let (_, next) = s
-        .post(&lay, &format!("/api/v1/projects/{p}/next"), json!({}))
-        .await;
+    let (_, next) = s.next(&lay, p).await;
     assert_eq!(next["task"]["external_id"], "f1");
 }
 
@@ -718,15 +688,10 @@ async fn pick_may_decline_or_break_its_contract_and_on_submit_may_send_to_qa() {
     s.add_member(&admin, p, plain_id, "expert").await;
     s.add_member(&admin, p, trusted_id, "expert").await;
 
-    assert_eq!(
-        s.post(&plain, &format!("/api/v1/projects/{p}/next"), json!({}))
-            .await
-            .0,
-        StatusCode::NO_CONTENT
-    );
+    assert_eq!(s.next(&plain, p).await.0, StatusCode::NO_CONTENT);
     let (status, sub) = s.review_next(&trusted, p, pick("left", 1)).await;
     assert_eq!(status, StatusCode::CREATED, "{sub}");
-    let (_, stats) = s.get(&admin, &format!("/api/v1/projects/{p}/stats")).await;
+    let stats = s.stats(&admin, p).await;
     assert_eq!(
         (stats["in_qa"].as_u64(), stats["open"].as_u64()),
         (Some(1), Some(1)),
@@ -742,9 +707,7 @@ async fn pick_may_decline_or_break_its_contract_and_on_submit_may_send_to_qa() {
         .await;
     s.upload(&admin, b, &pairwise_tasks("bp", 1)).await;
     s.add_member(&admin, b, plain_id, "expert").await;
-    let (status, body) = s
-        .post(&plain, &format!("/api/v1/projects/{b}/next"), json!({}))
-        .await;
+    let (status, body) = s.next(&plain, b).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["code"], "script_error");
     assert_eq!(body["script"]["plugin"], "broken_pick");
