@@ -23,6 +23,7 @@ pub struct AppState {
     pub keys: Arc<Keys>,
     pub login_limiter: Arc<LoginLimiter>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub templates: Arc<crate::web::pages::templates::Templates>,
 }
 
 /// Opens the store, loads plugins, rebuilds the queue and prepares keys.
@@ -57,6 +58,7 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
     );
     queue.rebuild(open, active);
 
+    let config_templates = config.plugins.templates.clone();
     let secret = auth::load_or_create_secret(&config.auth.secret, data)?;
     let keys = Keys::new(&secret, config.auth.session_hours);
     let login_limiter =
@@ -70,6 +72,9 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
         keys: Arc::new(keys),
         login_limiter: Arc::new(login_limiter),
         metrics: Arc::default(),
+        templates: Arc::new(crate::web::pages::templates::Templates::load(
+            &config_templates,
+        )),
     })
 }
 
@@ -142,7 +147,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/audit", web::get().to(api::audit::recent))
                 .default_service(web::to(api::not_found)),
-        );
+        )
+        .configure(crate::web::pages::configure);
 }
 
 /// Runs the HTTP server until it is stopped. Prints the bound address once it listens.
@@ -153,15 +159,24 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     crate::services::review::spawn_sweeper(state.clone());
     let plugins = &state.config.plugins;
     if plugins.watch {
+        let scripts = vec![
+            (PluginKind::Rubric, plugins.rubrics.clone()),
+            (PluginKind::Router, plugins.plugins.clone()),
+        ];
+        let mut folders: Vec<_> = scripts.iter().map(|(_, dir)| dir.clone()).collect();
+        folders.push(plugins.templates.clone());
+        folders.push(plugins.templates.join("static"));
+        let (registry, templates) = (state.registry.clone(), state.templates.clone());
         let config = crate::scripting::watch::WatchConfig {
-            folders: vec![
-                (PluginKind::Rubric, plugins.rubrics.clone()),
-                (PluginKind::Router, plugins.plugins.clone()),
-            ],
+            folders,
             debounce: std::time::Duration::from_millis(plugins.debounce_ms),
             poll: (plugins.poll_ms > 0).then(|| std::time::Duration::from_millis(plugins.poll_ms)),
+            on_change: Box::new(move || {
+                crate::scripting::watch::rescan_plugins(&registry, &scripts);
+                templates.reload();
+            }),
         };
-        crate::scripting::watch::spawn(state.registry.clone(), config)?;
+        crate::scripting::watch::spawn(config)?;
     }
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {

@@ -1,5 +1,7 @@
 //! Extractors: a handler that takes `Caller` or `Admin` never runs for a request that lacks the
-//! right token. The token comes from the `Authorization: Bearer` header.
+//! right token. The token comes from the `Authorization: Bearer` header, or from the pages'
+//! session cookie — then a write must also carry the page's CSRF token in `X-CSRF-Token`, so
+//! another site cannot make the browser act for the user.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,15 +36,38 @@ fn bearer(req: &HttpRequest) -> Option<String> {
     Some(token.trim().to_owned())
 }
 
-async fn authenticate(req: HttpRequest) -> Result<User, AppError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .cloned()
-        .ok_or_else(|| AppError::internal("application state missing"))?;
-    let token = bearer(&req).ok_or(AppError::Unauthorized("a Bearer token is required"))?;
+pub const CSRF_HEADER: &str = "X-CSRF-Token";
+
+/// The session token of a request: Bearer first, else the cookie (with its CSRF check).
+fn session_token(state: &AppState, req: &HttpRequest) -> Result<String, AppError> {
+    if let Some(token) = bearer(req) {
+        return Ok(token);
+    }
+    let cookie = req
+        .cookie(crate::web::api::auth::SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
+        .ok_or(AppError::Unauthorized("a Bearer token is required"))?;
+    let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+    if !safe {
+        let sent = req
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !state.keys.check_csrf(&cookie, sent) {
+            return Err(AppError::Forbidden(
+                "a cookie session needs a valid X-CSRF-Token header for this request",
+            ));
+        }
+    }
+    Ok(cookie)
+}
+
+/// The active user a session token belongs to.
+pub async fn user_for_token(state: &AppState, token: &str) -> Result<User, AppError> {
     let claims = state
         .keys
-        .verify_session(&token)
+        .verify_session(token)
         .ok_or(AppError::Unauthorized("the token is invalid or expired"))?;
     // Users are cached in memory: the common case needs no trip to the blocking pool.
     let user = match state.store.cached_user(claims.sub) {
@@ -61,6 +86,15 @@ async fn authenticate(req: HttpRequest) -> Result<User, AppError> {
         return Err(AppError::Unauthorized("the token was revoked"));
     }
     Ok(user)
+}
+
+async fn authenticate(req: HttpRequest) -> Result<User, AppError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| AppError::internal("application state missing"))?;
+    let token = session_token(&state, &req)?;
+    user_for_token(&state, &token).await
 }
 
 impl FromRequest for Caller {

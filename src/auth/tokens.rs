@@ -66,14 +66,25 @@ impl AssignmentClaims {
 pub struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
+    /// Key for CSRF tokens, derived from the secret so it needs no storage of its own.
+    csrf_key: Vec<u8>,
     pub session_seconds: i64,
 }
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 impl Keys {
     pub fn new(secret: &[u8], session_hours: u64) -> Self {
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
+            csrf_key: {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                h.update(b"assay csrf key\0");
+                h.update(secret);
+                h.finalize().to_vec()
+            },
             session_seconds: session_hours as i64 * 3600,
         }
     }
@@ -102,6 +113,32 @@ impl Keys {
             exp,
         };
         Ok((self.sign(&claims)?, exp))
+    }
+
+    fn csrf_mac(&self, seed: &str) -> Option<HmacSha256> {
+        use hmac::Mac;
+        let mut mac = HmacSha256::new_from_slice(&self.csrf_key).ok()?;
+        mac.update(seed.as_bytes());
+        Some(mac)
+    }
+
+    /// The CSRF token bound to `seed` (the session token, or a pre-login cookie): forms carry
+    /// it and cookie-authenticated writes must send it back.
+    pub fn csrf(&self, seed: &str) -> String {
+        use hmac::Mac;
+        match self.csrf_mac(seed) {
+            Some(mac) => hex::encode(&mac.finalize().into_bytes()[..16]),
+            None => String::new(),
+        }
+    }
+
+    /// Constant-time check of a CSRF token against its seed.
+    pub fn check_csrf(&self, seed: &str, token: &str) -> bool {
+        use hmac::Mac;
+        let (Some(mac), Ok(bytes)) = (self.csrf_mac(seed), hex::decode(token.trim())) else {
+            return false;
+        };
+        bytes.len() == 16 && mac.verify_truncated_left(&bytes).is_ok()
     }
 
     pub fn verify_session(&self, token: &str) -> Option<SessionClaims> {

@@ -1,12 +1,11 @@
-//! Hot reload. A thread watches the plugin folders; after a burst of file-system events has been
-//! quiet for the debounce time it rescans the folders, and the registry recompiles whatever
-//! changed. Rescanning (rather than trusting each event's path) copes with in-place writes,
+//! Hot reload. A thread watches the plugin and template folders; after a burst of file-system
+//! events has been quiet for the debounce time it calls `on_change`, which rescans the folders so
+//! the registry (and the page templates) recompile whatever changed. Rescanning (rather than trusting each event's path) copes with in-place writes,
 //! write-then-rename saves, editor temp files and events that arrive before a slow write ends.
 //! Where a file system sends no events, `plugins.poll_ms` turns on polling instead.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -14,13 +13,16 @@ use notify::{RecursiveMode, Watcher};
 use super::{PluginKind, Registry};
 
 pub struct WatchConfig {
-    pub folders: Vec<(PluginKind, PathBuf)>,
+    pub folders: Vec<PathBuf>,
     pub debounce: Duration,
     /// Poll on this interval instead of waiting for events.
     pub poll: Option<Duration>,
+    /// Called after every quiet spell (or poll tick); it rescans whatever it owns.
+    pub on_change: Box<dyn Fn() + Send>,
 }
 
-fn rescan_all(registry: &Registry, folders: &[(PluginKind, PathBuf)]) {
+/// Rescans plugin folders, logging what was reloaded.
+pub fn rescan_plugins(registry: &Registry, folders: &[(PluginKind, PathBuf)]) {
     for (kind, dir) in folders {
         let report = registry.rescan(*kind, dir);
         for name in &report.loaded {
@@ -30,10 +32,11 @@ fn rescan_all(registry: &Registry, folders: &[(PluginKind, PathBuf)]) {
 }
 
 /// Starts the watcher thread. It runs for the life of the process.
-pub fn spawn(registry: Arc<Registry>, config: WatchConfig) -> std::io::Result<()> {
+pub fn spawn(config: WatchConfig) -> std::io::Result<()> {
     std::thread::Builder::new().name("assay-watch".into()).spawn(move || {
+        let on_change = &config.on_change;
         if let Some(every) = config.poll {
-            poll(&registry, &config.folders, every);
+            poll(on_change, every);
             return;
         }
         let (tx, rx) = mpsc::channel();
@@ -44,10 +47,10 @@ pub fn spawn(registry: Arc<Registry>, config: WatchConfig) -> std::io::Result<()
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, "file-system events unavailable; polling every second");
-                return poll(&registry, &config.folders, Duration::from_secs(1));
+                return poll(on_change, Duration::from_secs(1));
             }
         };
-        for (_, dir) in &config.folders {
+        for dir in &config.folders {
             if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch folder");
             }
@@ -55,15 +58,15 @@ pub fn spawn(registry: Arc<Registry>, config: WatchConfig) -> std::io::Result<()
         // Wait for an event, then for a quiet spell, then rescan.
         while rx.recv().is_ok() {
             while rx.recv_timeout(config.debounce).is_ok() {}
-            rescan_all(&registry, &config.folders);
+            on_change();
         }
     })?;
     Ok(())
 }
 
-fn poll(registry: &Registry, folders: &[(PluginKind, PathBuf)], every: Duration) {
+fn poll(on_change: &dyn Fn(), every: Duration) {
     loop {
         std::thread::sleep(every);
-        rescan_all(registry, folders);
+        on_change();
     }
 }

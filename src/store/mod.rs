@@ -102,6 +102,16 @@ pub trait Store: Send + Sync + 'static {
         status: &TaskStatus,
     ) -> StoreResult<Submission>;
     fn submission(&self, id: Id) -> StoreResult<Option<Submission>>;
+    /// An expert's submissions made at or after `since` (ms), newest first.
+    fn expert_submissions_since(&self, expert: Id, since: i64) -> StoreResult<Vec<Submission>>;
+    /// Submissions per hour in a project: `hours` counts starting at hour `first_hour`
+    /// (hours since the epoch), kept as counters when each submission is stored.
+    fn submissions_per_hour(
+        &self,
+        project: Id,
+        first_hour: i64,
+        hours: usize,
+    ) -> StoreResult<Vec<u64>>;
     fn submissions_for_task(&self, task: Id) -> StoreResult<Vec<Submission>>;
     fn submissions_page(
         &self,

@@ -143,6 +143,11 @@ fn tx_count(counters: &TransactionalTree, project: Id, name: &str, delta: i64) -
     Ok(())
 }
 
+/// Name of the per-project counter of submissions in the hour holding `ms`.
+fn hour_counter(ms: i64) -> String {
+    format!("submitted_hour_{:012}", ms.div_euclid(3_600_000))
+}
+
 fn state_counter(state: TaskState) -> &'static str {
     match state {
         TaskState::Open => "open",
@@ -776,10 +781,45 @@ impl Store for SledStore {
                 tx_put(statuses, &key, status)?;
                 tx_transition(counters, queue, status, old.map(|s| s.state))?;
                 tx_count(counters, submission.project_id, "submissions", 1)?;
+                let hour = hour_counter(submission.submitted_at);
+                tx_count(counters, submission.project_id, &hour, 1)?;
                 Ok(())
             })
             .map_err(from_tx)?;
         Ok(submission)
+    }
+
+    fn expert_submissions_since(&self, expert: Id, since: i64) -> StoreResult<Vec<Submission>> {
+        // Newest first, stopping at the first one older than `since` (ids grow with time).
+        let range = keys::pair(expert, 0)..=keys::pair(expert, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.t.subs_expert.range(range).rev() {
+            let (key, _) = item.map_err(backend)?;
+            let Some(id) = keys::u64_at(&key, 8) else {
+                continue;
+            };
+            let Some(sub) =
+                self.get::<Submission>(&self.t.submissions, "submissions_id", &keys::id(id))?
+            else {
+                continue;
+            };
+            if sub.submitted_at < since {
+                break;
+            }
+            out.push(sub);
+        }
+        Ok(out)
+    }
+
+    fn submissions_per_hour(
+        &self,
+        project: Id,
+        first_hour: i64,
+        hours: usize,
+    ) -> StoreResult<Vec<u64>> {
+        (0..hours as i64)
+            .map(|h| self.counter(project, &hour_counter((first_hour + h) * 3_600_000)))
+            .collect()
     }
 
     fn submission(&self, id: Id) -> StoreResult<Option<Submission>> {

@@ -2,6 +2,7 @@
 //! routes every malformed request through the one error type.
 
 pub mod api;
+pub mod pages;
 pub mod request_id;
 
 use actix_web::middleware::DefaultHeaders;

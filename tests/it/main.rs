@@ -4,6 +4,7 @@
 //! in a temporary folder.
 
 mod auth;
+mod browser;
 mod cli;
 mod crash;
 mod import_export;

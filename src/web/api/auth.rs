@@ -1,4 +1,3 @@
-use actix_web::cookie::{time::Duration, Cookie, SameSite};
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 
@@ -20,12 +19,8 @@ pub struct Login {
 pub async fn login(state: State, body: web::Json<Login>) -> AppResult<HttpResponse> {
     let Login { username, password } = body.into_inner();
     let (user, token, exp) = users::login(&state, username, password).await?;
-    let cookie = Cookie::build(SESSION_COOKIE, token.clone())
-        .path("/")
-        .http_only(true)
-        .same_site(SameSite::Strict)
-        .max_age(Duration::seconds(state.keys.session_seconds))
-        .finish();
+    let cookie =
+        crate::web::pages::session::session_cookie(token.clone(), state.keys.session_seconds);
     Ok(HttpResponse::Ok().cookie(cookie).json(serde_json::json!({
         "token": token,
         "expires_at": exp,

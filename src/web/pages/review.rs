@@ -1,0 +1,57 @@
+//! The review page: the expert's current lease in a project (or a new one), with the task
+//! rendered by its conventions and a form built from the rubric's criteria. The page's script
+//! talks to the JSON API for heartbeats, submit, skip and release.
+
+use actix_web::web;
+use serde_json::json;
+
+use super::view::{criteria_view, response_labels, task_view};
+use super::{page, PageResult, Session};
+use crate::app::AppState;
+use crate::domain::Id;
+use crate::services::{projects, review};
+
+pub async fn review(state: web::Data<AppState>, session: Session, id: web::Path<Id>) -> PageResult {
+    let (project, _) = projects::access(&state, &session.user, id.into_inner()).await?;
+    let Some(handout) = review::next(&state, session.user.clone(), project.id).await? else {
+        let data = json!({ "project": { "id": project.id, "name": project.name } });
+        return page(
+            &state,
+            Some(&session),
+            "nothing_left",
+            "Nothing waiting",
+            data,
+        );
+    };
+    let labels = response_labels(&handout.criteria);
+    let lease_seconds = project.lease_seconds;
+    let data = json!({
+        "project": { "id": project.id, "name": project.name },
+        "instructions": if handout.instructions.trim().is_empty() { None } else { Some(&handout.instructions) },
+        "assignment": {
+            "id": handout.assignment.id,
+            "token": handout.assignment.token,
+            "expires_at": handout.assignment.expires_at,
+            "served_at": handout.assignment.served_at,
+            "rubric_version": handout.assignment.rubric_version,
+        },
+        "task": {
+            "id": handout.task.id,
+            "external_id": handout.task.external_id,
+            "view": task_view(&handout.task.data, &labels),
+        },
+        "criteria": criteria_view(&handout.criteria, &handout.task.data),
+        "lease_seconds": lease_seconds,
+        // Heartbeats well inside the lease; active time stops counting after this idle gap.
+        "heartbeat_seconds": (lease_seconds / 3).clamp(5, 30),
+        "idle_seconds": state.config.queue.idle_cutoff_seconds,
+        "server_now": crate::now_ms(),
+    });
+    page(
+        &state,
+        Some(&session),
+        "review",
+        &format!("Review · {}", project.name),
+        data,
+    )
+}
