@@ -163,6 +163,8 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             (PluginKind::Rubric, plugins.rubrics.clone()),
             (PluginKind::Router, plugins.plugins.clone()),
         ];
+        // The override folder may not exist yet; create it so a first override is noticed.
+        let _ = std::fs::create_dir_all(plugins.templates.join("static"));
         let mut folders: Vec<_> = scripts.iter().map(|(_, dir)| dir.clone()).collect();
         folders.push(plugins.templates.clone());
         folders.push(plugins.templates.join("static"));

@@ -308,3 +308,246 @@ async fn an_expert_reviews_three_pairwise_tasks_with_the_keyboard_only() {
     assert_eq!(answers[1]["issues"], json!(["factual error"]));
     assert_eq!(answers[2]["preference"], json!({"pick": "tie"}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_span_is_marked_with_the_keyboard_and_stored_as_code_point_offsets() {
+    let server = Server::start().await;
+    // A non-ASCII character before the passage: offsets must count code points, not bytes
+    // or UTF-16 units.
+    let text = "Café 🚀 opened in 1887 and the Eiffel Tower is 500 metres tall.";
+    let task = json!({"external_id": "h1", "data": {"prompt": "Tell me about Paris.", "responses": [{"text": text}]}});
+    let (project, _) = project_with_expert(
+        &server,
+        json!({"name": "Spans", "rubric": "hallucination_spans", "reviews_per_task": 1}),
+        &task.to_string(),
+    )
+    .await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/p/{project}/review", server.url)).await;
+    b.login_with_keys("pat", EXPERT_PASSWORD).await;
+    b.wait("review page", task_id_on_page()).await;
+    // The spans question is first: find the passage, accept it, label it "fabricated" (1).
+    b.press('/').await;
+    b.wait(
+        "search focused",
+        "document.activeElement.classList.contains('span-search')",
+    )
+    .await;
+    b.type_text("500 metres").await;
+    b.press(Key::Enter.into()).await;
+    b.press('1').await;
+    b.wait(
+        "span marked",
+        "document.querySelectorAll('.span-target mark[data-label]').length === 1",
+    )
+    .await;
+    assert_eq!(
+        b.text(".span-target mark[data-label]").await.trim(),
+        "500 metres"
+    );
+    // Verdict by its jump key, then an option letter; submit.
+    b.press('v').await;
+    b.press('c').await; // major hallucination
+    b.screenshot("review-spans").await;
+    b.ctrl_enter().await;
+    b.wait("nothing left", "document.getElementById('nothing-left')")
+        .await;
+
+    let admin = server.admin().await;
+    let rows = server.export(&admin, project).await;
+    assert_eq!(rows.len(), 1);
+    let start = text.chars().position(|_| true).map(|_| {
+        let byte = text.find("500 metres").unwrap();
+        text[..byte].chars().count()
+    });
+    let start = start.unwrap() as u64;
+    assert_eq!(
+        rows[0]["answer"]["spans"],
+        json!([{"start": start, "end": start + 10, "label": "fabricated"}])
+    );
+    assert_eq!(rows[0]["answer"]["verdict"], json!("major hallucination"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_creates_a_project_uploads_tasks_and_adds_a_member() {
+    let server = Server::start().await;
+    let admin = server.admin().await;
+    let (expert, _) = server.expert(&admin, "sam", &[]).await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/admin/projects", server.url)).await;
+    b.login_with_keys("admin", ADMIN_PASSWORD).await;
+    assert_eq!(b.path().await, "/admin/projects");
+
+    // Create a project through the form; the first try names no project and is refused.
+    let form = b
+        .client
+        .find(Locator::Id("new-project"))
+        .await
+        .expect("form");
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    // The browser's own `required` check stops an empty name; bypass it to see the server's.
+    b.js("document.querySelector('#new-project input[name=name]').removeAttribute('required'); document.querySelector('#new-project input[name=name]').value = '   '; document.querySelector('#new-project button[type=submit]').click();").await;
+    b.wait(
+        "name error",
+        "!document.querySelector('#new-project [data-error-for=name]').hidden",
+    )
+    .await;
+    let name = form
+        .find(Locator::Css("input[name=name]"))
+        .await
+        .expect("name");
+    b.js("document.querySelector('#new-project input[name=name]').value = '';")
+        .await;
+    name.send_keys("Cardiology answers").await.expect("type");
+    form.find(Locator::Css("textarea[name=instructions]"))
+        .await
+        .expect("instructions")
+        .send_keys("Judge **medical accuracy** first.")
+        .await
+        .expect("type");
+    b.screenshot("admin-projects").await;
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    b.wait("project page", "location.pathname.startsWith('/admin/projects/') && document.getElementById('import-form')").await;
+    let project: u64 = b
+        .path()
+        .await
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .expect("project id");
+
+    // Upload a task file through the file input.
+    let file = server.dir.path().join("upload.jsonl");
+    std::fs::write(&file, pairwise_tasks("up", 4)).expect("write");
+    b.client
+        .find(Locator::Id("import-file"))
+        .await
+        .expect("file input")
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose file");
+    b.js("document.querySelector('#import-form button[type=submit]').click();")
+        .await;
+    b.wait(
+        "import report",
+        "document.querySelector('.upload-report').textContent.includes('Imported 4')",
+    )
+    .await;
+    b.wait("reload with counts", "document.getElementById('task-count') && document.getElementById('task-count').textContent.trim() === '4'").await;
+
+    // A bad file is refused with its line named, and nothing is imported.
+    std::fs::write(&file, "{\"data\": {\"prompt\": \"ok\"}}\nnot json\n").expect("write");
+    b.client
+        .find(Locator::Id("import-file"))
+        .await
+        .expect("file input")
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose file");
+    b.js("document.querySelector('#import-form button[type=submit]').click();")
+        .await;
+    b.wait(
+        "import errors",
+        "document.querySelector('.upload-report li')",
+    )
+    .await;
+    let report = b.text(".upload-report").await;
+    assert!(report.contains("line 2"), "{report}");
+
+    // Add the expert as a member.
+    b.js(&format!("document.querySelector('#add-member select[name=user]').value = '{expert}'; document.querySelector('#add-member button[type=submit]').click();")).await;
+    b.wait("member listed", "document.getElementById('members') && document.getElementById('members').textContent.includes('sam')").await;
+    b.screenshot("admin-project").await;
+
+    let stats = server.stats(&admin, project).await;
+    assert_eq!(stats["tasks"], json!(4), "{stats}");
+    let (_, members) = server
+        .get(&admin, &format!("/api/v1/projects/{project}/members"))
+        .await;
+    assert_eq!(members[0]["username"], json!("sam"), "{members}");
+    let (_, p) = server
+        .get(&admin, &format!("/api/v1/projects/{project}"))
+        .await;
+    assert_eq!(p["name"], json!("Cardiology answers"));
+
+    // The other admin pages render.
+    for (path, shot, marker) in [
+        ("/admin/users", "admin-users", "users"),
+        ("/admin/plugins", "admin-plugins", "plugins"),
+        (&format!("/p/{project}/stats") as &str, "stats", "states"),
+        ("/", "home-admin", "projects"),
+    ] {
+        b.goto(&format!("{}{path}", server.url)).await;
+        b.wait(path, &format!("document.getElementById('{marker}')"))
+            .await;
+        b.screenshot(shot).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_task_content_renders_inert() {
+    let server = Server::start().await;
+    let evil = [
+        "<script>window.__pwned = 'script'</script>Plain text after a script.",
+        "<img src=x onerror=\"window.__pwned = 'img'\"> and [a link](javascript:window.__pwned='md-link') \
+         <a href=\"javascript:window.__pwned='a'\" id=\"evil-link\">click</a> \
+         <svg onload=\"window.__pwned='svg'\"></svg><iframe src=\"javascript:window.__pwned='iframe'\"></iframe>\n\n```html\n<script>kept as code</script>\n```",
+    ];
+    let task = json!({"external_id": "x1", "data": {
+        "prompt": "<b onmouseover=\"window.__pwned='b'\">Hover</b> `code` <style>body{display:none}</style>",
+        "responses": [{"text": evil[0]}, {"text": evil[1]}],
+        "context": "<details open ontoggle=\"window.__pwned='toggle'\">x</details>"
+    }});
+    let (project, _) =
+        project_with_expert(&server, pairwise_project("Hostile", 1), &task.to_string()).await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/p/{project}/review", server.url)).await;
+    b.login_with_keys("pat", EXPERT_PASSWORD).await;
+    b.wait("review page", task_id_on_page()).await;
+    // Give anything that could run a chance to run, and interact with the content.
+    b.js("document.querySelectorAll('.task a, .task b').forEach(function (e) { e.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})); });").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.screenshot("hostile").await;
+    assert_eq!(b.js(&format!("return {NOTHING_RAN};")).await, json!(true));
+    let found = b
+        .js("return {
+            scripts: document.querySelectorAll('.task script').length,
+            handlers: Array.from(document.querySelectorAll('.task *')).filter(function (e) {
+                return Array.from(e.attributes).some(function (a) { return a.name.startsWith('on'); });
+            }).length,
+            js_links: document.querySelectorAll('.task [href^=\"javascript\"], .task [src^=\"javascript\"]').length,
+            iframes: document.querySelectorAll('.task iframe, .task svg, .task style').length,
+            code: document.querySelector('.task pre code') ? document.querySelector('.task pre code').textContent : '',
+            text: document.querySelector('.task').textContent.includes('Plain text after a script.')
+        };")
+        .await;
+    assert_eq!(found["scripts"], json!(0), "{found}");
+    assert_eq!(found["handlers"], json!(0), "{found}");
+    assert_eq!(found["js_links"], json!(0), "{found}");
+    assert_eq!(found["iframes"], json!(0), "{found}");
+    assert!(
+        found["code"]
+            .as_str()
+            .unwrap()
+            .contains("<script>kept as code</script>"),
+        "{found}"
+    );
+    assert_eq!(found["text"], json!(true), "{found}");
+    // Clicking what was a javascript: link runs nothing either.
+    if let Ok(link) = b.client.find(Locator::Id("evil-link")).await {
+        let _ = link.click().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b.js(&format!("return {NOTHING_RAN};")).await, json!(true));
+}

@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod crash;
 mod import_export;
+mod pages;
 mod review_loop;
 mod scripts;
 mod store;
