@@ -50,6 +50,36 @@ fn rubric_check(c: &mut Criterion) {
     });
 }
 
+/// The review page as the server renders it: view models, Markdown + sanitizing, templates.
+fn review_page(c: &mut Criterion) {
+    use assay::web::pages::{templates::Templates, view};
+    let engine = ScriptEngine::new(&ScriptingConfig::default());
+    let source = std::fs::read_to_string("rubrics/pairwise_preference.rhai").unwrap();
+    let (rubric, _) = prepare(&engine, PluginKind::Rubric, "p", "p.rhai", source).unwrap();
+    let task = typical_task();
+    let criteria = assay::scripting::rubric::criteria(
+        &engine,
+        &rubric,
+        &assay::scripting::rubric::task_value(&task),
+    )
+    .unwrap();
+    let templates = Templates::load(std::path::Path::new("/nonexistent"));
+    c.bench_function("review page render (criteria + task view + templates)", |b| {
+        b.iter(|| {
+            let labels = view::response_labels(&criteria);
+            let data = json!({
+                "title": "Review", "user": {"username": "alice", "is_admin": false}, "csrf": "x",
+                "project": {"id": 1, "name": "Demo"}, "instructions": "Judge **accuracy**.",
+                "assignment": {"id": 1, "token": "t", "expires_at": 0, "served_at": 0, "rubric_version": "h"},
+                "task": {"id": 1, "external_id": "t-1", "view": view::task_view(&task.data, &labels)},
+                "criteria": view::criteria_view(&criteria, &task.data),
+                "lease_seconds": 1800, "heartbeat_seconds": 30, "idle_seconds": 120, "server_now": 0,
+            });
+            black_box(templates.render("review", &data).unwrap())
+        })
+    });
+}
+
 fn status(task: Id) -> NewTask {
     let t = typical_task();
     NewTask {
@@ -183,5 +213,12 @@ fn import_parse(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rubric_check, handout, submit, import_parse);
+criterion_group!(
+    benches,
+    rubric_check,
+    handout,
+    submit,
+    review_page,
+    import_parse
+);
 criterion_main!(benches);

@@ -21,7 +21,7 @@ pub struct BenchArgs {
     /// Admin token for --url (or ASSAY_PASSWORD to log in as admin).
     #[arg(long, env = "ASSAY_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export", "reload"])]
+    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export", "reload", "pages"])]
     scenario: String,
     /// reload: the server's rubric folder (needed with --url; the bench's own server uses a copy).
     #[arg(long)]
@@ -89,6 +89,15 @@ struct Report {
     reload: Option<Reload>,
     server_cpu_percent: Option<f64>,
     peak_rss_mb: Option<f64>,
+    /// pages: server time per page (the `Server-Timing` header) and time seen by the client.
+    pages: Option<std::collections::BTreeMap<&'static str, PageTiming>>,
+}
+
+#[derive(Serialize)]
+struct PageTiming {
+    requests: usize,
+    server_ms: Latency,
+    client_ms: Latency,
 }
 
 #[derive(Serialize)]
@@ -335,7 +344,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         mb_per_s: bytes / 1e6 / secs,
     });
 
-    if args.scenario != "import" {
+    if args.scenario == "pages" {
+        report.pages = Some(run_pages(&client, &url, &api, &admin, pid, &run_id).await?);
+    } else if args.scenario != "import" {
         let reloader = live.map(|(name, file)| {
             let (client, api, admin) = (client.clone(), api.clone(), admin.clone());
             let (warmup, duration, interval) = (args.warmup, args.duration, args.interval);
@@ -388,6 +399,117 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
     print_report(&report, args.json);
     Ok(())
+}
+
+/// Requests each page many times with a session cookie and collects its render times.
+async fn run_pages(
+    client: &reqwest::Client,
+    url: &str,
+    api: &str,
+    admin: &str,
+    pid: u64,
+    run_id: &str,
+) -> Result<std::collections::BTreeMap<&'static str, PageTiming>, String> {
+    const ROUNDS: usize = 200;
+    let name = format!("bench-{run_id}-pages");
+    let (status, user) = call(
+        client,
+        reqwest::Method::POST,
+        format!("{api}/users"),
+        admin,
+        Some(json!({"username": name, "password": "bench-expert-password"})),
+    )
+    .await?;
+    if status != 201 {
+        return Err(format!("cannot create expert: {user}"));
+    }
+    let uid = user["id"].as_u64().ok_or("no user id")?;
+    call(
+        client,
+        reqwest::Method::PUT,
+        format!("{api}/projects/{pid}/members/{uid}"),
+        admin,
+        Some(json!({"role": "expert"})),
+    )
+    .await?;
+    let expert = login(client, url, &name, "bench-expert-password").await?;
+    // Twenty answers so the submissions page has a full page to show.
+    let answer = json!({"preference": {"pick": "left", "strength": 2}, "justification": "A is more complete and better supported by the evidence."});
+    for _ in 0..20 {
+        let (_, next) = call(
+            client,
+            reqwest::Method::POST,
+            format!("{api}/projects/{pid}/next"),
+            &expert,
+            None,
+        )
+        .await?;
+        let aid = next["assignment"]["id"]
+            .as_u64()
+            .ok_or("nothing to review")?;
+        let body = json!({"token": next["assignment"]["token"], "answer": answer});
+        call(
+            client,
+            reqwest::Method::POST,
+            format!("{api}/assignments/{aid}/submit"),
+            &expert,
+            Some(body),
+        )
+        .await?;
+    }
+    let pages: [(&'static str, String, Option<&str>); 9] = [
+        ("login", "/login".into(), None),
+        ("home", "/".into(), Some(&expert)),
+        ("review", format!("/p/{pid}/review"), Some(&expert)),
+        (
+            "submissions (20 per page)",
+            format!("/p/{pid}/submissions"),
+            Some(admin),
+        ),
+        ("stats", format!("/p/{pid}/stats"), Some(admin)),
+        ("admin projects", "/admin/projects".into(), Some(admin)),
+        (
+            "admin project",
+            format!("/admin/projects/{pid}"),
+            Some(admin),
+        ),
+        ("admin users", "/admin/users".into(), Some(admin)),
+        ("admin plugins", "/admin/plugins".into(), Some(admin)),
+    ];
+    let mut out = std::collections::BTreeMap::new();
+    for (label, path, token) in pages {
+        let (mut server, mut seen) = (Vec::with_capacity(ROUNDS), Vec::with_capacity(ROUNDS));
+        for _ in 0..ROUNDS {
+            let mut req = client.get(format!("{url}{path}"));
+            if let Some(t) = token {
+                req = req.header(reqwest::header::COOKIE, format!("assay_session={t}"));
+            }
+            let t0 = Instant::now();
+            let res = req.send().await.map_err(|e| e.to_string())?;
+            if res.status() != 200 {
+                return Err(format!("{path}: HTTP {}", res.status()));
+            }
+            let timing = res
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split("dur=").nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            let _ = res.bytes().await.map_err(|e| e.to_string())?;
+            seen.push(t0.elapsed().as_micros() as u64);
+            server.push((timing * 1000.0) as u64);
+        }
+        out.insert(
+            label,
+            PageTiming {
+                requests: ROUNDS,
+                server_ms: latency(server),
+                client_ms: latency(seen),
+            },
+        );
+    }
+    Ok(out)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -689,7 +811,15 @@ fn print_report(r: &Report, as_json: bool) {
             i.items, i.seconds, i.tasks_per_s, i.mb_per_s
         );
     }
-    if r.scenario != "import" {
+    if let Some(pages) = &r.pages {
+        println!("pages    median / p95 server time (Server-Timing), median client time");
+        for (name, t) in pages {
+            println!(
+                "  {name:<26} {:.2} ms / {:.2} ms, client {:.2} ms ({} requests)",
+                t.server_ms.p50, t.server_ms.p95, t.client_ms.p50, t.requests
+            );
+        }
+    } else if r.scenario != "import" {
         println!(
             "loop     {} loops, {:.0} loops/s, duplicates {}",
             r.loops, r.loops_per_s, r.duplicates
