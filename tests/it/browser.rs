@@ -551,3 +551,62 @@ async fn hostile_task_content_renders_inert() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.js(&format!("return {NOTHING_RAN};")).await, json!(true));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_session_returns_to_the_same_task_with_the_answer_kept() {
+    let server = Server::start().await;
+    let (project, _) = project_with_expert(
+        &server,
+        pairwise_project("Expiry", 1),
+        &pairwise_tasks("ex", 2),
+    )
+    .await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/p/{project}/review", server.url)).await;
+    b.login_with_keys("pat", EXPERT_PASSWORD).await;
+    b.wait("review page", task_id_on_page()).await;
+    let assignment = b.js(&format!("return {};", task_id_on_page())).await;
+    b.press('b').await;
+    b.press('2').await;
+    let words = "B warns about the real risk and gives the safe method.";
+    b.type_text(words).await;
+    // The session ends (cookie gone, as after expiry); submitting sends the expert to login.
+    b.client.delete_all_cookies().await.expect("cookies");
+    b.ctrl_enter().await;
+    b.wait("login page", "document.getElementById('login-form')")
+        .await;
+    assert!(
+        b.path().await.starts_with("/login?next=%2Fp%2F"),
+        "{}",
+        b.path().await
+    );
+    b.login_with_keys("pat", EXPERT_PASSWORD).await;
+    // Back on the same lease, with everything typed still there.
+    b.wait("review page", task_id_on_page()).await;
+    assert_eq!(
+        b.js(&format!("return {};", task_id_on_page())).await,
+        assignment
+    );
+    let restored = b
+        .js(
+            "return [document.querySelector('input[name=\"preference.pick\"]:checked').value,
+                     document.querySelector('input[name=\"preference.strength\"]:checked').value,
+                     document.querySelector('textarea[name=justification]').value];",
+        )
+        .await;
+    assert_eq!(restored, json!(["right", "2", words]));
+    b.keys(&[&[Key::Control.into(), Key::Enter.into()]]).await;
+    b.wait(
+        "the next task",
+        &format!(
+            "{} && {} !== {assignment}",
+            task_id_on_page(),
+            task_id_on_page()
+        ),
+    )
+    .await;
+    let admin = server.admin().await;
+    let rows = server.export(&admin, project).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["answer"]["justification"], json!(words));
+}
