@@ -401,17 +401,14 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Requests each page many times with a session cookie and collects its render times.
-async fn run_pages(
+/// Creates an expert, makes them a member of the project and signs them in: (id, token).
+async fn new_expert(
     client: &reqwest::Client,
-    url: &str,
     api: &str,
     admin: &str,
     pid: u64,
-    run_id: &str,
-) -> Result<std::collections::BTreeMap<&'static str, PageTiming>, String> {
-    const ROUNDS: usize = 200;
-    let name = format!("bench-{run_id}-pages");
+    name: &str,
+) -> Result<(u64, String), String> {
     let (status, user) = call(
         client,
         reqwest::Method::POST,
@@ -432,7 +429,24 @@ async fn run_pages(
         Some(json!({"role": "expert"})),
     )
     .await?;
-    let expert = login(client, url, &name, "bench-expert-password").await?;
+    let url = api.trim_end_matches("/api/v1");
+    Ok((
+        uid,
+        login(client, url, name, "bench-expert-password").await?,
+    ))
+}
+
+/// Requests each page many times with a session cookie and collects its render times.
+async fn run_pages(
+    client: &reqwest::Client,
+    url: &str,
+    api: &str,
+    admin: &str,
+    pid: u64,
+    run_id: &str,
+) -> Result<std::collections::BTreeMap<&'static str, PageTiming>, String> {
+    const ROUNDS: usize = 200;
+    let (_, expert) = new_expert(client, api, admin, pid, &format!("bench-{run_id}-pages")).await?;
     // Twenty answers so the submissions page has a full page to show.
     let answer = json!({"preference": {"pick": "left", "strength": 2}, "justification": "A is more complete and better supported by the evidence."});
     for _ in 0..20 {
@@ -525,37 +539,7 @@ async fn run_loop(
 ) -> Result<(), String> {
     let mut tokens = Vec::new();
     for i in 0..args.experts {
-        let name = format!("bench-{run_id}-{i}");
-        let (status, user) = call(
-            client,
-            reqwest::Method::POST,
-            format!("{api}/users"),
-            admin,
-            Some(json!({"username": name, "password": "bench-expert-password"})),
-        )
-        .await?;
-        if status != 201 {
-            return Err(format!("cannot create expert: {user}"));
-        }
-        let uid = user["id"].as_u64().ok_or("no user id")?;
-        call(
-            client,
-            reqwest::Method::PUT,
-            format!("{api}/projects/{pid}/members/{uid}"),
-            admin,
-            Some(json!({"role": "expert"})),
-        )
-        .await?;
-        tokens.push((
-            uid,
-            login(
-                client,
-                api.trim_end_matches("/api/v1"),
-                &name,
-                "bench-expert-password",
-            )
-            .await?,
-        ));
+        tokens.push(new_expert(client, api, admin, pid, &format!("bench-{run_id}-{i}")).await?);
     }
     let answer = json!({"preference": {"pick": "left", "strength": 2}, "justification": "A is more complete and better supported by the evidence."});
     let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);

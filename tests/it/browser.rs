@@ -178,6 +178,23 @@ async fn project_with_expert(server: &Server, body: Value, tasks: &str) -> (u64,
     (project, expert)
 }
 
+/// A browser signed in as the project's expert, on the project's review page. The sign-in goes
+/// through the login page the review page redirects to.
+async fn reviewing(server: &Server, project: u64) -> Browser {
+    let b = Browser::start().await;
+    b.goto(&format!("{}/p/{project}/review", server.url)).await;
+    assert!(
+        b.path().await.starts_with("/login?next="),
+        "{}",
+        b.path().await
+    );
+    b.screenshot("login").await;
+    b.login_with_keys("pat", EXPERT_PASSWORD).await;
+    assert_eq!(b.path().await, format!("/p/{project}/review"));
+    b.wait("review page", task_id_on_page()).await;
+    b
+}
+
 fn task_id_on_page() -> &'static str {
     "document.getElementById('review') && document.getElementById('review').dataset.assignment"
 }
@@ -191,18 +208,8 @@ async fn an_expert_reviews_three_pairwise_tasks_with_the_keyboard_only() {
         &pairwise_tasks("kb", 3),
     )
     .await;
-    let b = Browser::start().await;
     // Not signed in: the review page sends us to login and brings us back.
-    b.goto(&format!("{}/p/{project}/review", server.url)).await;
-    assert!(
-        b.path().await.starts_with("/login?next="),
-        "{}",
-        b.path().await
-    );
-    b.screenshot("login").await;
-    b.login_with_keys("pat", EXPERT_PASSWORD).await;
-    assert_eq!(b.path().await, format!("/p/{project}/review"));
-    b.wait("review page", task_id_on_page()).await;
+    let b = reviewing(&server, project).await;
 
     // Task 1: A, strength 3, then a justification too short for a strong preference.
     let first = b.js(&format!("return {};", task_id_on_page())).await;
@@ -322,10 +329,7 @@ async fn a_span_is_marked_with_the_keyboard_and_stored_as_code_point_offsets() {
         &task.to_string(),
     )
     .await;
-    let b = Browser::start().await;
-    b.goto(&format!("{}/p/{project}/review", server.url)).await;
-    b.login_with_keys("pat", EXPERT_PASSWORD).await;
-    b.wait("review page", task_id_on_page()).await;
+    let b = reviewing(&server, project).await;
     // The spans question is first: find the passage, accept it, label it "fabricated" (1).
     b.press('/').await;
     b.wait(
@@ -511,10 +515,7 @@ async fn hostile_task_content_renders_inert() {
     }});
     let (project, _) =
         project_with_expert(&server, pairwise_project("Hostile", 1), &task.to_string()).await;
-    let b = Browser::start().await;
-    b.goto(&format!("{}/p/{project}/review", server.url)).await;
-    b.login_with_keys("pat", EXPERT_PASSWORD).await;
-    b.wait("review page", task_id_on_page()).await;
+    let b = reviewing(&server, project).await;
     // Give anything that could run a chance to run, and interact with the content.
     b.js("document.querySelectorAll('.task a, .task b').forEach(function (e) { e.dispatchEvent(new MouseEvent('mouseover', {bubbles: true})); });").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -561,10 +562,7 @@ async fn an_ended_session_returns_to_the_same_task_with_the_answer_kept() {
         &pairwise_tasks("ex", 2),
     )
     .await;
-    let b = Browser::start().await;
-    b.goto(&format!("{}/p/{project}/review", server.url)).await;
-    b.login_with_keys("pat", EXPERT_PASSWORD).await;
-    b.wait("review page", task_id_on_page()).await;
+    let b = reviewing(&server, project).await;
     let assignment = b.js(&format!("return {};", task_id_on_page())).await;
     b.press('b').await;
     b.press('2').await;

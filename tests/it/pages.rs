@@ -25,6 +25,34 @@ fn hidden(html: &str, name: &str) -> String {
     html[start..start + html[start..].find('"').unwrap()].to_owned()
 }
 
+/// GET with the client's cookies: status and body.
+async fn fetch(c: &reqwest::Client, url: &str) -> (StatusCode, String) {
+    let res = c.get(url).send().await.unwrap();
+    (res.status(), res.text().await.unwrap())
+}
+
+/// Posts the login form.
+async fn post_login(
+    c: &reqwest::Client,
+    server: &Server,
+    (username, password, next): (&str, &str, &str),
+    csrf: Option<&str>,
+) -> reqwest::Response {
+    let mut form = vec![
+        ("username", username),
+        ("password", password),
+        ("next", next),
+    ];
+    if let Some(token) = csrf {
+        form.push(("_csrf", token));
+    }
+    c.post(format!("{}/login", server.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Signs in through the login form; returns the client and the page CSRF token.
 async fn sign_in(server: &Server, username: &str, password: &str) -> (reqwest::Client, String) {
     let c = browser();
@@ -32,17 +60,7 @@ async fn sign_in(server: &Server, username: &str, password: &str) -> (reqwest::C
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.unwrap();
     let csrf = hidden(&html, "_csrf");
-    let res = c
-        .post(format!("{}/login", server.url))
-        .form(&[
-            ("username", username),
-            ("password", password),
-            ("next", "/"),
-            ("_csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = post_login(&c, server, (username, password, "/"), Some(&csrf)).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let home = c.get(format!("{}/", server.url)).send().await.unwrap();
     assert_eq!(home.status(), StatusCode::OK);
@@ -67,55 +85,33 @@ async fn pages_need_a_session_and_send_you_back_where_you_were() {
     );
 
     // A login form post without its CSRF token is refused; with it, we go to `next`.
-    let res = c
-        .post(format!("{}/login", server.url))
-        .form(&[
-            ("username", "admin"),
-            ("password", ADMIN_PASSWORD),
-            ("next", "/admin/users"),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = post_login(&c, &server, ("admin", ADMIN_PASSWORD, "/admin/users"), None).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let html = c
-        .get(format!("{}/login?next=/admin/users", server.url))
-        .send()
+    let html = fetch(&c, &format!("{}/login?next=/admin/users", server.url))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .1;
     let csrf = hidden(&html, "_csrf");
     assert_eq!(hidden(&html, "next"), "/admin/users");
-    let res = c
-        .post(format!("{}/login", server.url))
-        .form(&[
-            ("username", "admin"),
-            ("password", "wrong-password"),
-            ("next", "/admin/users"),
-            ("_csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = post_login(
+        &c,
+        &server,
+        ("admin", "wrong-password", "/admin/users"),
+        Some(&csrf),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert!(res
         .text()
         .await
         .unwrap()
         .contains("Wrong username or password"));
-    let res = c
-        .post(format!("{}/login", server.url))
-        .form(&[
-            ("username", "admin"),
-            ("password", ADMIN_PASSWORD),
-            ("next", "/admin/users"),
-            ("_csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = post_login(
+        &c,
+        &server,
+        ("admin", ADMIN_PASSWORD, "/admin/users"),
+        Some(&csrf),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()[header::LOCATION], "/admin/users");
     let cookie = res.headers()[header::SET_COOKIE]
@@ -129,28 +125,17 @@ async fn pages_need_a_session_and_send_you_back_where_you_were() {
     );
 
     // `next` never leads off the site.
-    let res = c
-        .post(format!("{}/login", server.url))
-        .form(&[
-            ("username", "admin"),
-            ("password", ADMIN_PASSWORD),
-            ("next", "//evil.example/x"),
-            ("_csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
+    let res = post_login(
+        &c,
+        &server,
+        ("admin", ADMIN_PASSWORD, "//evil.example/x"),
+        Some(&csrf),
+    )
+    .await;
     assert_eq!(res.headers()[header::LOCATION], "/");
 
     // Logout needs the form's token, then the session is gone from the browser.
-    let html = c
-        .get(format!("{}/", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = fetch(&c, &format!("{}/", server.url)).await.1;
     let page_csrf = hidden(&html, "_csrf");
     let res = c
         .post(format!("{}/logout", server.url))
@@ -166,8 +151,10 @@ async fn pages_need_a_session_and_send_you_back_where_you_were() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    let res = c.get(format!("{}/", server.url)).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        fetch(&c, &format!("{}/", server.url)).await.0,
+        StatusCode::SEE_OTHER
+    );
 }
 
 #[tokio::test]
@@ -192,8 +179,7 @@ async fn cookie_sessions_must_send_the_csrf_header_to_change_anything() {
     let url = format!("{}/api/v1/projects", server.url);
     let body = pairwise_project("Via cookie", 1);
     // Reads work with the cookie alone.
-    let res = c.get(&url).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(fetch(&c, &url).await.0, StatusCode::OK);
     // Writes without the header (what a forged cross-site request would be) are refused.
     let res = c.post(&url).json(&body).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
@@ -253,17 +239,15 @@ async fn pages_carry_security_headers_and_assets_are_cacheable() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
-    let res = c
-        .get(format!("{}/static/nope.js", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        fetch(&c, &format!("{}/static/nope.js", server.url)).await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 async fn wait_for_page(c: &reqwest::Client, url: &str, needle: &str) -> String {
     for _ in 0..100 {
-        let html = c.get(url).send().await.unwrap().text().await.unwrap();
+        let html = fetch(c, url).await.1;
         if html.contains(needle) {
             return html;
         }
@@ -299,14 +283,14 @@ async fn templates_are_overridden_and_hot_reloaded_and_a_broken_one_keeps_the_la
         plugins.contains("status-error"),
         "the error shows on the plugins page"
     );
-    let html = c.get(&url).send().await.unwrap().text().await.unwrap();
+    let html = fetch(&c, &url).await.1;
     assert!(
         html.contains("Our studies v1"),
         "last good version still serves"
     );
 
     // Static assets are overridable too, and their URLs change with them.
-    let before = c.get(&url).send().await.unwrap().text().await.unwrap();
+    let before = fetch(&c, &url).await.1;
     std::fs::write(dir.join("static/app.css"), "body { color: #123456; }").unwrap();
     let after = wait_for_page(&c, &url, "Our studies v1").await;
     let mut changed = after != before;
@@ -315,17 +299,10 @@ async fn templates_are_overridden_and_hot_reloaded_and_a_broken_one_keeps_the_la
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        changed = c.get(&url).send().await.unwrap().text().await.unwrap() != before;
+        changed = fetch(&c, &url).await.1 != before;
     }
     assert!(changed, "asset version in the page changes");
-    let css = c
-        .get(format!("{}/static/app.css", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let css = fetch(&c, &format!("{}/static/app.css", server.url)).await.1;
     assert_eq!(css, "body { color: #123456; }");
 
     // Removing the override brings the default back.
@@ -352,13 +329,8 @@ async fn leads_see_each_submission_beside_its_task_and_experts_do_not() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
     let (lead, _) = sign_in(&server, "leo", EXPERT_PASSWORD).await;
-    let res = lead
-        .get(format!("{}/p/{project}/submissions", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let html = res.text().await.unwrap();
+    let (status, html) = fetch(&lead, &format!("{}/p/{project}/submissions", server.url)).await;
+    assert_eq!(status, StatusCode::OK);
     assert!(html.contains("by <strong>erin</strong>"), "{html}");
     assert!(
         html.contains("<strong>Response B</strong>, strength 1"),
@@ -369,37 +341,23 @@ async fn leads_see_each_submission_beside_its_task_and_experts_do_not() {
         "answer text is escaped: {html}"
     );
     assert!(!html.contains("<i>right</i>"));
-    let stats = lead
-        .get(format!("{}/p/{project}/stats", server.url))
-        .send()
+    let stats = fetch(&lead, &format!("{}/p/{project}/stats", server.url))
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .1;
     assert!(stats.contains("id=\"submissions-total\">1<"), "{stats}");
 
     let (exp, _) = sign_in(&server, "erin", EXPERT_PASSWORD).await;
-    let res = exp
-        .get(format!("{}/p/{project}/submissions", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let res = exp
-        .get(format!("{}/admin/users", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let home = exp
-        .get(format!("{}/", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(
+        fetch(&exp, &format!("{}/p/{project}/submissions", server.url))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        fetch(&exp, &format!("{}/admin/users", server.url)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let home = fetch(&exp, &format!("{}/", server.url)).await.1;
     assert!(home.contains("id=\"done-today\">1<"), "{home}");
 }
 
@@ -442,13 +400,8 @@ fn criteria(task) {
     let (uid, _) = server.expert(&admin, "kim", &[]).await;
     server.add_member(&admin, project, uid, "expert").await;
     let (c, _) = sign_in(&server, "kim", EXPERT_PASSWORD).await;
-    let res = c
-        .get(format!("{}/p/{project}/review", server.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let html = res.text().await.unwrap();
+    let (status, html) = fetch(&c, &format!("{}/p/{project}/review", server.url)).await;
+    assert_eq!(status, StatusCode::OK);
     for kind in [
         "likert", "choice", "multi", "pairwise", "ranking", "number", "boolean", "text", "rewrite",
         "spans", "per_item",

@@ -307,83 +307,55 @@ fn content_type_of(name: &str) -> &'static str {
 fn new_registry() -> Handlebars<'static> {
     let mut hb = Handlebars::new();
     hb.set_strict_mode(true);
-    hb.register_helper("markdown", Box::new(markdown_helper));
-    hb.register_helper("datetime", Box::new(datetime_helper));
-    hb.register_helper("duration", Box::new(duration_helper));
-    hb.register_helper("json", Box::new(json_helper));
-    hb
-}
-
-fn param<'a>(h: &'a Helper, name: &'static str) -> Result<&'a Value, RenderErrorReason> {
-    h.param(0)
-        .map(|p| p.value())
-        .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, 0))
-}
-
-/// `{{markdown text}}`: sanitized HTML, written as is (the sanitizer is what makes it safe).
-fn markdown_helper(
-    h: &Helper,
-    _: &Handlebars,
-    _: &Context,
-    _: &mut RenderContext,
-    out: &mut dyn Output,
-) -> HelperResult {
-    let html = match param(h, "markdown")? {
+    // `{{markdown text}}`: sanitized HTML (the sanitizer is what makes it safe to write as is).
+    register(&mut hb, "markdown", |v| match v {
         Value::String(s) => super::markdown::render(s),
         Value::Null => String::new(),
         other => super::markdown::render(&format!("```json\n{other:#}\n```")),
-    };
-    out.write(&html)?;
-    Ok(())
-}
-
-/// `{{json value}}`: pretty JSON, HTML-escaped.
-fn json_helper(
-    h: &Helper,
-    _: &Handlebars,
-    _: &Context,
-    _: &mut RenderContext,
-    out: &mut dyn Output,
-) -> HelperResult {
-    let text = serde_json::to_string_pretty(param(h, "json")?).unwrap_or_default();
-    out.write(&handlebars::html_escape(&text))?;
-    Ok(())
-}
-
-/// `{{datetime ms}}`: a UTC date and time.
-fn datetime_helper(
-    h: &Helper,
-    _: &Handlebars,
-    _: &Context,
-    _: &mut RenderContext,
-    out: &mut dyn Output,
-) -> HelperResult {
-    let text = match param(h, "datetime")?.as_i64() {
+    });
+    // `{{json value}}`: pretty JSON, HTML-escaped.
+    register(&mut hb, "json", |v| {
+        handlebars::html_escape(&serde_json::to_string_pretty(v).unwrap_or_default())
+    });
+    // `{{datetime ms}}`: a UTC date and time.
+    register(&mut hb, "datetime", |v| match v.as_i64() {
         Some(ms) => format_datetime(ms),
         None => "—".into(),
-    };
-    out.write(&text)?;
-    Ok(())
+    });
+    // `{{duration seconds}}`: `1 h 05 min`, `3 min 20 s`.
+    register(&mut hb, "duration", |v| {
+        let s = v.as_f64().unwrap_or(0.0).max(0.0) as u64;
+        if s >= 3600 {
+            format!("{} h {:02} min", s / 3600, (s % 3600) / 60)
+        } else if s >= 60 {
+            format!("{} min {} s", s / 60, s % 60)
+        } else {
+            format!("{s} s")
+        }
+    });
+    hb
 }
 
-/// `{{duration seconds}}`: `1 h 05 min`, `3 min 20 s`.
-fn duration_helper(
-    h: &Helper,
-    _: &Handlebars,
-    _: &Context,
-    _: &mut RenderContext,
-    out: &mut dyn Output,
-) -> HelperResult {
-    let s = param(h, "duration")?.as_f64().unwrap_or(0.0).max(0.0) as u64;
-    let text = if s >= 3600 {
-        format!("{} h {:02} min", s / 3600, (s % 3600) / 60)
-    } else if s >= 60 {
-        format!("{} min {} s", s / 60, s % 60)
-    } else {
-        format!("{s} s")
-    };
-    out.write(&text)?;
-    Ok(())
+/// Registers a one-argument helper whose output `format` makes safe HTML itself.
+fn register(hb: &mut Handlebars<'static>, name: &'static str, format: fn(&Value) -> String) {
+    hb.register_helper(
+        name,
+        Box::new(
+            move |h: &Helper,
+                  _: &Handlebars,
+                  _: &Context,
+                  _: &mut RenderContext,
+                  out: &mut dyn Output|
+                  -> HelperResult {
+                let value = h
+                    .param(0)
+                    .map(|p| p.value())
+                    .ok_or(RenderErrorReason::ParamNotFoundForIndex(name, 0))?;
+                out.write(&format(value))?;
+                Ok(())
+            },
+        ),
+    );
 }
 
 pub fn format_datetime(ms: i64) -> String {
