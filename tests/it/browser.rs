@@ -414,6 +414,10 @@ async fn an_admin_creates_a_project_uploads_tasks_and_adds_a_member() {
         .send_keys("Judge **medical accuracy** first.")
         .await
         .expect("type");
+    b.js(
+        "document.querySelector('#new-project select[name=rubric]').value = 'pairwise_preference';",
+    )
+    .await;
     b.screenshot("admin-projects").await;
     form.find(Locator::Css("button[type=submit]"))
         .await
@@ -484,6 +488,63 @@ async fn an_admin_creates_a_project_uploads_tasks_and_adds_a_member() {
         .get(&admin, &format!("/api/v1/projects/{project}"))
         .await;
     assert_eq!(p["name"], json!("Cardiology answers"));
+
+    // Users: create one through the form, give them skills, deactivate them.
+    b.goto(&format!("{}/admin/users", server.url)).await;
+    b.wait("users page", "document.getElementById('new-user')")
+        .await;
+    let form = b.client.find(Locator::Id("new-user")).await.expect("form");
+    for (field, value) in [
+        ("username", "dana"),
+        ("password", "a-long-password-1"),
+        ("skills", "cardiology, law"),
+    ] {
+        form.find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .expect("input")
+            .send_keys(value)
+            .await
+            .expect("type");
+    }
+    b.js("document.querySelector('#new-user button[type=submit]').click();")
+        .await;
+    b.wait(
+        "user listed",
+        "document.querySelector('tr[data-user=dana]')",
+    )
+    .await;
+    b.js("document.querySelector('tr[data-user=dana] input[name=skills]').value = 'oncology'; document.querySelector('tr[data-user=dana] form button[type=submit]').click();").await;
+    b.wait("skills saved", "document.querySelector('tr[data-user=dana] input[name=skills]') && document.querySelector('tr[data-user=dana] input[name=skills]').value === 'oncology' && performance.getEntriesByType('navigation')[0].type === 'reload'").await;
+    b.js("document.querySelector('tr[data-user=dana] td.actions form button').click();")
+        .await;
+    b.wait(
+        "deactivated",
+        "document.querySelector('tr[data-user=dana]').textContent.includes('deactivated')",
+    )
+    .await;
+    let (_, users) = server.get(&admin, "/api/v1/users").await;
+    let dana = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "dana")
+        .expect("dana")
+        .clone();
+    assert_eq!(dana["skills"], json!(["oncology"]), "{dana}");
+    assert_eq!(dana["active"], json!(false), "{dana}");
+
+    // A submission, seen by the admin beside its task.
+    let sam = server.login("sam", EXPERT_PASSWORD).await;
+    let (status, body) = server.review_next(&sam, project, pairwise_answer()).await;
+    assert_eq!(status.as_u16(), 201, "{body}");
+    b.goto(&format!("{}/p/{project}/submissions", server.url))
+        .await;
+    b.wait(
+        "submission shown",
+        "document.querySelector('.submission .answer')",
+    )
+    .await;
+    b.screenshot("submissions").await;
 
     // The other admin pages render.
     for (path, shot, marker) in [

@@ -122,6 +122,7 @@ pub async fn stats(state: web::Data<AppState>, session: Session, id: web::Path<I
             let at = (first_hour + i as i64) * 3_600_000;
             json!({ "at": at, "count": n, "peak": peak })
         })
+        .rev() // newest hour first
         .collect();
     let pct = |n: u64| {
         if counts.tasks == 0 {
