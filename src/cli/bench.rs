@@ -190,11 +190,15 @@ fn start_server() -> Result<Target, String> {
 }
 
 /// ~2.3 KB per task: a prompt and two responses.
-fn generated_tasks(n: usize) -> Vec<u8> {
+/// Writes `n` generated tasks (JSON Lines) to a temporary file, so that even a million of them
+/// (2.4 GB) is streamed to the server rather than held in memory.
+fn generated_tasks(n: usize) -> Result<tempfile::NamedTempFile, String> {
+    use std::io::Write;
+    let file = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file.as_file());
     let filler =
         "The committee reviewed the evidence in detail and found that the proposed change \
                   would reduce the error rate while keeping latency within the agreed budget. ";
-    let mut out = Vec::with_capacity(n * 2400);
     for i in 0..n {
         let a = filler.repeat(6);
         let b = filler.repeat(5);
@@ -204,10 +208,12 @@ fn generated_tasks(n: usize) -> Vec<u8> {
                      "responses": [{"id": "a", "text": a}, {"id": "b", "text": b}]},
             "meta": {"domain": "general"}
         });
-        out.extend_from_slice(line.to_string().as_bytes());
-        out.push(b'\n');
+        serde_json::to_writer(&mut out, &line).map_err(|e| e.to_string())?;
+        out.write_all(b"\n").map_err(|e| e.to_string())?;
     }
-    out
+    out.flush().map_err(|e| e.to_string())?;
+    drop(out);
+    Ok(file)
 }
 
 fn proc_stat(pid: u32) -> Option<(f64, f64)> {
@@ -320,12 +326,18 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     };
 
     // Import.
-    let body = generated_tasks(args.tasks);
-    let bytes = body.len() as f64;
+    let file = generated_tasks(args.tasks)?;
+    let bytes = file.as_file().metadata().map_err(|e| e.to_string())?.len();
+    let upload = tokio::fs::File::open(file.path())
+        .await
+        .map_err(|e| e.to_string())?;
+    let body =
+        reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(upload, 1 << 20));
     let started = Instant::now();
     let res = client
         .post(format!("{api}/projects/{pid}/tasks"))
         .bearer_auth(&admin)
+        .header(reqwest::header::CONTENT_LENGTH, bytes)
         .body(body)
         .send()
         .await
@@ -341,8 +353,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         items: args.tasks as u64,
         seconds: secs,
         tasks_per_s: args.tasks as f64 / secs,
-        mb_per_s: bytes / 1e6 / secs,
+        mb_per_s: bytes as f64 / 1e6 / secs,
     });
+    drop(file);
 
     if args.scenario == "pages" {
         report.pages = Some(run_pages(&client, &url, &api, &admin, pid, &run_id).await?);
