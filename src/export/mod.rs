@@ -9,7 +9,10 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -21,23 +24,60 @@ use crate::scripting::{Plugin, PluginKind};
 
 const PAGE: usize = 256;
 const CHUNK: usize = 64 * 1024;
+/// Recently read tasks kept while exporting (their reviews come close together).
+const TASK_CACHE: usize = 64;
 
-/// One exported line: a submission with its task and who made it.
+/// One exported line: a submission with its task and who made it. The JSON parts of the task
+/// and the answer are copied through as stored text, never parsed into values and re-encoded.
 #[derive(Serialize)]
 struct Record<'a> {
     submission_id: Id,
     task_id: Id,
-    external_id: &'a Option<String>,
-    data: &'a Value,
-    meta: &'a Value,
-    answer: &'a Value,
-    scores: &'a Value,
+    external_id: &'a Option<Cow<'a, str>>,
+    data: &'a RawValue,
+    meta: Option<&'a RawValue>,
+    answer: &'a RawValue,
+    scores: &'a RawValue,
     expert_id: Id,
     expert: &'a str,
     rubric: &'a str,
     rubric_version: &'a str,
     router: &'a str,
     router_version: &'a str,
+    served_at: i64,
+    submitted_at: i64,
+    active_seconds: f64,
+}
+
+/// The parts of a stored [`Task`] an export line needs, borrowed from its JSON text.
+#[derive(Deserialize)]
+struct StoredTask<'a> {
+    #[serde(borrow, default)]
+    external_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
+}
+
+/// A stored [`Submission`], borrowed from its JSON text.
+#[derive(Deserialize)]
+struct StoredSubmission<'a> {
+    id: Id,
+    task_id: Id,
+    expert_id: Id,
+    #[serde(borrow)]
+    answer: &'a RawValue,
+    #[serde(borrow)]
+    scores: &'a RawValue,
+    #[serde(borrow)]
+    rubric: Cow<'a, str>,
+    #[serde(borrow)]
+    rubric_version: Cow<'a, str>,
+    #[serde(borrow)]
+    router: Cow<'a, str>,
+    #[serde(borrow)]
+    router_version: Cow<'a, str>,
     served_at: i64,
     submitted_at: i64,
     active_seconds: f64,
@@ -97,16 +137,36 @@ fn produce(
     let mut names: HashMap<Id, String> = HashMap::new();
     let mut after = None;
     let mut buf = Vec::with_capacity(CHUNK + 4096);
-    let mut task_cache: Option<Task> = None;
+    // Reviews of one task tend to be close together: a few recent tasks stay at hand.
+    let mut tasks: std::collections::VecDeque<(Id, Vec<u8>)> = Default::default();
+    let corrupt =
+        |what: &str, e: serde_json::Error| AppError::internal(format!("stored {what}: {e}"));
     loop {
-        let page: Vec<Submission> = st.store.submissions_page(project, after, PAGE)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        for s in &page {
-            if task_cache.as_ref().is_none_or(|t| t.id != s.task_id) {
-                task_cache = st.store.task(s.task_id)?;
-            }
-            let Some(task) = &task_cache else { continue };
+        let page = st.store.submissions_page_json(project, after, PAGE)?;
+        if page.is_empty() {
+            break;
+        }
+        for bytes in &page {
+            let s: StoredSubmission =
+                serde_json::from_slice(bytes).map_err(|e| corrupt("submission", e))?;
+            after = Some(s.id);
+            let at = match tasks.iter().position(|(id, _)| *id == s.task_id) {
+                Some(at) => at,
+                None => {
+                    let Some(raw) = st.store.task_json(s.task_id)? else {
+                        continue;
+                    };
+                    if tasks.len() == TASK_CACHE {
+                        tasks.pop_front();
+                    }
+                    tasks.push_back((s.task_id, raw));
+                    tasks.len() - 1
+                }
+            };
+            let Some((_, raw)) = tasks.get(at) else {
+                continue;
+            };
+            let task: StoredTask = serde_json::from_slice(raw).map_err(|e| corrupt("task", e))?;
             if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(s.expert_id) {
                 let name = st.store.user(s.expert_id)?.map(|u| u.username);
                 slot.insert(name.unwrap_or_default());
@@ -115,10 +175,10 @@ fn produce(
                 submission_id: s.id,
                 task_id: s.task_id,
                 external_id: &task.external_id,
-                data: &task.data,
-                meta: &task.meta,
-                answer: &s.answer,
-                scores: &s.scores,
+                data: task.data,
+                meta: task.meta,
+                answer: s.answer,
+                scores: s.scores,
                 expert_id: s.expert_id,
                 expert: names.get(&s.expert_id).map(String::as_str).unwrap_or(""),
                 rubric: &s.rubric,

@@ -72,6 +72,8 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a batch atomically; records whose `external_id` exists already are skipped.
     fn import_tasks(&self, project: Id, batch: Vec<NewTask>) -> StoreResult<ImportedBatch>;
     fn task(&self, id: Id) -> StoreResult<Option<Task>>;
+    /// A task as its stored JSON text (a serialized [`Task`]), for streaming it out unparsed.
+    fn task_json(&self, id: Id) -> StoreResult<Option<Vec<u8>>>;
     fn task_status(&self, id: Id) -> StoreResult<Option<TaskStatus>>;
     fn tasks_page(&self, project: Id, after: Option<Id>, limit: usize) -> StoreResult<Vec<Task>>;
     /// Replaces a task's routing and progress, keeping state counters and the queue index in step.
@@ -102,6 +104,13 @@ pub trait Store: Send + Sync + 'static {
         status: &TaskStatus,
     ) -> StoreResult<Submission>;
     fn submission(&self, id: Id) -> StoreResult<Option<Submission>>;
+    /// Like `submissions_page`, as the stored JSON text of each [`Submission`].
+    fn submissions_page_json(
+        &self,
+        project: Id,
+        after: Option<Id>,
+        limit: usize,
+    ) -> StoreResult<Vec<Vec<u8>>>;
     /// An expert's submissions made at or after `since` (ms), newest first.
     fn expert_submissions_since(&self, expert: Id, since: i64) -> StoreResult<Vec<Submission>>;
     /// Submissions per hour in a project: `hours` counts starting at hour `first_hour`

@@ -335,6 +335,22 @@ impl SledStore {
         records: &Tree,
         name: &'static str,
     ) -> StoreResult<Vec<T>> {
+        self.by_index_raw(index, prefix, after, limit, records)?
+            .iter()
+            .map(|bytes| dec(name, bytes))
+            .collect()
+    }
+
+    /// The stored bytes of the records whose ids are the second half of index keys under
+    /// `prefix`, in index order.
+    fn by_index_raw(
+        &self,
+        index: &Tree,
+        prefix: u64,
+        after: Option<Id>,
+        limit: usize,
+        records: &Tree,
+    ) -> StoreResult<Vec<sled::IVec>> {
         let start = keys::pair(prefix, after.map(|a| a.saturating_add(1)).unwrap_or(0));
         let end = keys::pair(prefix, u64::MAX);
         let mut out = Vec::new();
@@ -346,8 +362,8 @@ impl SledStore {
             let Some(id) = keys::u64_at(&key, 8) else {
                 continue;
             };
-            if let Some(record) = self.get(records, name, &keys::id(id))? {
-                out.push(record);
+            if let Some(bytes) = records.get(keys::id(id)).map_err(backend)? {
+                out.push(bytes);
             }
         }
         Ok(out)
@@ -620,6 +636,15 @@ impl Store for SledStore {
         self.get(&self.t.tasks, "tasks_id", &keys::id(id))
     }
 
+    fn task_json(&self, id: Id) -> StoreResult<Option<Vec<u8>>> {
+        Ok(self
+            .t
+            .tasks
+            .get(keys::id(id))
+            .map_err(backend)?
+            .map(|v| v.to_vec()))
+    }
+
     fn task_status(&self, id: Id) -> StoreResult<Option<TaskStatus>> {
         self.get(&self.t.taskstatus, "taskstatus_id", &keys::id(id))
     }
@@ -787,6 +812,22 @@ impl Store for SledStore {
             })
             .map_err(from_tx)?;
         Ok(submission)
+    }
+
+    fn submissions_page_json(
+        &self,
+        project: Id,
+        after: Option<Id>,
+        limit: usize,
+    ) -> StoreResult<Vec<Vec<u8>>> {
+        let raw = self.by_index_raw(
+            &self.t.subs_project,
+            project,
+            after,
+            limit,
+            &self.t.submissions,
+        )?;
+        Ok(raw.into_iter().map(|v| v.to_vec()).collect())
     }
 
     fn expert_submissions_since(&self, expert: Id, since: i64) -> StoreResult<Vec<Submission>> {

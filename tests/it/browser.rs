@@ -489,6 +489,14 @@ async fn an_admin_creates_a_project_uploads_tasks_and_adds_a_member() {
         .await;
     assert_eq!(p["name"], json!("Cardiology answers"));
 
+    // Edit the project's settings.
+    b.js("document.querySelector('#edit-project input[name=reviews_per_task]').value = '3'; document.querySelector('#edit-project button[type=submit]').click();").await;
+    b.wait("settings saved", "performance.getEntriesByType('navigation')[0].type === 'reload' && document.querySelector('#edit-project input[name=reviews_per_task]').value === '3'").await;
+    let (_, p) = server
+        .get(&admin, &format!("/api/v1/projects/{project}"))
+        .await;
+    assert_eq!(p["reviews_per_task"], json!(3), "{p}");
+
     // Users: create one through the form, give them skills, deactivate them.
     b.goto(&format!("{}/admin/users", server.url)).await;
     b.wait("users page", "document.getElementById('new-user')")
