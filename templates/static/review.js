@@ -289,6 +289,11 @@
     if (textLike(f) && enter !== false) {
       const input = f.querySelector('textarea, input');
       input.focus({ preventScroll: true });
+      // Start writing at the end of what is there (a rewrite starts from the original text).
+      if (input.tagName === 'TEXTAREA' && !f._placed) {
+        f._placed = true;
+        input.setSelectionRange(input.value.length, input.value.length);
+      }
     } else {
       f.focus({ preventScroll: true });
     }

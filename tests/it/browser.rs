@@ -677,3 +677,74 @@ async fn an_ended_session_returns_to_the_same_task_with_the_answer_kept() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["answer"]["justification"], json!(words));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_yes_no_ranking_per_item_number_and_rewrite_work_from_the_keyboard() {
+    let rubric = r#"
+fn criteria(task) {
+    [
+        #{ id: "quality", kind: "likert", label: "Quality", min: 1, max: 5 },
+        #{ id: "safe", kind: "boolean", label: "Safe?" },
+        #{ id: "order", kind: "ranking", label: "Rank the responses", items: "responses" },
+        #{ id: "steps", kind: "per_item", over: "steps", label: "Each step",
+           item: #{ id: "step", kind: "choice", options: ["correct", "incorrect"], shortcut: "c/i" } },
+        #{ id: "first_wrong", kind: "number", label: "First wrong step", min: 0, max: 3 },
+        #{ id: "fixed", kind: "rewrite", label: "Fix the best response", source: "responses.0.text" }
+    ]
+}
+"#;
+    let server = Server::start_with(Options {
+        rubrics: vec![("many_kinds", rubric.to_owned())],
+        ..Options::default()
+    })
+    .await;
+    let task = json!({"external_id": "k1", "data": {"prompt": "Add 2 and 2, then double it.",
+        "responses": [{"id": "r1", "text": "The answer is 8"}, {"id": "r2", "text": "It is 6"}, {"id": "r3", "text": "Eight"}],
+        "steps": ["2 + 2 = 4", "4 * 2 = 6", "so 6"]}});
+    let (project, _) = project_with_expert(
+        &server,
+        json!({"name": "Kinds", "rubric": "many_kinds", "reviews_per_task": 1}),
+        &task.to_string(),
+    )
+    .await;
+    let b = reviewing(&server, project).await;
+    b.press('4').await; // quality → next question
+    b.press('y').await; // safe → next
+    b.press('3').await; // ranking: r3, r1, r2
+    b.press('1').await;
+    b.press('2').await;
+    b.press('c').await; // step 1 correct → step 2
+    b.press('i').await;
+    b.press('i').await; // step 3 → the number field, focused for typing
+    b.wait(
+        "number focused",
+        "document.activeElement && document.activeElement.name === 'first_wrong'",
+    )
+    .await;
+    b.type_text("2").await;
+    b.press(Key::Tab.into()).await; // → the rewrite, caret at the end of the original
+    b.wait(
+        "rewrite focused",
+        "document.activeElement && document.activeElement.name === 'fixed'",
+    )
+    .await;
+    b.type_text(", because 2 + 2 = 4 and 4 × 2 = 8.").await;
+    b.wait("diff shown", "document.querySelector('.rewrite-diff ins')")
+        .await;
+    b.screenshot("review-many-kinds").await;
+    b.ctrl_enter().await;
+    b.wait("nothing left", "document.getElementById('nothing-left')")
+        .await;
+
+    let admin = server.admin().await;
+    let rows = server.export(&admin, project).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]["answer"],
+        json!({
+            "quality": 4, "safe": true, "order": ["r3", "r1", "r2"],
+            "steps": ["correct", "incorrect", "incorrect"], "first_wrong": 2,
+            "fixed": "The answer is 8, because 2 + 2 = 4 and 4 × 2 = 8."
+        })
+    );
+}
