@@ -4,6 +4,7 @@
 //! its project's lock, right after the matching store write succeeded, so the two never drift.
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -64,7 +65,10 @@ pub struct ProjectQueue {
     /// plus leases out than they need. A task whose leases fill it leaves the set until a lease
     /// ends (expired leases end by the sweeper), so picking never wades through taken tasks.
     pools: HashMap<Option<String>, BTreeSet<Order>>,
-    slots: HashMap<Id, Slot>,
+    /// Boxed: the table then holds 16-byte entries, and its spare capacity (a hash table keeps
+    /// up to half its buckets empty) costs little; inline slots made it most of an idle
+    /// server's memory.
+    slots: HashMap<Id, Box<Slot>>,
     /// The lease each expert holds in this project (an expert works on one task at a time).
     held: HashMap<Id, (Id, Lease)>,
     /// Leases handed to each expert in this project since start-up (for routers' `pick`).
@@ -86,11 +90,15 @@ impl ProjectQueue {
         }
         if status.state == TaskState::Open {
             let task = status.task_id;
-            let slot = self.slots.entry(task).or_insert_with(|| Slot {
-                status: status.clone(),
-                leases: Vec::new(),
-            });
-            slot.status = status;
+            match self.slots.entry(task) {
+                Entry::Occupied(mut slot) => slot.get_mut().status = status,
+                Entry::Vacant(slot) => {
+                    slot.insert(Box::new(Slot {
+                        status,
+                        leases: Vec::new(),
+                    }));
+                }
+            }
             self.refresh(task);
         } else if let Some(slot) = self.slots.remove(&status.task_id) {
             for lease in &slot.leases {
@@ -100,7 +108,7 @@ impl ProjectQueue {
     }
 
     pub fn slot(&self, task: Id) -> Option<&Slot> {
-        self.slots.get(&task)
+        self.slots.get(&task).map(|s| &**s)
     }
 
     pub fn add_lease(&mut self, task: Id, lease: Lease) {

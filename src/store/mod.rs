@@ -7,6 +7,7 @@
 
 pub mod flush;
 pub mod keys;
+pub mod queue_codec;
 pub mod sled_store;
 
 use crate::domain::*;

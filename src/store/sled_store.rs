@@ -14,7 +14,7 @@
 //! | `taskstatus_id`          | task id                               | TaskStatus           |
 //! | `tasks_project_task`     | project id ++ task id                 | empty                |
 //! | `tasks_project_external` | project id ++ external id bytes       | task id              |
-//! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (copy)    |
+//! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (binary, `queue_codec`) |
 //! | `assignments_id`         | assignment id                         | Assignment           |
 //! | `leases_expiry_assignment` | expiry time ++ assignment id (active) | empty              |
 //! | `submissions_id`         | submission id                         | Submission           |
@@ -40,13 +40,13 @@ use sled::transaction::{
 };
 use sled::{Db, Transactional, Tree};
 
-use super::keys;
+use super::{keys, queue_codec};
 use super::{ImportedBatch, Store, StoreError, StoreResult};
 use crate::domain::*;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 struct Trees {
     meta: Tree,
@@ -174,7 +174,7 @@ fn tx_transition(
     // The open-task index carries the status itself, so rebuilding the in-memory queue at
     // start-up is one sequential scan instead of a random read per task.
     if status.state == TaskState::Open {
-        tx_put(queue, &key, status)?;
+        queue.insert(&key, queue_codec::encode(status))?;
     } else {
         queue.remove(&key)?;
     }
@@ -259,7 +259,11 @@ impl SledStore {
                 self.upgrade_1_to_2()?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(2) => self.upgrade_2_to_3()`, ...
+            Some(2) => {
+                self.upgrade_2_to_3()?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(3) => self.upgrade_3_to_4()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t
@@ -269,6 +273,26 @@ impl SledStore {
                 Ok(())
             }
         }
+    }
+
+    /// Version 3: the open-task index holds each status in the compact binary form of
+    /// `queue_codec` instead of JSON (a third of the size; start-up reads all of it).
+    fn upgrade_2_to_3(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 3");
+        for item in self.t.queue.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let status: TaskStatus = dec("queue_project_task", &value)?;
+            self.t
+                .queue
+                .insert(&key, queue_codec::encode(&status))
+                .map_err(backend)?;
+        }
+        self.t
+            .meta
+            .insert(b"schema_version", &3u32.to_be_bytes())
+            .map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
     }
 
     /// Version 2: the open-task index carries each task's status (version 1 kept it empty).
@@ -676,7 +700,19 @@ impl Store for SledStore {
     }
 
     fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>> {
-        self.all(&self.t.queue, "queue_project_task")
+        let mut out = Vec::new();
+        for item in self.t.queue.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let (Some(project), Some(task)) = (keys::u64_at(&key, 0), keys::u64_at(&key, 8)) else {
+                continue;
+            };
+            let status = queue_codec::decode(project, task, &value).ok_or(StoreError::Corrupt {
+                tree: "queue_project_task",
+                message: format!("entry for task {task} is not a valid status"),
+            })?;
+            out.push(status);
+        }
+        Ok(out)
     }
 
     fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
