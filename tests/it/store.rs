@@ -428,3 +428,43 @@ fn a_version_1_database_is_upgraded_on_open() {
     let s = open(dir.path());
     assert_eq!(s.open_tasks().unwrap(), vec![task]);
 }
+
+#[test]
+fn a_version_2_database_is_upgraded_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut task = {
+        let s = open(dir.path());
+        let p = s.create_project(project("p")).unwrap();
+        let t = s
+            .import_tasks(p.id, vec![new_task(Some("old"), 3)])
+            .unwrap()
+            .created
+            .remove(0);
+        s.flush().unwrap();
+        t
+    };
+    task.pool = Some("cardiology".into());
+    task.done_by = vec![41, 42];
+    task.router_version = Some("ab".repeat(32));
+    {
+        // Version 2 kept each open task's status in the index as JSON.
+        let db = raw_db(dir.path());
+        let queue = db.open_tree("queue_project_task").unwrap();
+        for key in queue.iter().keys() {
+            queue
+                .insert(key.unwrap(), serde_json::to_vec(&task).unwrap())
+                .unwrap();
+        }
+        db.open_tree("meta")
+            .unwrap()
+            .insert(b"schema_version", &2u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.open_tasks().unwrap(), vec![task.clone()]);
+    drop(s);
+    // Stored as version 3 now: a second open reads it without upgrading again.
+    let s = open(dir.path());
+    assert_eq!(s.open_tasks().unwrap(), vec![task]);
+}
