@@ -51,12 +51,13 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
     let queue = Queue::default();
     let open = store.open_tasks().map_err(|e| e.to_string())?;
     let active = store.active_assignments().map_err(|e| e.to_string())?;
+    let (open_count, active_count) = (open.len(), active.len());
+    queue.rebuild(open, active);
     tracing::info!(
-        open_tasks = open.len(),
-        active_leases = active.len(),
+        open_tasks = open_count,
+        active_leases = active_count,
         "queue rebuilt"
     );
-    queue.rebuild(open, active);
 
     let config_templates = config.plugins.templates.clone();
     let secret = auth::load_or_create_secret(&config.auth.secret, data)?;
