@@ -287,9 +287,14 @@ impl SledStore {
                 .insert(&key, queue_codec::encode(&status))
                 .map_err(backend)?;
         }
+        self.finish_upgrade(3)
+    }
+
+    /// Records that an upgrade step is complete, durably, before the next step or any use.
+    fn finish_upgrade(&self, version: u32) -> StoreResult<()> {
         self.t
             .meta
-            .insert(b"schema_version", &3u32.to_be_bytes())
+            .insert(b"schema_version", &version.to_be_bytes())
             .map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(())
@@ -309,12 +314,7 @@ impl SledStore {
                 self.t.queue.insert(&key, enc(&status)?).map_err(backend)?;
             }
         }
-        self.t
-            .meta
-            .insert(b"schema_version", &2u32.to_be_bytes())
-            .map_err(backend)?;
-        self.db.flush().map_err(backend)?;
-        Ok(())
+        self.finish_upgrade(2)
     }
 
     fn remember(&self, user: &User) {
