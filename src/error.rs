@@ -74,6 +74,23 @@ impl AppError {
             message: message.into(),
         }
     }
+    /// Logs the error with its request id: causes of server errors at error level, refusals at
+    /// debug level (they are the client's business).
+    pub fn log(&self, request_id: &str) {
+        match self {
+            Self::Internal(cause) => {
+                tracing::error!(request_id = %request_id, cause = %cause, "request failed")
+            }
+            Self::Script(e) => {
+                tracing::warn!(request_id = %request_id, error = %e, "script failed")
+            }
+            _ if self.status_code().is_server_error() => {
+                tracing::error!(request_id = %request_id, error = %self, "request failed")
+            }
+            _ => tracing::debug!(request_id = %request_id, code = self.code(), "request refused"),
+        }
+    }
+
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidField(FieldError::new(field, message))
     }
@@ -140,19 +157,7 @@ impl ResponseError for AppError {
 
     fn error_response(&self) -> HttpResponse {
         let request_id = crate::web::request_id::current();
-        let status = self.status_code();
-        match self {
-            Self::Internal(cause) => {
-                tracing::error!(request_id = %request_id, cause = %cause, "request failed")
-            }
-            Self::Script(e) => {
-                tracing::warn!(request_id = %request_id, error = %e, "script failed")
-            }
-            _ if status.is_server_error() => {
-                tracing::error!(request_id = %request_id, error = %self, "request failed")
-            }
-            _ => tracing::debug!(request_id = %request_id, code = self.code(), "request refused"),
-        }
+        self.log(&request_id);
         let errors = match self {
             Self::InvalidAnswer(list) => serde_json::to_value(list).ok(),
             Self::InvalidField(e) => serde_json::to_value([e]).ok(),
@@ -163,7 +168,7 @@ impl ResponseError for AppError {
             Self::Script(e) => Some(e),
             _ => None,
         };
-        HttpResponse::build(status).json(ErrorBody {
+        HttpResponse::build(self.status_code()).json(ErrorBody {
             code: self.code(),
             message: self.to_string(),
             request_id,

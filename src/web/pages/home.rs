@@ -6,15 +6,16 @@ use serde_json::json;
 
 use super::{page, PageResult, Session};
 use crate::app::AppState;
-use crate::domain::{GlobalRole, ProjectRole};
+use crate::domain::ProjectRole;
 use crate::queue::Queue;
-use crate::services::blocking;
+use crate::services::{blocking, projects};
 
 const DAY_MS: i64 = 86_400_000;
 /// How far "waiting" counts before saying "100+".
 const WAITING_CAP: usize = 100;
 
 pub async fn home(state: web::Data<AppState>, session: Session) -> PageResult {
+    let listed = projects::visible(&state, &session.user).await?;
     let st = state.clone();
     let user = session.user.clone();
     let data = blocking(move || {
@@ -28,17 +29,6 @@ pub async fn home(state: web::Data<AppState>, session: Session) -> PageResult {
         let seconds_week: f64 = done.iter().map(|s| s.active_seconds).sum();
         let earned = user.hourly_rate.map(|r| r * seconds_week / 3600.0);
 
-        let listed: Vec<_> = if user.role == GlobalRole::Admin {
-            st.store.projects()?.into_iter().map(|p| (p, None)).collect()
-        } else {
-            let mut out = Vec::new();
-            for (id, role) in st.store.memberships(user.id)? {
-                if let Some(p) = st.store.project(id)? {
-                    out.push((p, Some(role)));
-                }
-            }
-            out
-        };
         let mut projects = Vec::new();
         for (p, role) in listed {
             let q = st.queue.project(p.id);

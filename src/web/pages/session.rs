@@ -106,8 +106,9 @@ impl ResponseError for PageError {
                 .insert_header((header::CACHE_CONTROL, "no-store"))
                 .finish(),
             PageError::App(e) => {
-                // Log as the API would, then show a plain page (no template, so it always works).
-                let _ = e.error_response();
+                // Logged as the API would; shown as a plain page (no template, so it always works).
+                let request_id = crate::web::request_id::current();
+                e.log(&request_id);
                 let status = e.status_code();
                 let body = format!(
                     "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code} · Assay</title>\
@@ -117,7 +118,7 @@ impl ResponseError for PageError {
                     status = status.as_u16(),
                     code = e.code(),
                     message = handlebars::html_escape(&e.to_string()),
-                    rid = handlebars::html_escape(&crate::web::request_id::current()),
+                    rid = handlebars::html_escape(&request_id),
                 );
                 HttpResponse::build(status)
                     .content_type("text/html; charset=utf-8")
