@@ -88,11 +88,15 @@ pub async fn user_for_token(state: &AppState, token: &str) -> Result<User, AppEr
     Ok(user)
 }
 
-async fn authenticate(req: HttpRequest) -> Result<User, AppError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
+/// The application state, for extractors (handlers take it as `web::Data` directly).
+pub fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> {
+    req.app_data::<web::Data<AppState>>()
         .cloned()
-        .ok_or_else(|| AppError::internal("application state missing"))?;
+        .ok_or_else(|| AppError::internal("application state missing"))
+}
+
+async fn authenticate(req: HttpRequest) -> Result<User, AppError> {
+    let state = state_of(&req)?;
     let token = session_token(&state, &req)?;
     user_for_token(&state, &token).await
 }

@@ -8,10 +8,10 @@ use std::pin::Pin;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{header, StatusCode};
-use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{dev::Payload, FromRequest, HttpRequest, HttpResponse, ResponseError};
 
 use crate::app::AppState;
-use crate::auth::extract::user_for_token;
+use crate::auth::extract::{state_of, user_for_token};
 use crate::domain::{GlobalRole, User};
 use crate::error::AppError;
 use crate::web::api::auth::SESSION_COOKIE;
@@ -127,12 +127,6 @@ impl ResponseError for PageError {
             }
         }
     }
-}
-
-fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, AppError> {
-    req.app_data::<web::Data<AppState>>()
-        .cloned()
-        .ok_or_else(|| AppError::internal("application state missing"))
 }
 
 impl FromRequest for Session {
