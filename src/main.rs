@@ -4,8 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc: the review loop allocates and frees many small blocks on several threads; with
+/// glibc's allocator that was ~15 % of the server's CPU, and mimalloc raised loops/s by a third.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    return_large_allocations();
     let cli = assay::cli::Cli::parse();
     assay::cli::init_logging();
     match actix_web::rt::System::new().block_on(assay::cli::run(cli)) {
@@ -17,16 +21,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc serves a large allocation (argon2 takes 19 MiB per password hash) with its own memory
-/// map, but after the first one is freed it raises that threshold and keeps later ones in its
-/// heaps, which it seldom gives back: 64 concurrent logins left the server at 540 MB resident.
-/// A fixed 1 MiB threshold returns such memory at once (peak 99 MB, 21 MB after), and nothing on
-/// the hot path allocates that much.
-fn return_large_allocations() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: called first thing in `main`, before any other thread exists; `mallopt` only tunes
-    // the allocator, and its status needs no handling (on failure the default stays).
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+#[cfg(target_os = "linux")]
+/// `arena_eager_commit` in mimalloc 3's option list (`mimalloc.h`, `mi_option_e`); the Rust
+/// bindings name only the options common to every mimalloc version.
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// With arenas committed eagerly, memory freed after the start-up scan of the task index stays
+/// resident (idle RSS with 100,000 tasks: 137 MB instead of 92 MB). The option must be set before
+/// the first allocation reserves an arena, and the Rust runtime allocates before `main`, so this
+/// runs as a constructor. An operator's `MIMALLOC_ARENA_EAGER_COMMIT` still wins.
+#[cfg(target_os = "linux")]
+extern "C" fn commit_arenas_on_demand() {
+    // `getenv`, not `std::env`: nothing may allocate before the option is set.
+    // SAFETY: a NUL-terminated literal; no other thread exists this early.
+    let overridden = unsafe { !libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() };
+    if !overridden {
+        // SAFETY: sets a plain integer option; mimalloc reads it when it reserves an arena.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
     }
 }
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static COMMIT_ARENAS_ON_DEMAND: extern "C" fn() = commit_arenas_on_demand;
