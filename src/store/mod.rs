@@ -83,7 +83,9 @@ pub trait Store: Send + Sync + 'static {
     fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>>;
 
     // Leases
-    /// Inserts or replaces an assignment, keeping the expiry index in step.
+    /// Inserts or replaces an assignment, keeping the index of active leases in step. Not atomic
+    /// (a lost lease only returns its task to the queue): after a crash the index may name an
+    /// assignment that is not active, which every reader checks.
     fn put_assignment(&self, assignment: &Assignment) -> StoreResult<()>;
     fn assignment(&self, id: Id) -> StoreResult<Option<Assignment>>;
     /// Ends an active assignment (skip, release, expiry) and optionally updates its task.
@@ -91,7 +93,8 @@ pub trait Store: Send + Sync + 'static {
     fn end_assignment(&self, ended: &Assignment, status: Option<&TaskStatus>) -> StoreResult<()>;
     /// Active assignments whose lease ends at or before `now`, oldest first.
     fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>>;
-    /// Every active assignment, for rebuilding the in-memory queue.
+    /// Every active assignment, for rebuilding the in-memory queue. Also drops index entries a
+    /// crash left without an active record, so call it before leases are handed out.
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>>;
 
     // Submissions

@@ -16,7 +16,7 @@
 //! | `tasks_project_external` | project id ++ external id bytes       | task id              |
 //! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (binary, `queue_codec`) |
 //! | `assignments_id`         | assignment id                         | Assignment           |
-//! | `leases_expiry_assignment` | expiry time ++ assignment id (active) | empty              |
+//! | `leases_assignment`      | assignment id (active leases)         | empty                |
 //! | `submissions_id`         | submission id                         | Submission           |
 //! | `submissions_task_id`    | task id ++ submission id              | empty                |
 //! | `submissions_expert_id`  | expert id ++ submission id            | empty                |
@@ -29,6 +29,13 @@
 //! Ids and times are big-endian u64 (times offset by 2^63, see `keys::time`). Ids come from
 //! sled's monotonic `generate_id`. Secondary indexes are written in the same transaction as
 //! their record; counters are updated there too and never computed with `len()`.
+//!
+//! One exception, for speed: a lease is handed out and extended without a transaction (a sled
+//! transaction costs two extra log writes, each synced). `leases_assignment` is keyed by the
+//! assignment id alone, so extending a lease rewrites only the record, and a new lease writes its
+//! index entry first and its record second. The index may therefore name an id whose record is
+//! missing (a crash between the two writes) or no longer active; readers check the record, and
+//! the start-up scan drops such entries. Ending a lease is transactional as before.
 
 use std::fs::File;
 use std::path::Path;
@@ -46,7 +53,7 @@ use crate::domain::*;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 struct Trees {
     meta: Tree,
@@ -217,7 +224,7 @@ impl SledStore {
             tasks_external: tree("tasks_project_external")?,
             queue: tree("queue_project_task")?,
             assignments: tree("assignments_id")?,
-            leases: tree("leases_expiry_assignment")?,
+            leases: tree("leases_assignment")?,
             submissions: tree("submissions_id")?,
             subs_task: tree("submissions_task_id")?,
             subs_expert: tree("submissions_expert_id")?,
@@ -263,7 +270,11 @@ impl SledStore {
                 self.upgrade_2_to_3()?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(3) => self.upgrade_3_to_4()`, ...
+            Some(3) => {
+                self.upgrade_3_to_4()?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(4) => self.upgrade_4_to_5()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t
@@ -288,6 +299,23 @@ impl SledStore {
                 .map_err(backend)?;
         }
         self.finish_upgrade(3)
+    }
+
+    /// Version 4: active leases are indexed by assignment id (`leases_assignment`) instead of by
+    /// expiry time and id (`leases_expiry_assignment`), so extending one touches no index.
+    fn upgrade_3_to_4(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 4");
+        const OLD: &str = "leases_expiry_assignment";
+        let old = self.db.open_tree(OLD).map_err(backend)?;
+        for item in old.iter().keys() {
+            let key = item.map_err(backend)?;
+            if let Some(id) = keys::u64_at(&key, 8) {
+                self.t.leases.insert(keys::id(id), &[]).map_err(backend)?;
+            }
+        }
+        self.finish_upgrade(4)?;
+        self.db.drop_tree(OLD).map_err(backend)?;
+        Ok(())
     }
 
     /// Records that an upgrade step is complete, durably, before the next step or any use.
@@ -388,6 +416,26 @@ impl SledStore {
             };
             if let Some(bytes) = records.get(keys::id(id)).map_err(backend)? {
                 out.push(bytes);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every assignment the lease index names whose record is active. With `repair`, index
+    /// entries without an active record are dropped (safe only while no lease is being handed out).
+    fn indexed_leases(&self, repair: bool) -> StoreResult<Vec<Assignment>> {
+        let mut out = Vec::new();
+        for item in self.t.leases.iter().keys() {
+            let key = item.map_err(backend)?;
+            let Some(id) = keys::u64_at(&key, 0) else {
+                continue;
+            };
+            match self.assignment(id)? {
+                Some(a) if a.status == AssignmentStatus::Active => out.push(a),
+                _ if repair => {
+                    self.t.leases.remove(&key).map_err(backend)?;
+                }
+                _ => {}
             }
         }
         Ok(out)
@@ -716,18 +764,19 @@ impl Store for SledStore {
     }
 
     fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
-        (&self.t.assignments, &self.t.leases)
-            .transaction(|(assignments, leases)| {
-                let id = keys::id(a.id);
-                if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &id)? {
-                    leases.remove(&keys::pair(keys::time(old.expires_at), a.id))?;
-                }
-                if a.status == AssignmentStatus::Active {
-                    leases.insert(&keys::pair(keys::time(a.expires_at), a.id), &[])?;
-                }
-                tx_put(assignments, &id, a)
-            })
-            .map_err(from_tx)
+        // No transaction (see the module notes): the index entry of an active lease goes first,
+        // so the index never misses a live lease; the record of an ended one goes first, so a
+        // live-looking index entry is always checked against it.
+        let id = keys::id(a.id);
+        let active = a.status == AssignmentStatus::Active;
+        if active && !self.t.leases.contains_key(id).map_err(backend)? {
+            self.t.leases.insert(id, &[]).map_err(backend)?;
+        }
+        self.t.assignments.insert(id, enc(a)?).map_err(backend)?;
+        if !active {
+            self.t.leases.remove(id).map_err(backend)?;
+        }
+        Ok(())
     }
 
     fn assignment(&self, id: Id) -> StoreResult<Option<Assignment>> {
@@ -749,8 +798,8 @@ impl Store for SledStore {
                     if old.status != AssignmentStatus::Active {
                         return Err(abort(StoreError::AssignmentEnded(old)));
                     }
-                    leases.remove(&keys::pair(keys::time(old.expires_at), ended.id))?;
                 }
+                leases.remove(&id)?;
                 tx_put(assignments, &id, ended)?;
                 if let Some(status) = status {
                     let key = keys::id(status.task_id);
@@ -764,34 +813,19 @@ impl Store for SledStore {
     }
 
     fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>> {
-        let end = keys::pair(keys::time(now), u64::MAX);
-        let mut out = Vec::new();
-        for item in self.t.leases.range(..=end).keys().take(limit) {
-            let key = item.map_err(backend)?;
-            let Some(id) = keys::u64_at(&key, 8) else {
-                continue;
-            };
-            if let Some(a) = self.assignment(id)? {
-                out.push(a);
-            }
-        }
-        Ok(out)
+        // The index holds only live leases (one per working expert), so a scan is cheap.
+        let mut due: Vec<Assignment> = self
+            .indexed_leases(false)?
+            .into_iter()
+            .filter(|a| a.expires_at <= now)
+            .collect();
+        due.sort_by_key(|a| (a.expires_at, a.id));
+        due.truncate(limit);
+        Ok(due)
     }
 
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>> {
-        let mut out = Vec::new();
-        for item in self.t.leases.iter().keys() {
-            let key = item.map_err(backend)?;
-            let Some(id) = keys::u64_at(&key, 8) else {
-                continue;
-            };
-            if let Some(a) = self.assignment(id)? {
-                if a.status == AssignmentStatus::Active {
-                    out.push(a);
-                }
-            }
-        }
-        Ok(out)
+        self.indexed_leases(true)
     }
 
     fn commit_submission(
@@ -829,8 +863,8 @@ impl Store for SledStore {
                     if old.status == AssignmentStatus::Submitted {
                         return Err(abort(StoreError::AssignmentEnded(old)));
                     }
-                    leases.remove(&keys::pair(keys::time(old.expires_at), old.id))?;
                 }
+                leases.remove(&aid)?;
                 let sid = submission.id;
                 submissions.insert(&keys::id(sid), sub_bytes.as_slice())?;
                 by_task.insert(&keys::pair(submission.task_id, sid), &[])?;
