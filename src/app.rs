@@ -48,16 +48,11 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
     registry.load_dir(PluginKind::Rubric, &config.plugins.rubrics);
     registry.load_dir(PluginKind::Router, &config.plugins.plugins);
 
-    let queue = Queue::default();
-    let open = store.open_tasks().map_err(|e| e.to_string())?;
-    let active = store.active_assignments().map_err(|e| e.to_string())?;
-    let (open_count, active_count) = (open.len(), active.len());
-    queue.rebuild(open, active);
-    tracing::info!(
-        open_tasks = open_count,
-        active_leases = active_count,
-        "queue rebuilt"
-    );
+    // The hand-out index loads in the background so the server answers at once; lookups of
+    // a project's queue (hand-outs, submits, imports) wait for it, `/readyz` says when it is done.
+    let queue = Arc::new(Queue::loading());
+    spawn_queue_load(store.clone(), queue.clone())
+        .map_err(|e| format!("cannot start loading the queue: {e}"))?;
 
     let config_templates = config.plugins.templates.clone();
     let secret = auth::load_or_create_secret(&config.auth.secret, data)?;
@@ -69,7 +64,7 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
         store,
         flusher: Arc::new(flusher),
         registry: Arc::new(registry),
-        queue: Arc::new(queue),
+        queue,
         keys: Arc::new(keys),
         login_limiter: Arc::new(login_limiter),
         metrics: Arc::default(),
@@ -77,6 +72,38 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
             &config_templates,
         )),
     })
+}
+
+/// Reads every open task and active lease into `queue`. The store is unusable if this fails,
+/// so the process stops, as it would had opening the store failed.
+fn spawn_queue_load(store: Arc<dyn Store>, queue: Arc<Queue>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("assay-queue-load".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let loaded = store
+                .open_tasks()
+                .and_then(|open| Ok((open, store.active_assignments()?)));
+            let (open, active) = match loaded {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load the queue");
+                    eprintln!("error: cannot load the queue: {e}");
+                    std::process::exit(1);
+                }
+            };
+            let (open_count, active_count) = (open.len(), active.len());
+            let read_ms = started.elapsed().as_millis() as u64;
+            queue.load(open, active);
+            tracing::info!(
+                open_tasks = open_count,
+                active_leases = active_count,
+                read_ms,
+                ms = started.elapsed().as_millis() as u64,
+                "queue loaded"
+            );
+        })
+        .map(drop)
 }
 
 /// Every route of the server, in one place.

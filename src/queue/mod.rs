@@ -6,7 +6,8 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::domain::{Assignment, Id, TaskState, TaskStatus};
 
@@ -238,13 +239,57 @@ impl ProjectQueue {
 }
 
 /// All projects' queues. Each project has its own lock, so projects never wait on each other.
-#[derive(Default)]
 pub struct Queue {
     projects: Mutex<HashMap<Id, Arc<Mutex<ProjectQueue>>>>,
+    /// False while the start-up load runs. Every project lookup waits for it, and every change
+    /// to open tasks or leases looks its project up before writing to the store, so nothing
+    /// changes under the load and the index starts as an exact mirror.
+    loaded: Mutex<bool>,
+    loaded_changed: Condvar,
+    loaded_fast: AtomicBool,
+}
+
+impl Default for Queue {
+    /// An empty, loaded queue.
+    fn default() -> Self {
+        Self::with_loaded(true)
+    }
 }
 
 impl Queue {
+    /// A queue that answers no lookup until [`Queue::load`] has filled it.
+    pub fn loading() -> Self {
+        Self::with_loaded(false)
+    }
+
+    fn with_loaded(loaded: bool) -> Self {
+        Self {
+            projects: Mutex::default(),
+            loaded: Mutex::new(loaded),
+            loaded_changed: Condvar::new(),
+            loaded_fast: AtomicBool::new(loaded),
+        }
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded_fast.load(Ordering::Acquire)
+    }
+
+    /// One project's queue; waits while the start-up load runs.
     pub fn project(&self, project: Id) -> Arc<Mutex<ProjectQueue>> {
+        if !self.is_loaded() {
+            let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            while !*loaded {
+                loaded = self
+                    .loaded_changed
+                    .wait(loaded)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        self.entry(project)
+    }
+
+    fn entry(&self, project: Id) -> Arc<Mutex<ProjectQueue>> {
         let mut map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(project).or_default().clone()
     }
@@ -255,16 +300,27 @@ impl Queue {
         queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Rebuilds the index from the store's open tasks and active leases.
-    pub fn rebuild(&self, open: Vec<TaskStatus>, active: Vec<Assignment>) {
-        for status in open {
-            let q = self.project(status.project_id);
-            Self::lock(&q).set_status(status);
+    /// Fills the index from the store's open tasks and active leases and lets lookups through.
+    pub fn load(&self, open: Vec<TaskStatus>, active: Vec<Assignment>) {
+        // The store lists tasks project by project: one lookup and lock per project.
+        let mut open = open.into_iter().peekable();
+        while let Some(first) = open.next() {
+            let project = first.project_id;
+            let q = self.entry(project);
+            let mut queue = Self::lock(&q);
+            queue.set_status(first);
+            while let Some(status) = open.next_if(|s| s.project_id == project) {
+                queue.set_status(status);
+            }
         }
         for a in active {
-            let q = self.project(a.project_id);
+            let q = self.entry(a.project_id);
             Self::lock(&q).add_lease(a.task_id, Lease::from(&a));
         }
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        *loaded = true;
+        self.loaded_fast.store(true, Ordering::Release);
+        self.loaded_changed.notify_all();
     }
 }
 
@@ -333,5 +389,27 @@ mod tests {
         q.set_status(s);
         assert_eq!(q.pick(11, &[], 0), None);
         assert_eq!(q.open_count(), 0);
+    }
+
+    #[test]
+    fn lookups_wait_for_the_start_up_load() {
+        let queue = Arc::new(Queue::loading());
+        assert!(!queue.is_loaded());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = queue.clone();
+        let handle = std::thread::spawn(move || {
+            let q = waiter.project(1);
+            let open = Queue::lock(&q).open_count();
+            tx.send(open).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(100))
+                .is_err(),
+            "no lookup before the load"
+        );
+        queue.load(vec![status(1, None, 1, 0), status(2, None, 1, 0)], vec![]);
+        assert_eq!(rx.recv().unwrap(), 2, "the lookup sees the loaded tasks");
+        handle.join().unwrap();
+        assert!(queue.is_loaded());
     }
 }

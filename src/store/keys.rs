@@ -38,6 +38,19 @@ pub fn time_back(v: u64) -> i64 {
     (v ^ (1 << 63)) as i64
 }
 
+/// A key between `a` and `b` (`a <= result <= b` in byte order), for splitting a scan: both read
+/// as 16-byte big-endian numbers (shorter keys padded with zeros), and their mean.
+pub fn midpoint(a: &[u8], b: &[u8]) -> [u8; 16] {
+    let number = |k: &[u8]| {
+        let mut bytes = [0u8; 16];
+        let n = k.len().min(16);
+        bytes[..n].copy_from_slice(&k[..n]);
+        u128::from_be_bytes(bytes)
+    };
+    let (a, b) = (number(a), number(b));
+    (a / 2 + b / 2 + (a % 2 + b % 2) / 2).to_be_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +79,17 @@ mod tests {
         let k = with_suffix(9, b"ext-1");
         assert_eq!(u64_at(&k, 0), Some(9));
         assert_eq!(&k[8..], b"ext-1");
+    }
+
+    #[test]
+    fn midpoint_lies_between_its_ends() {
+        let (a, b) = (pair(3, 10), pair(3, 1_000_010));
+        let m = midpoint(&a, &b);
+        assert!(a.as_slice() <= m.as_slice() && m.as_slice() <= b.as_slice());
+        assert_eq!(m, pair(3, 500_010));
+        assert_eq!(midpoint(&a, &a), a);
+        let (lo, hi) = (pair(1, u64::MAX), pair(u64::MAX, u64::MAX));
+        let m = midpoint(&lo, &hi);
+        assert!(lo.as_slice() <= m.as_slice() && m.as_slice() <= hi.as_slice());
     }
 }

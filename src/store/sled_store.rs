@@ -441,6 +441,23 @@ impl SledStore {
         Ok(out)
     }
 
+    /// Decodes one range of the open-task index.
+    fn open_tasks_in(&self, range: sled::Iter) -> StoreResult<Vec<TaskStatus>> {
+        let mut out = Vec::new();
+        for item in range {
+            let (key, value) = item.map_err(backend)?;
+            let (Some(project), Some(task)) = (keys::u64_at(&key, 0), keys::u64_at(&key, 8)) else {
+                continue;
+            };
+            let status = queue_codec::decode(project, task, &value).ok_or(StoreError::Corrupt {
+                tree: "queue_project_task",
+                message: format!("entry for task {task} is not a valid status"),
+            })?;
+            out.push(status);
+        }
+        Ok(out)
+    }
+
     fn all<T: DeserializeOwned>(&self, tree: &Tree, name: &'static str) -> StoreResult<Vec<T>> {
         tree.iter()
             .values()
@@ -748,18 +765,21 @@ impl Store for SledStore {
     }
 
     fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>> {
-        let mut out = Vec::new();
-        for item in self.t.queue.iter() {
-            let (key, value) = item.map_err(backend)?;
-            let (Some(project), Some(task)) = (keys::u64_at(&key, 0), keys::u64_at(&key, 8)) else {
-                continue;
-            };
-            let status = queue_codec::decode(project, task, &value).ok_or(StoreError::Corrupt {
-                tree: "queue_project_task",
-                message: format!("entry for task {task} is not a valid status"),
-            })?;
-            out.push(status);
-        }
+        // Start-up reads all of it: two threads, each on half of the key range.
+        let (Some((first, _)), Some((last, _))) = (
+            self.t.queue.first().map_err(backend)?,
+            self.t.queue.last().map_err(backend)?,
+        ) else {
+            return Ok(Vec::new());
+        };
+        let middle = keys::midpoint(&first, &last);
+        let (low, high) = std::thread::scope(|scope| {
+            let low = scope.spawn(|| self.open_tasks_in(self.t.queue.range(..middle.as_slice())));
+            let high = self.open_tasks_in(self.t.queue.range(middle.as_slice()..));
+            (low.join(), high)
+        });
+        let mut out = low.map_err(|_| backend("the index scan thread panicked"))??;
+        out.extend(high?);
         Ok(out)
     }
 

@@ -7,8 +7,11 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: the store answers and the flusher works.
+/// Readiness: the hand-out index is loaded, the store answers and the flusher works.
 pub async fn readyz(state: State) -> HttpResponse {
+    if !state.queue.is_loaded() {
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "loading"}));
+    }
     match state.flusher.wait().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(e) => {
