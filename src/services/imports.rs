@@ -51,6 +51,7 @@ pub fn import_file(
 ) -> AppResult<ImportReport> {
     let router = st.registry.current(PluginKind::Router, &project.router)?;
     let engine = &st.registry.engine;
+    let started = std::time::Instant::now();
 
     // Pass 1: check and route every record.
     let mut errors: Vec<RecordError> = Vec::new();
@@ -105,6 +106,8 @@ pub fn import_file(
         ));
     }
 
+    let checked_ms = started.elapsed().as_millis() as u64;
+
     // Pass 2: write in batches, in upload order.
     let mut report = ImportReport {
         records,
@@ -156,6 +159,14 @@ pub fn import_file(
         return Err(e);
     }
     flush_batch(&mut batch, &mut report)?;
+    tracing::info!(
+        project = project.id,
+        records = report.records,
+        imported = report.imported,
+        checked_ms,
+        ms = started.elapsed().as_millis() as u64,
+        "import written"
+    );
     audit(
         st,
         Some(actor),
