@@ -48,6 +48,22 @@ fn project(name: &str) -> Project {
     }
 }
 
+/// A store in `dir` with project "p" and one imported task.
+fn store_with_task(
+    dir: &std::path::Path,
+    ext: Option<&str>,
+    reviews: u32,
+) -> (Box<dyn Store>, Project, TaskStatus) {
+    let s = open(dir);
+    let p = s.create_project(project("p")).unwrap();
+    let t = s
+        .import_tasks(p.id, vec![new_task(ext, reviews)])
+        .unwrap()
+        .created
+        .remove(0);
+    (s, p, t)
+}
+
 fn new_task(ext: Option<&str>, reviews: u32) -> NewTask {
     NewTask {
         external_id: ext.map(str::to_owned),
@@ -193,13 +209,7 @@ fn import_counts_and_skips_known_external_ids() {
 #[test]
 fn leases_expire_by_index_and_end_once() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    let p = s.create_project(project("p")).unwrap();
-    let t = s
-        .import_tasks(p.id, vec![new_task(None, 2)])
-        .unwrap()
-        .created
-        .remove(0);
+    let (s, _, t) = store_with_task(dir.path(), None, 2);
     let early = assignment(s.as_ref(), &t, 1, 100);
     let late = assignment(s.as_ref(), &t, 2, 300);
     s.put_assignment(&late).unwrap();
@@ -250,13 +260,7 @@ fn leases_expire_by_index_and_end_once() {
 #[test]
 fn submissions_commit_atomically_once() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    let p = s.create_project(project("p")).unwrap();
-    let t = s
-        .import_tasks(p.id, vec![new_task(None, 1)])
-        .unwrap()
-        .created
-        .remove(0);
+    let (s, p, t) = store_with_task(dir.path(), None, 1);
     let a = assignment(s.as_ref(), &t, 9, 1000);
     s.put_assignment(&a).unwrap();
     let mut done = t.clone();
@@ -402,13 +406,7 @@ fn raw_db(dir: &std::path::Path) -> sled::Db {
 fn a_version_1_database_is_upgraded_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let task = {
-        let s = open(dir.path());
-        let p = s.create_project(project("p")).unwrap();
-        let t = s
-            .import_tasks(p.id, vec![new_task(Some("old"), 2)])
-            .unwrap()
-            .created
-            .remove(0);
+        let (s, _, t) = store_with_task(dir.path(), Some("old"), 2);
         s.flush().unwrap();
         t
     };
@@ -433,13 +431,7 @@ fn a_version_1_database_is_upgraded_on_open() {
 fn a_version_2_database_is_upgraded_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut task = {
-        let s = open(dir.path());
-        let p = s.create_project(project("p")).unwrap();
-        let t = s
-            .import_tasks(p.id, vec![new_task(Some("old"), 3)])
-            .unwrap()
-            .created
-            .remove(0);
+        let (s, _, t) = store_with_task(dir.path(), Some("old"), 3);
         s.flush().unwrap();
         t
     };
@@ -473,13 +465,7 @@ fn a_version_2_database_is_upgraded_on_open() {
 fn a_version_3_database_is_upgraded_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let lease = {
-        let s = open(dir.path());
-        let p = s.create_project(project("p")).unwrap();
-        let t = s
-            .import_tasks(p.id, vec![new_task(None, 1)])
-            .unwrap()
-            .created
-            .remove(0);
+        let (s, _, t) = store_with_task(dir.path(), None, 1);
         let a = assignment(s.as_ref(), &t, 7, 5_000);
         s.put_assignment(&a).unwrap();
         s.flush().unwrap();
@@ -522,13 +508,7 @@ fn a_version_3_database_is_upgraded_on_open() {
 #[test]
 fn a_lease_index_entry_without_a_live_record_is_ignored_and_dropped_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    let p = s.create_project(project("p")).unwrap();
-    let t = s
-        .import_tasks(p.id, vec![new_task(None, 1)])
-        .unwrap()
-        .created
-        .remove(0);
+    let (s, _, t) = store_with_task(dir.path(), None, 1);
     let live = assignment(s.as_ref(), &t, 1, 100);
     s.put_assignment(&live).unwrap();
     s.flush().unwrap();
