@@ -95,6 +95,7 @@ fn spawn_queue_load(store: Arc<dyn Store>, queue: Arc<Queue>) -> std::io::Result
             let (open_count, active_count) = (open.len(), active.len());
             let read_ms = started.elapsed().as_millis() as u64;
             queue.load(open, active);
+            crate::memory::give_back();
             tracing::info!(
                 open_tasks = open_count,
                 active_leases = active_count,

@@ -15,6 +15,7 @@ pub mod domain;
 pub mod error;
 pub mod export;
 pub mod import;
+pub mod memory;
 pub mod metrics;
 pub mod queue;
 pub mod scripting;

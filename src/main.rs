@@ -21,36 +21,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Options by their number in mimalloc 3's `mi_option_e` (`mimalloc.h`); the Rust bindings name
-/// only the options every mimalloc version shares.
+/// `arena_eager_commit` in mimalloc 3's `mi_option_e` (`mimalloc.h`); the Rust bindings name only
+/// the options every mimalloc version shares.
 #[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
-#[cfg(target_os = "linux")]
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Memory the server frees should leave the process, above all after the start-up scan of the
-/// task index: with arenas committed eagerly it stays resident (idle RSS with 100,000 tasks:
-/// 137 MB), and a delayed purge never runs in a server that has gone idle (96 MB; 90 MB with
-/// both options). Options must be set before the first allocation reserves an arena, and the
-/// Rust runtime allocates before `main`, so this runs as a constructor. An operator's
-/// `MIMALLOC_*` environment variables still win.
+/// With arenas committed eagerly, memory freed after the start-up scan of the task index stays
+/// resident (idle RSS with 100,000 tasks: 137 MB; see also `assay::memory`). The option must be
+/// set before the first allocation reserves an arena, and the Rust runtime allocates before
+/// `main`, so this runs as a constructor. An operator's `MIMALLOC_ARENA_EAGER_COMMIT` still wins.
 #[cfg(target_os = "linux")]
-extern "C" fn return_freed_memory() {
-    for (name, option) in [
-        (c"MIMALLOC_ARENA_EAGER_COMMIT", MI_OPTION_ARENA_EAGER_COMMIT),
-        (c"MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY),
-    ] {
-        // `getenv`, not `std::env`: nothing may allocate before the options are set.
-        // SAFETY: a NUL-terminated literal; no other thread exists this early.
-        let overridden = unsafe { !libc::getenv(name.as_ptr()).is_null() };
-        if !overridden {
-            // SAFETY: sets a plain integer option; mimalloc reads it when it next needs it.
-            unsafe { libmimalloc_sys::mi_option_set(option, 0) };
-        }
+extern "C" fn commit_arenas_on_demand() {
+    // `getenv`, not `std::env`: nothing may allocate before the option is set.
+    // SAFETY: a NUL-terminated literal; no other thread exists this early.
+    let overridden = unsafe { !libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() };
+    if !overridden {
+        // SAFETY: sets a plain integer option; mimalloc reads it when it reserves an arena.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
     }
 }
 
 #[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array"]
-static RETURN_FREED_MEMORY: extern "C" fn() = return_freed_memory;
+static COMMIT_ARENAS_ON_DEMAND: extern "C" fn() = commit_arenas_on_demand;

@@ -159,6 +159,7 @@ pub fn import_file(
         return Err(e);
     }
     flush_batch(&mut batch, &mut report)?;
+    crate::memory::give_back();
     tracing::info!(
         project = project.id,
         records = report.records,
