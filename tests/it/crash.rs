@@ -142,3 +142,49 @@ async fn a_lease_token_survives_a_restart() {
     let (status, _) = s.next(&token, project).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+/// A lease that reached the disk is restored at start-up (from the lease index, after the
+/// hand-out index has loaded in the background): its holder gets it back and nobody else gets
+/// the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_lease_is_restored_after_a_restart() {
+    let mut s = Server::start().await;
+    let admin = s.admin().await;
+    let project = s.project(&admin, pairwise_project("restore", 1)).await;
+    s.upload(&admin, project, &pairwise_tasks("r", 1)).await;
+    let (holder, token) = s.expert(&admin, "holder", &[]).await;
+    s.add_member(&admin, project, holder, "expert").await;
+    let (status, first) = s.next(&token, project).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    // Creating a user is flushed, and that flush covers the lease written before it.
+    let (other, _) = s.expert(&admin, "other", &[]).await;
+    s.add_member(&admin, project, other, "expert").await;
+    s.restart().await;
+
+    let mut ready = None;
+    for _ in 0..200 {
+        let res = s
+            .client
+            .get(format!("{}/readyz", s.url))
+            .send()
+            .await
+            .unwrap();
+        let (code, body) = (res.status(), res.json::<serde_json::Value>().await.unwrap());
+        if code == StatusCode::OK {
+            ready = Some(body);
+            break;
+        }
+        assert_eq!(body["status"], "loading", "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready.expect("ready after start-up")["status"], "ready");
+
+    let other_token = s.login("other", EXPERT_PASSWORD).await;
+    let (status, body) = s.next(&other_token, project).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "the task is leased: {body}");
+    let token = s.login("holder", EXPERT_PASSWORD).await;
+    let (status, again) = s.next(&token, project).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["assignment"]["id"], first["assignment"]["id"]);
+    assert_eq!(again["task"]["id"], first["task"]["id"]);
+}
