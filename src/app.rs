@@ -74,37 +74,44 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
     })
 }
 
-/// Reads every open task and active lease into `queue`. The store is unusable if this fails,
-/// so the process stops, as it would had opening the store failed.
+/// Reads every open task and active lease into `queue` on a thread of its own. The store is
+/// unusable if this fails (or panics), and requests would wait for the index forever, so the
+/// process stops, as it would had opening the store failed.
 fn spawn_queue_load(store: Arc<dyn Store>, queue: Arc<Queue>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("assay-queue-load".into())
         .spawn(move || {
-            let started = std::time::Instant::now();
-            let loaded = store
-                .open_tasks()
-                .and_then(|open| Ok((open, store.active_assignments()?)));
-            let (open, active) = match loaded {
-                Ok(found) => found,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot load the queue");
-                    eprintln!("error: cannot load the queue: {e}");
-                    std::process::exit(1);
-                }
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                load_queue(&*store, &queue)
+            }));
+            let message = match outcome {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "the loading thread panicked".to_owned(),
             };
-            let (open_count, active_count) = (open.len(), active.len());
-            let read_ms = started.elapsed().as_millis() as u64;
-            queue.load(open, active);
-            crate::memory::give_back();
-            tracing::info!(
-                open_tasks = open_count,
-                active_leases = active_count,
-                read_ms,
-                ms = started.elapsed().as_millis() as u64,
-                "queue loaded"
-            );
+            tracing::error!(error = %message, "cannot load the queue");
+            eprintln!("error: cannot load the queue: {message}");
+            std::process::exit(1);
         })
         .map(drop)
+}
+
+fn load_queue(store: &dyn Store, queue: &Queue) -> Result<(), crate::store::StoreError> {
+    let started = std::time::Instant::now();
+    let open = store.open_tasks()?;
+    let active = store.active_assignments()?;
+    let (open_count, active_count) = (open.len(), active.len());
+    let read_ms = started.elapsed().as_millis() as u64;
+    queue.load(open, active);
+    crate::memory::give_back();
+    tracing::info!(
+        open_tasks = open_count,
+        active_leases = active_count,
+        read_ms,
+        ms = started.elapsed().as_millis() as u64,
+        "queue loaded"
+    );
+    Ok(())
 }
 
 /// Every route of the server, in one place.

@@ -9,6 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use tokio::sync::watch;
+
 use crate::domain::{Assignment, Id, TaskState, TaskStatus};
 
 /// An active lease as the hand-out sees it.
@@ -247,6 +249,8 @@ pub struct Queue {
     loaded: Mutex<bool>,
     loaded_changed: Condvar,
     loaded_fast: AtomicBool,
+    /// The same for async callers, which wait here before they take a blocking thread.
+    loaded_watch: watch::Sender<bool>,
 }
 
 impl Default for Queue {
@@ -268,11 +272,26 @@ impl Queue {
             loaded: Mutex::new(loaded),
             loaded_changed: Condvar::new(),
             loaded_fast: AtomicBool::new(loaded),
+            loaded_watch: watch::Sender::new(loaded),
         }
     }
 
     pub fn is_loaded(&self) -> bool {
         self.loaded_fast.load(Ordering::Acquire)
+    }
+
+    /// Waits for the start-up load without holding a thread. Requests that will look up a queue
+    /// call this first, so that while the index loads they queue here rather than fill the
+    /// blocking pool (which logins and pages need too).
+    pub async fn loaded(&self) {
+        if !self.is_loaded() {
+            // The sender lives as long as `self`, so this only returns once loaded.
+            let _ = self
+                .loaded_watch
+                .subscribe()
+                .wait_for(|loaded| *loaded)
+                .await;
+        }
     }
 
     /// One project's queue; waits while the start-up load runs.
@@ -321,6 +340,7 @@ impl Queue {
         *loaded = true;
         self.loaded_fast.store(true, Ordering::Release);
         self.loaded_changed.notify_all();
+        self.loaded_watch.send_replace(true);
     }
 }
 
@@ -411,5 +431,17 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), 2, "the lookup sees the loaded tasks");
         handle.join().unwrap();
         assert!(queue.is_loaded());
+    }
+
+    #[tokio::test]
+    async fn async_callers_wait_for_the_load_too() {
+        let queue = Arc::new(Queue::loading());
+        let waiter = queue.clone();
+        let waiting = tokio::spawn(async move { waiter.loaded().await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "not before the load");
+        queue.load(vec![status(1, None, 1, 0)], vec![]);
+        waiting.await.unwrap();
+        Queue::default().loaded().await; // a loaded queue never waits
     }
 }

@@ -67,6 +67,7 @@ fn claims_for(state: &AppState, user: &User, id: Id, token: &str) -> AppResult<A
 /// Hands the expert their current lease in the project, or a new one; `None` when nothing is
 /// left for them.
 pub async fn next(state: &AppState, user: User, project: Id) -> AppResult<Option<Handout>> {
+    state.queue.loaded().await;
     let st = state.clone();
     blocking(move || {
         let (project, _) = access_blocking(&st, &user, project)?;
@@ -305,6 +306,7 @@ pub async fn heartbeat(
     id: Id,
     token: String,
 ) -> AppResult<Assignment> {
+    state.queue.loaded().await;
     let st = state.clone();
     blocking(move || {
         let claims = claims_for(&st, &user, id, &token)?;
@@ -375,6 +377,7 @@ pub async fn finish_without_answer(
     status: AssignmentStatus,
     reason: Option<String>,
 ) -> AppResult<()> {
+    state.queue.loaded().await;
     let st = state.clone();
     blocking(move || {
         let claims = claims_for(&st, &user, id, &token)?;
@@ -410,6 +413,7 @@ pub async fn submit(
     token: String,
     answer: Value,
 ) -> AppResult<Submitted> {
+    state.queue.loaded().await;
     let st = state.clone();
     let result = blocking(move || submit_blocking(&st, &user, id, &token, answer)).await;
     let counter = match &result {
@@ -624,6 +628,7 @@ pub fn spawn_sweeper(state: AppState) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            state.queue.loaded().await;
             let st = state.clone();
             if let Err(e) = blocking(move || sweep(&st)).await {
                 tracing::error!(error = %e, "lease sweep failed");

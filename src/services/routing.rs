@@ -19,6 +19,7 @@ pub struct RerouteReport {
 }
 
 pub async fn reroute(state: &AppState, actor: Id, project: Id) -> AppResult<RerouteReport> {
+    state.queue.loaded().await;
     let st = state.clone();
     let report = blocking(move || {
         let project = st.store.project(project)?.ok_or(AppError::NotFound("project"))?;

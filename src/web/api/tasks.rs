@@ -37,6 +37,7 @@ pub async fn import(
         writer.write_all(&chunk).await.map_err(AppError::internal)?;
     }
     writer.flush().await.map_err(AppError::internal)?;
+    state.queue.loaded().await;
     let st = state.clone();
     let actor = admin.0.id;
     let report = blocking(move || {
@@ -89,6 +90,7 @@ pub async fn list(
 /// have worked on.
 pub async fn get(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<HttpResponse> {
     let id = id.into_inner();
+    state.queue.loaded().await;
     let st = state.clone();
     let user = caller.0;
     let body = blocking(move || {

@@ -16,6 +16,7 @@ const WAITING_CAP: usize = 100;
 
 pub async fn home(state: web::Data<AppState>, session: Session) -> PageResult {
     let listed = projects::visible(&state, &session.user).await?;
+    state.queue.loaded().await;
     let st = state.clone();
     let user = session.user.clone();
     let data = blocking(move || {
