@@ -3,6 +3,7 @@
 //! covered. Many writers share one flush, and sled's `flush_async` is never called concurrently
 //! (it deadlocks with many callers, sled issue 1308).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ const GATHER: Duration = Duration::from_micros(500);
 pub struct GroupFlusher {
     requested: Arc<(Mutex<u64>, Condvar)>,
     progress: watch::Receiver<Progress>,
+    flushes: Arc<AtomicU64>,
 }
 
 impl GroupFlusher {
@@ -32,6 +34,8 @@ impl GroupFlusher {
         let requested = Arc::new((Mutex::new(0u64), Condvar::new()));
         let (tx, progress) = watch::channel(Progress::default());
         let shared = requested.clone();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counted = flushes.clone();
         std::thread::Builder::new()
             .name("assay-flush".into())
             .spawn(move || {
@@ -58,6 +62,7 @@ impl GroupFlusher {
                     // Every ticket up to `target` was taken after its write committed, so this one
                     // flush makes all of them durable.
                     let result = flush();
+                    counted.fetch_add(1, Ordering::Relaxed);
                     done = target;
                     let stop = tx
                         .send(Progress {
@@ -73,7 +78,15 @@ impl GroupFlusher {
         Ok(Self {
             requested,
             progress,
+            flushes,
         })
+    }
+
+    /// Flushes run, and writes they made durable (each `wait` is one): their ratio is how well
+    /// writers share flushes.
+    pub fn counts(&self) -> (u64, u64) {
+        let waits = self.requested.0.lock().map(|g| *g).unwrap_or(0);
+        (self.flushes.load(Ordering::Relaxed), waits)
     }
 
     /// Waits until everything written before this call is durable.
@@ -130,6 +143,7 @@ mod tests {
             (1..64).contains(&n),
             "64 waiters should share flushes, got {n}"
         );
+        assert_eq!(flusher.counts(), (n, 64));
     }
 
     #[tokio::test]

@@ -281,6 +281,20 @@ async fn submit_validates_is_idempotent_and_checks_the_lease() {
         );
     }
     assert!(metrics.contains("assay_http_request_duration_seconds_count"));
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{metrics}"))
+    };
+    let (flushes, durable) = (
+        counter("assay_group_flushes_total"),
+        counter("assay_durable_writes_total"),
+    );
+    assert!(
+        flushes >= 1 && durable >= flushes,
+        "users, the project, the import and the submission waited for flushes: {flushes} / {durable}"
+    );
 
     // Blind review: expert two sees only their own submissions of that task.
     let (_, next2) = s.next(&t2, project).await;

@@ -65,6 +65,19 @@ pub async fn metrics(state: State) -> HttpResponse {
         "Script calls that failed or timed out.",
         r.engine.failures.load(Relaxed),
     );
+    let (flushes, waits) = state.flusher.counts();
+    metric(
+        "assay_group_flushes_total",
+        "counter",
+        "Flushes of the store (each a log write and, by default, an fdatasync).",
+        flushes,
+    );
+    metric(
+        "assay_durable_writes_total",
+        "counter",
+        "Writes that waited for a flush; divided by the flushes, writers per flush.",
+        waits,
+    );
     state.metrics.render(&mut out);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
