@@ -89,6 +89,10 @@ struct Report {
     reload: Option<Reload>,
     server_cpu_percent: Option<f64>,
     peak_rss_mb: Option<f64>,
+    /// loop: store flushes during the run and the writes each one made durable on average
+    /// (from the server's `/metrics`).
+    flushes: Option<u64>,
+    writers_per_flush: Option<f64>,
     /// pages: server time per page (the `Server-Timing` header) and time seen by the client.
     pages: Option<std::collections::BTreeMap<&'static str, PageTiming>>,
 }
@@ -569,6 +573,7 @@ async fn run_loop(
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
     let cpu_before = target.pid().and_then(proc_stat).map(|s| s.0);
+    let flushes_before = flush_counts(client, &target.url).await;
     let mut workers = Vec::new();
     for (uid, token) in tokens {
         let (client, api, answer, shared) = (
@@ -672,6 +677,14 @@ async fn run_loop(
         .as_secs_f64()
         .max(1e-9);
     let cpu_after = target.pid().and_then(proc_stat).map(|s| s.0);
+    if let (Some((f0, w0)), Some((f1, w1))) =
+        (flushes_before, flush_counts(client, &target.url).await)
+    {
+        let flushes = f1.saturating_sub(f0);
+        report.flushes = Some(flushes);
+        report.writers_per_flush =
+            (flushes > 0).then(|| w1.saturating_sub(w0) as f64 / flushes as f64);
+    }
     let mut sh = shared.lock().unwrap_or_else(|p| p.into_inner());
     // More experts on a task than it asked reviews for is a duplicate hand-out too.
     let over: u64 = sh
@@ -793,6 +806,26 @@ async fn reload_loop(
     })
 }
 
+/// The server's flush count and the writes that waited for flushes, from `/metrics`.
+async fn flush_counts(client: &reqwest::Client, url: &str) -> Option<(u64, u64)> {
+    let text = client
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok())
+    };
+    Some((
+        counter("assay_group_flushes_total")?,
+        counter("assay_durable_writes_total")?,
+    ))
+}
+
 fn print_report(r: &Report, as_json: bool) {
     if as_json {
         println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
@@ -831,6 +864,9 @@ fn print_report(r: &Report, as_json: bool) {
         }
         if !r.errors.is_empty() {
             println!("errors   {:?}", r.errors);
+        }
+        if let (Some(f), Some(w)) = (r.flushes, r.writers_per_flush) {
+            println!("flushes  {f}, {w:.1} durable writes per flush");
         }
     }
     if let Some(e) = &r.export {

@@ -207,3 +207,58 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// `assay bench` starts its own server on a temporary folder, runs the closed loop and reports
+/// what the issue names, in JSON: rates, latency percentiles, errors, duplicates, flushes.
+#[test]
+fn bench_runs_the_loop_against_its_own_server_and_reports_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_assay"))
+        // The shipped rubrics and routers come from the working folder.
+        .current_dir(repo())
+        .args([
+            "bench",
+            "--experts",
+            "3",
+            "--tasks",
+            "3000",
+            "--warmup",
+            "0",
+            "--duration",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["scenario"], "loop");
+    assert_eq!(report["duplicates"], 0, "{report}");
+    assert!(report["loops"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["loops_per_s"].as_f64().unwrap() > 0.0);
+    for phase in ["next", "submit", "loop"] {
+        let l = &report["latency_ms"][phase];
+        for p in ["p50", "p95", "p99", "max"] {
+            assert!(l[p].as_f64().is_some(), "{phase}.{p} missing: {report}");
+        }
+        assert!(l["p50"].as_f64() <= l["max"].as_f64(), "{report}");
+    }
+    // Running out of tasks ends an expert's loop; nothing else may go wrong.
+    let errors = report["errors"].as_object().unwrap();
+    assert!(
+        errors.keys().all(|k| k == "queue empty"),
+        "unexpected errors: {report}"
+    );
+    assert_eq!(report["import"]["items"], 3000);
+    assert!(report["import"]["tasks_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["export"]["items"].as_u64().unwrap() >= report["loops"].as_u64().unwrap());
+    assert!(report["flushes"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        report["writers_per_flush"].as_f64().unwrap() >= 1.0,
+        "{report}"
+    );
+    assert!(report["peak_rss_mb"].as_f64().unwrap() > 0.0);
+}
