@@ -12,6 +12,16 @@ fn assay() -> Command {
     cmd
 }
 
+/// The JSON a successful command printed.
+fn json_report(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_and_export_commands_talk_to_a_running_server() {
     let s = Server::start().await;
@@ -36,12 +46,7 @@ async fn import_and_export_commands_talk_to_a_running_server() {
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_report(&out);
     assert_eq!(report["imported"], 25);
 
     // A bad file: non-zero exit and the bad line named.
@@ -229,12 +234,7 @@ fn bench_runs_the_loop_against_its_own_server_and_reports_json() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_report(&out);
     assert_eq!(report["scenario"], "loop");
     assert_eq!(report["duplicates"], 0, "{report}");
     assert!(report["loops"].as_u64().unwrap() > 0, "{report}");
