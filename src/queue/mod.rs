@@ -6,7 +6,6 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -245,12 +244,11 @@ pub struct Queue {
     projects: Mutex<HashMap<Id, Arc<Mutex<ProjectQueue>>>>,
     /// False while the start-up load runs. Every project lookup waits for it, and every change
     /// to open tasks or leases looks its project up before writing to the store, so nothing
-    /// changes under the load and the index starts as an exact mirror.
-    loaded: Mutex<bool>,
-    loaded_changed: Condvar,
-    loaded_fast: AtomicBool,
-    /// The same for async callers, which wait here before they take a blocking thread.
-    loaded_watch: watch::Sender<bool>,
+    /// changes under the load and the index starts as an exact mirror. Async callers wait on
+    /// the channel itself, blocking ones on the condition variable (set after the value).
+    loaded: watch::Sender<bool>,
+    load_lock: Mutex<()>,
+    load_done: Condvar,
 }
 
 impl Default for Queue {
@@ -269,15 +267,14 @@ impl Queue {
     fn with_loaded(loaded: bool) -> Self {
         Self {
             projects: Mutex::default(),
-            loaded: Mutex::new(loaded),
-            loaded_changed: Condvar::new(),
-            loaded_fast: AtomicBool::new(loaded),
-            loaded_watch: watch::Sender::new(loaded),
+            loaded: watch::Sender::new(loaded),
+            load_lock: Mutex::new(()),
+            load_done: Condvar::new(),
         }
     }
 
     pub fn is_loaded(&self) -> bool {
-        self.loaded_fast.load(Ordering::Acquire)
+        *self.loaded.borrow()
     }
 
     /// Waits for the start-up load without holding a thread. Requests that will look up a queue
@@ -286,22 +283,18 @@ impl Queue {
     pub async fn loaded(&self) {
         if !self.is_loaded() {
             // The sender lives as long as `self`, so this only returns once loaded.
-            let _ = self
-                .loaded_watch
-                .subscribe()
-                .wait_for(|loaded| *loaded)
-                .await;
+            let _ = self.loaded.subscribe().wait_for(|loaded| *loaded).await;
         }
     }
 
     /// One project's queue; waits while the start-up load runs.
     pub fn project(&self, project: Id) -> Arc<Mutex<ProjectQueue>> {
         if !self.is_loaded() {
-            let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-            while !*loaded {
-                loaded = self
-                    .loaded_changed
-                    .wait(loaded)
+            let mut guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+            while !self.is_loaded() {
+                guard = self
+                    .load_done
+                    .wait(guard)
                     .unwrap_or_else(|p| p.into_inner());
             }
         }
@@ -336,11 +329,10 @@ impl Queue {
             let q = self.entry(a.project_id);
             Self::lock(&q).add_lease(a.task_id, Lease::from(&a));
         }
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        *loaded = true;
-        self.loaded_fast.store(true, Ordering::Release);
-        self.loaded_changed.notify_all();
-        self.loaded_watch.send_replace(true);
+        self.loaded.send_replace(true);
+        // Taking the lock orders this after any waiter's check, so none misses the wake-up.
+        let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.load_done.notify_all();
     }
 }
 
