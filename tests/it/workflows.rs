@@ -102,7 +102,8 @@ async fn a_rubric_rewritten_under_load_switches_versions_without_failures() {
             json!({"name": "live", "rubric": "live", "reviews_per_task": 1}),
         )
         .await;
-    s.upload(&admin, p, &pairwise_tasks("live", 400)).await;
+    // Enough tasks that the loops never run out (a 204 would count as a failure).
+    s.upload(&admin, p, &pairwise_tasks("live", 5000)).await;
     let (_, before) = s.get(&admin, "/api/v1/plugins/rubric/live/versions").await;
     let v1_hash = before[0]["hash"].as_str().unwrap().to_owned();
 
