@@ -684,15 +684,7 @@ impl Store for SledStore {
                 router_version: new.routing.router_version,
                 gold: has_gold,
             };
-            // Encoded here, once, rather than in the closure that sled may run again.
-            let (status_bytes, queue_bytes) = (enc(&status)?, queue_codec::encode(&status));
-            prepared.push((
-                enc(&task)?,
-                task.external_id,
-                status,
-                status_bytes,
-                queue_bytes,
-            ));
+            prepared.push((enc(&task)?, task.external_id, status));
         }
         let t = &self.t;
         (
@@ -706,7 +698,7 @@ impl Store for SledStore {
             .transaction(
                 |(tasks, statuses, by_project, by_external, queue, counters)| {
                     let mut out = ImportedBatch::default();
-                    for (task_bytes, external_id, status, status_bytes, queue_bytes) in &prepared {
+                    for (task_bytes, external_id, status) in &prepared {
                         let id = keys::id(status.task_id);
                         if let Some(ext) = external_id {
                             let ext_key = keys::with_suffix(project, ext.as_bytes());
@@ -717,17 +709,12 @@ impl Store for SledStore {
                             by_external.insert(ext_key, &id)?;
                         }
                         tasks.insert(&id, task_bytes.as_slice())?;
-                        statuses.insert(&id, status_bytes.as_slice())?;
-                        let key = keys::pair(project, status.task_id);
-                        by_project.insert(&key, &[])?;
-                        // New and open: what `tx_transition` would do, with the count kept once
-                        // per batch below.
-                        queue.insert(&key, queue_bytes.as_slice())?;
+                        tx_put(statuses, &id, status)?;
+                        by_project.insert(&keys::pair(project, status.task_id), &[])?;
+                        tx_transition(counters, queue, status, None)?;
                         out.created.push(status.clone());
                     }
-                    let created = out.created.len() as i64;
-                    tx_count(counters, project, "tasks", created)?;
-                    tx_count(counters, project, state_counter(TaskState::Open), created)?;
+                    tx_count(counters, project, "tasks", out.created.len() as i64)?;
                     Ok(out)
                 },
             )
