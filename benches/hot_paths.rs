@@ -10,8 +10,8 @@ use assay::domain::*;
 use assay::queue::{Lease, ProjectQueue};
 use assay::scripting::registry::prepare;
 use assay::scripting::rubric::check_answer;
-use assay::scripting::{PluginKind, ScriptEngine};
-use assay::store::{SledStore, Store};
+use assay::scripting::ScriptEngine;
+use assay::store::{SledStore, Store, SubmissionWrite};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use serde_json::json;
 
@@ -179,7 +179,20 @@ fn submit(c: &mut Criterion) {
                     submitted_at: 1,
                     active_seconds: 1.0,
                 };
-                store.commit_submission(sub, &a, &done).unwrap();
+                store
+                    .commit_submission(SubmissionWrite {
+                        submission: sub,
+                        assignment: a.clone(),
+                        status: done,
+                        audit: AuditEvent {
+                            at: 1,
+                            actor: Some(7),
+                            action: AuditAction::TaskSubmit,
+                            object: "task".into(),
+                            detail: json!({}),
+                        },
+                    })
+                    .unwrap();
                 store.flush().unwrap();
             },
             BatchSize::SmallInput,

@@ -5,113 +5,30 @@ use std::sync::Arc;
 
 use actix_web::{web, App, HttpServer};
 
-use crate::auth::{self, Keys, LoginLimiter};
 use crate::config::Config;
-use crate::queue::Queue;
-use crate::scripting::{PluginKind, Registry, ScriptEngine};
-use crate::store::flush::GroupFlusher;
-use crate::store::{SledStore, Store};
+use crate::review::ReviewCore;
+use crate::web::pages::templates::Templates;
 
-/// Cheap handles to everything a request may need.
+/// What a request may need: the review core, and the web's own parts (page templates). Derefs
+/// to the core, so handlers read `state.config`, `state.keys`… directly.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
-    pub flusher: Arc<GroupFlusher>,
-    pub registry: Arc<Registry>,
-    pub queue: Arc<Queue>,
-    pub keys: Arc<Keys>,
-    pub login_limiter: Arc<LoginLimiter>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub templates: Arc<crate::web::pages::templates::Templates>,
+    pub core: Arc<ReviewCore>,
+    pub templates: Arc<Templates>,
 }
 
-/// Opens the store, loads plugins, rebuilds the queue and prepares keys.
+impl std::ops::Deref for AppState {
+    type Target = ReviewCore;
+    fn deref(&self) -> &ReviewCore {
+        &self.core
+    }
+}
+
+/// Opens the review core (store, plugins, hand-out index, keys) and loads the page templates.
 pub fn build_state(config: Config) -> Result<AppState, String> {
-    crate::services::init_pool(config.server.blocking_threads)
-        .map_err(|e| format!("cannot start the blocking pool: {e}"))?;
-    let data = &config.storage.data;
-    std::fs::create_dir_all(data)
-        .map_err(|e| format!("cannot create data folder {}: {e}", data.display()))?;
-    let sled = SledStore::open_with_cache(
-        &data.join("db"),
-        config.storage.fsync,
-        config.storage.cache_mb,
-    )
-    .map_err(|e| e.to_string())?;
-    let store: Arc<dyn Store> = Arc::new(sled);
-    let flush_store = store.clone();
-    let flusher = GroupFlusher::start(move || flush_store.flush().map_err(|e| e.to_string()))
-        .map_err(|e| format!("cannot start the flusher: {e}"))?;
-
-    let registry = Registry::new(ScriptEngine::new(&config.scripting), store.clone());
-    registry.load_dir(PluginKind::Rubric, &config.plugins.rubrics);
-    registry.load_dir(PluginKind::Router, &config.plugins.plugins);
-
-    // The hand-out index loads in the background so the server answers at once; lookups of
-    // a project's queue (hand-outs, submits, imports) wait for it, `/readyz` says when it is done.
-    let queue = Arc::new(Queue::loading());
-    spawn_queue_load(store.clone(), queue.clone())
-        .map_err(|e| format!("cannot start loading the queue: {e}"))?;
-
-    let config_templates = config.plugins.templates.clone();
-    let secret = auth::load_or_create_secret(&config.auth.secret, data)?;
-    let keys = Keys::new(&secret, config.auth.session_hours);
-    let login_limiter =
-        LoginLimiter::new(config.auth.login_attempts, config.auth.login_window_seconds);
-    Ok(AppState {
-        config: Arc::new(config),
-        store,
-        flusher: Arc::new(flusher),
-        registry: Arc::new(registry),
-        queue,
-        keys: Arc::new(keys),
-        login_limiter: Arc::new(login_limiter),
-        metrics: Arc::default(),
-        templates: Arc::new(crate::web::pages::templates::Templates::load(
-            &config_templates,
-        )),
-    })
-}
-
-/// Reads every open task and active lease into `queue` on a thread of its own. The store is
-/// unusable if this fails (or panics), and requests would wait for the index forever, so the
-/// process stops, as it would had opening the store failed.
-fn spawn_queue_load(store: Arc<dyn Store>, queue: Arc<Queue>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("assay-queue-load".into())
-        .spawn(move || {
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                load_queue(&*store, &queue)
-            }));
-            let message = match outcome {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "the loading thread panicked".to_owned(),
-            };
-            tracing::error!(error = %message, "cannot load the queue");
-            eprintln!("error: cannot load the queue: {message}");
-            std::process::exit(1);
-        })
-        .map(drop)
-}
-
-fn load_queue(store: &dyn Store, queue: &Queue) -> Result<(), crate::store::StoreError> {
-    let started = std::time::Instant::now();
-    let open = store.open_tasks()?;
-    let active = store.active_assignments()?;
-    let (open_count, active_count) = (open.len(), active.len());
-    let read_ms = started.elapsed().as_millis() as u64;
-    queue.load(open, active);
-    crate::memory::give_back();
-    tracing::info!(
-        open_tasks = open_count,
-        active_leases = active_count,
-        read_ms,
-        ms = started.elapsed().as_millis() as u64,
-        "queue loaded"
-    );
-    Ok(())
+    let templates = Arc::new(Templates::load(&config.plugins.templates));
+    let core = ReviewCore::open(config)?;
+    Ok(AppState { core, templates })
 }
 
 /// Every route of the server, in one place.
@@ -192,30 +109,30 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     let bind = state.config.server.bind.clone();
     let workers = state.config.server.workers;
     let json_limit = state.config.server.max_json_kb as usize * 1024;
-    crate::services::review::spawn_sweeper(state.clone());
+    state.core.spawn_sweeper();
     let plugins = &state.config.plugins;
     if plugins.watch {
-        let scripts = vec![
-            (PluginKind::Rubric, plugins.rubrics.clone()),
-            (PluginKind::Router, plugins.plugins.clone()),
-        ];
         // The override folder may not exist yet; create it so a first override is noticed.
         let _ = std::fs::create_dir_all(plugins.templates.join("static"));
-        let mut folders: Vec<_> = scripts.iter().map(|(_, dir)| dir.clone()).collect();
-        folders.push(plugins.templates.clone());
-        folders.push(plugins.templates.join("static"));
-        let (registry, templates) = (state.registry.clone(), state.templates.clone());
+        let folders = vec![
+            plugins.rubrics.clone(),
+            plugins.plugins.clone(),
+            plugins.templates.clone(),
+            plugins.templates.join("static"),
+        ];
+        let (core, templates) = (state.core.clone(), state.templates.clone());
         let config = crate::scripting::watch::WatchConfig {
             folders,
             debounce: std::time::Duration::from_millis(plugins.debounce_ms),
             poll: (plugins.poll_ms > 0).then(|| std::time::Duration::from_millis(plugins.poll_ms)),
             on_change: Box::new(move || {
-                crate::scripting::watch::rescan_plugins(&registry, &scripts);
+                core.rescan_plugins();
                 templates.reload();
             }),
         };
         crate::scripting::watch::spawn(config)?;
     }
+    let core = state.core.clone();
     let data = web::Data::new(state);
     let server = HttpServer::new(move || {
         App::new()
@@ -239,5 +156,13 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         // Tests and scripts read this line to learn the port when binding to port 0.
         println!("assay listening on http://{addr}");
     }
-    server.run().await
+    let served = server.run().await;
+    // Stopped (SIGTERM / SIGINT): commit what is queued, flush, and leave a snapshot of the
+    // hand-out index for the next start.
+    let _ = crate::review::blocking(move || {
+        core.shutdown();
+        Ok(())
+    })
+    .await;
+    served
 }

@@ -4,7 +4,7 @@
 
 use crate::app::AppState;
 use crate::domain::{GlobalRole, ProjectRole};
-use crate::services::{blocking, imports, projects, users};
+use crate::services::{blocking, projects, users};
 
 const TASKS: &str = include_str!("../demo/tasks.jsonl");
 const PROJECT_NAME: &str = "Demo: which answer is better?";
@@ -24,11 +24,11 @@ pub async fn seed(state: &AppState) -> Result<(), String> {
     let st = state.clone();
     let (admin, existing) = blocking(move || {
         let admin = st
-            .store
+            .store()
             .user_by_name("admin")?
             .filter(|u| u.role == GlobalRole::Admin);
         let existing = st
-            .store
+            .store()
             .projects()?
             .into_iter()
             .find(|p| p.name == PROJECT_NAME);
@@ -40,7 +40,7 @@ pub async fn seed(state: &AppState) -> Result<(), String> {
     let project = match existing {
         Some(p) => p,
         None => projects::create(
-            state,
+            &state.core,
             admin.id,
             projects::ProjectInput {
                 name: PROJECT_NAME.into(),
@@ -57,13 +57,13 @@ pub async fn seed(state: &AppState) -> Result<(), String> {
     };
     for name in EXPERTS {
         let st = state.clone();
-        let user = blocking(move || Ok(st.store.user_by_name(name)?))
+        let user = blocking(move || Ok(st.store().user_by_name(name)?))
             .await
             .map_err(|e| e.to_string())?;
         let user = match user {
             Some(u) => u,
             None => users::create(
-                state,
+                &state.core,
                 admin.id,
                 users::NewUser {
                     username: name.into(),
@@ -77,7 +77,7 @@ pub async fn seed(state: &AppState) -> Result<(), String> {
             .map_err(|e| format!("cannot create demo expert {name}: {e}"))?,
         };
         projects::set_member(
-            state,
+            &state.core,
             admin.id,
             project.id,
             user.id,
@@ -95,8 +95,8 @@ pub async fn seed(state: &AppState) -> Result<(), String> {
             tempfile::NamedTempFile::new_in(&dir).map_err(crate::error::AppError::internal)?;
         std::io::Write::write_all(&mut file, TASKS.as_bytes())
             .map_err(crate::error::AppError::internal)?;
-        let report = imports::import_file(&st, &p, file.path(), admin.id)?;
-        st.store.flush()?;
+        let report = st.core.import_file(&p, file.path(), admin.id)?;
+        st.store().flush()?;
         Ok(report)
     })
     .await

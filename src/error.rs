@@ -1,11 +1,8 @@
-//! One error type for the whole server: every failure has a stable machine code, an HTTP status
-//! and a message that is safe to show. Causes that must not reach the client go to the log,
-//! tagged with the request id that the client also receives.
+//! The errors every layer below the web shares: one enum, each failure with a stable
+//! [`ErrorCode`] and a message that is safe to show. Statuses and response bodies are the web
+//! layer's business (`web::error`); causes that must not reach a client go to the log.
 
-use actix_web::{http::StatusCode, HttpResponse, ResponseError};
 use serde::Serialize;
-
-use crate::scripting::ScriptError;
 
 /// A problem with one field of a request or an answer.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -34,10 +31,110 @@ pub struct RecordError {
     pub message: String,
 }
 
+/// A script failure, with enough detail to find and fix it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ScriptError {
+    pub plugin: String,
+    /// The entry point that was running, or `None` while compiling / loading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
+    pub file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    pub message: String,
+    /// The call ran past its wall-clock or operation budget.
+    pub timed_out: bool,
+}
+
+impl std::fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "plugin `{}` ", self.plugin)?;
+        if let Some(function) = &self.function {
+            write!(f, "in `{function}` ")?;
+        }
+        write!(f, "at {}", self.file)?;
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, ":{line}:{column}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The stable machine-readable codes clients match on. Adding one is an API change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidField,
+    InvalidAnswer,
+    InvalidImport,
+    EmptyImport,
+    InvalidBody,
+    InvalidJson,
+    InvalidQuery,
+    InvalidPath,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    AlreadyExists,
+    InvalidLeaseToken,
+    ForeignLease,
+    LeaseUnknown,
+    LeaseExpired,
+    LeaseEnded,
+    AlreadyReviewed,
+    TooManyRequests,
+    ScriptTimeout,
+    ScriptError,
+    PluginUnavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidField => "invalid_field",
+            Self::InvalidAnswer => "invalid_answer",
+            Self::InvalidImport => "invalid_import",
+            Self::EmptyImport => "empty_import",
+            Self::InvalidBody => "invalid_body",
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidQuery => "invalid_query",
+            Self::InvalidPath => "invalid_path",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::AlreadyExists => "already_exists",
+            Self::InvalidLeaseToken => "invalid_lease_token",
+            Self::ForeignLease => "foreign_lease",
+            Self::LeaseUnknown => "lease_unknown",
+            Self::LeaseExpired => "lease_expired",
+            Self::LeaseEnded => "lease_ended",
+            Self::AlreadyReviewed => "already_reviewed",
+            Self::TooManyRequests => "too_many_requests",
+            Self::ScriptTimeout => "script_timeout",
+            Self::ScriptError => "script_error",
+            Self::PluginUnavailable => "plugin_unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ErrorCode, message: String },
     #[error("invalid field `{}`: {}", .0.field, .0.message)]
     InvalidField(FieldError),
     #[error("the answer is not valid")]
@@ -51,7 +148,7 @@ pub enum AppError {
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     #[error("too many attempts, try again later")]
     TooManyRequests,
     #[error("the request body is larger than the {0} MiB limit")]
@@ -68,12 +165,33 @@ pub enum AppError {
 pub type AppResult<T> = Result<T, AppError>;
 
 impl AppError {
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::BadRequest {
             code,
             message: message.into(),
         }
     }
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField(FieldError::new(field, message))
+    }
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::Internal(cause.to_string())
+    }
+
+    /// Whether the server, not the client, is at fault.
+    pub fn is_server_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Script(_) | Self::PluginUnavailable { .. } | Self::Internal(_)
+        )
+    }
+
     /// Logs the error with its request id: causes of server errors at error level, refusals at
     /// debug level (they are the client's business).
     pub fn log(&self, request_id: &str) {
@@ -84,97 +202,30 @@ impl AppError {
             Self::Script(e) => {
                 tracing::warn!(request_id = %request_id, error = %e, "script failed")
             }
-            _ if self.status_code().is_server_error() => {
+            _ if self.is_server_error() => {
                 tracing::error!(request_id = %request_id, error = %self, "request failed")
             }
-            _ => tracing::debug!(request_id = %request_id, code = self.code(), "request refused"),
+            _ => tracing::debug!(request_id = %request_id, code = %self.code(), "request refused"),
         }
-    }
-
-    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::InvalidField(FieldError::new(field, message))
-    }
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Conflict {
-            code,
-            message: message.into(),
-        }
-    }
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
-        Self::Internal(cause.to_string())
     }
 
     /// The stable machine-readable code clients can match on.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::BadRequest { code, .. } => code,
-            Self::InvalidField(_) => "invalid_field",
-            Self::InvalidAnswer(_) => "invalid_answer",
-            Self::ImportRejected { .. } => "invalid_import",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::NotFound(_) => "not_found",
-            Self::Conflict { code, .. } => code,
-            Self::TooManyRequests => "too_many_requests",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::Script(e) if e.timed_out => "script_timeout",
-            Self::Script(_) => "script_error",
-            Self::PluginUnavailable { .. } => "plugin_unavailable",
-            Self::Internal(_) => "internal",
+            Self::BadRequest { code, .. } | Self::Conflict { code, .. } => *code,
+            Self::InvalidField(_) => ErrorCode::InvalidField,
+            Self::InvalidAnswer(_) => ErrorCode::InvalidAnswer,
+            Self::ImportRejected { .. } => ErrorCode::InvalidImport,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::TooManyRequests => ErrorCode::TooManyRequests,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::Script(e) if e.timed_out => ErrorCode::ScriptTimeout,
+            Self::Script(_) => ErrorCode::ScriptError,
+            Self::PluginUnavailable { .. } => ErrorCode::PluginUnavailable,
+            Self::Internal(_) => ErrorCode::Internal,
         }
-    }
-}
-
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: String,
-    request_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    errors: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    script: Option<&'a ScriptError>,
-}
-
-impl ResponseError for AppError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadRequest { .. } | Self::InvalidField(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidAnswer(_) | Self::ImportRejected { .. } => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Script(_) | Self::PluginUnavailable { .. } | Self::Internal(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let request_id = crate::web::request_id::current();
-        self.log(&request_id);
-        let errors = match self {
-            Self::InvalidAnswer(list) => serde_json::to_value(list).ok(),
-            Self::InvalidField(e) => serde_json::to_value([e]).ok(),
-            Self::ImportRejected { errors, .. } => serde_json::to_value(errors).ok(),
-            _ => None,
-        };
-        let script = match self {
-            Self::Script(e) => Some(e),
-            _ => None,
-        };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
-            code: self.code(),
-            message: self.to_string(),
-            request_id,
-            errors,
-            script,
-        })
     }
 }
 
@@ -182,7 +233,7 @@ impl From<crate::store::StoreError> for AppError {
     fn from(e: crate::store::StoreError) -> Self {
         match e {
             crate::store::StoreError::Conflict(what) => {
-                AppError::conflict("already_exists", format!("{what} already exists"))
+                AppError::conflict(ErrorCode::AlreadyExists, format!("{what} already exists"))
             }
             other => AppError::Internal(other.to_string()),
         }
@@ -192,11 +243,5 @@ impl From<crate::store::StoreError> for AppError {
 impl From<ScriptError> for AppError {
     fn from(e: ScriptError) -> Self {
         AppError::Script(e)
-    }
-}
-
-impl From<actix_web::error::BlockingError> for AppError {
-    fn from(e: actix_web::error::BlockingError) -> Self {
-        AppError::Internal(format!("blocking task failed: {e}"))
     }
 }

@@ -1,10 +1,15 @@
 //! Assay: a self-hosted review server for expert AI-training work.
 //!
-//! The crate is laid out by responsibility: `config` and `error` are shared by all; `domain`
-//! holds the plain data types; `store` hides sled behind the `Store` trait; `scripting` runs the
-//! Rhai rubric and routing plugins; `queue` hands out tasks under exact leases; `auth` issues and
-//! checks tokens; `import` and `export` move data in and out; `web` is the HTTP surface; `app`
-//! wires everything into one server.
+//! The crate is laid out by responsibility, each layer using only those below it:
+//!
+//! - `domain` (plain data) and `error` (domain errors and their stable codes);
+//! - `store` hides sled behind the `Store` trait; `scripting` runs the Rhai plugins; `queue` is
+//!   the in-memory hand-out index; `auth` issues and checks tokens; `import`/`export` parse and
+//!   stream data;
+//! - `review`: the review core, the one owner of every task, lease and submission state change;
+//! - `services`: users, projects and access, over the core;
+//! - `web`: the HTTP surface (API, pages, the error-to-status mapping); `app` wires the core and
+//!   the web parts into one server; `cli` is the command line.
 
 pub mod app;
 pub mod auth;
@@ -18,6 +23,7 @@ pub mod import;
 pub mod memory;
 pub mod metrics;
 pub mod queue;
+pub mod review;
 pub mod scripting;
 pub mod services;
 pub mod store;

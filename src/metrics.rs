@@ -13,6 +13,9 @@ pub struct Metrics {
     pub submissions: AtomicU64,
     pub submission_replays: AtomicU64,
     pub invalid_answers: AtomicU64,
+    /// Submit batches committed, and the submissions they carried.
+    pub commit_batches: AtomicU64,
+    pub commit_members: AtomicU64,
     requests_by_class: [AtomicU64; 5],
     latency_buckets: [AtomicU64; BUCKETS_MS.len()],
     latency_sum_micros: AtomicU64,

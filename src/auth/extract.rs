@@ -70,12 +70,12 @@ pub async fn user_for_token(state: &AppState, token: &str) -> Result<User, AppEr
         .verify_session(token)
         .ok_or(AppError::Unauthorized("the token is invalid or expired"))?;
     // Users are cached in memory: the common case needs no trip to the blocking pool.
-    let user = match state.store.cached_user(claims.sub) {
+    let user = match state.store().cached_user(claims.sub) {
         Some(user) => user,
         None => {
-            let store = state.store.clone();
-            web::block(move || store.user(claims.sub))
-                .await??
+            let store = state.store().clone();
+            crate::review::blocking(move || Ok(store.user(claims.sub)?))
+                .await?
                 .ok_or(AppError::Unauthorized("the token's user no longer exists"))?
         }
     };

@@ -184,7 +184,7 @@ async fn serve(config: Config, demo: bool) -> Result<(), String> {
         .ok()
         .filter(|p| !p.is_empty());
     if let Some(generated) =
-        crate::services::users::ensure_first_admin(state.store.as_ref(), admin_password)
+        crate::services::users::ensure_first_admin(state.core.store().as_ref(), admin_password)
             .map_err(|e| format!("cannot create the first admin: {e}"))?
     {
         println!("created user `admin` with password: {generated}");

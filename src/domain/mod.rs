@@ -224,7 +224,7 @@ pub struct ProjectCounts {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PluginVersion {
     pub hash: String,
-    pub kind: String,
+    pub kind: PluginKind,
     pub name: String,
     pub source: String,
     pub first_seen_at: i64,
@@ -235,8 +235,66 @@ pub struct PluginVersion {
 pub struct AuditEvent {
     pub at: i64,
     pub actor: Option<Id>,
-    pub action: String,
+    pub action: AuditAction,
     pub object: String,
     #[serde(default)]
     pub detail: Value,
+}
+
+/// What an audit event records. Stored by its dotted name, which is also what clients see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditAction {
+    #[serde(rename = "auth.login")]
+    Login,
+    #[serde(rename = "user.create")]
+    UserCreate,
+    #[serde(rename = "user.update")]
+    UserUpdate,
+    #[serde(rename = "user.revoke")]
+    UserRevoke,
+    #[serde(rename = "project.create")]
+    ProjectCreate,
+    #[serde(rename = "project.update")]
+    ProjectUpdate,
+    #[serde(rename = "project.member")]
+    ProjectMember,
+    #[serde(rename = "project.reroute")]
+    ProjectReroute,
+    #[serde(rename = "tasks.import")]
+    TasksImport,
+    #[serde(rename = "task.view")]
+    TaskView,
+    #[serde(rename = "task.lease")]
+    TaskLease,
+    #[serde(rename = "task.skip")]
+    TaskSkip,
+    #[serde(rename = "task.release")]
+    TaskRelease,
+    #[serde(rename = "task.submit")]
+    TaskSubmit,
+    #[serde(rename = "lease.expire")]
+    LeaseExpire,
+    #[serde(rename = "plugin.load")]
+    PluginLoad,
+    #[serde(rename = "plugin.load_failed")]
+    PluginLoadFailed,
+    #[serde(rename = "export")]
+    Export,
+}
+
+/// The two kinds of script plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    Rubric,
+    Router,
+}
+
+impl PluginKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Rubric => "rubric",
+            PluginKind::Router => "router",
+        }
+    }
 }

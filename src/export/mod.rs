@@ -142,7 +142,7 @@ fn produce(
     let corrupt =
         |what: &str, e: serde_json::Error| AppError::internal(format!("stored {what}: {e}"));
     loop {
-        let page = st.store.submissions_page_json(project, after, PAGE)?;
+        let page = st.store().submissions_page_json(project, after, PAGE)?;
         if page.is_empty() {
             break;
         }
@@ -153,7 +153,7 @@ fn produce(
             let at = match tasks.iter().position(|(id, _)| *id == s.task_id) {
                 Some(at) => at,
                 None => {
-                    let Some(raw) = st.store.task_json(s.task_id)? else {
+                    let Some(raw) = st.store().task_json(s.task_id)? else {
                         continue;
                     };
                     if tasks.len() == TASK_CACHE {
@@ -168,7 +168,7 @@ fn produce(
             };
             let task: StoredTask = serde_json::from_slice(raw).map_err(|e| corrupt("task", e))?;
             if let std::collections::hash_map::Entry::Vacant(slot) = names.entry(s.expert_id) {
-                let name = st.store.user(s.expert_id)?.map(|u| u.username);
+                let name = st.store().user(s.expert_id)?.map(|u| u.username);
                 slot.insert(name.unwrap_or_default());
             }
             let record = Record {
@@ -247,11 +247,11 @@ fn produce_by_task(
     let mut after = None;
     let mut buf = Vec::with_capacity(CHUNK + 4096);
     loop {
-        let page = st.store.tasks_page(project.id, after, PAGE)?;
+        let page = st.store().tasks_page(project.id, after, PAGE)?;
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for task in &page {
-            let subs = st.store.submissions_for_task(task.id)?;
+            let subs = st.store().submissions_for_task(task.id)?;
             if subs.is_empty() {
                 continue;
             }

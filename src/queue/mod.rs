@@ -314,6 +314,39 @@ impl Queue {
 
     /// Fills the index from the store's open tasks and active leases and lets lookups through.
     pub fn load(&self, open: Vec<TaskStatus>, active: Vec<Assignment>) {
+        let leases = active
+            .iter()
+            .map(|a| (a.project_id, a.task_id, Lease::from(a)))
+            .collect();
+        self.load_parts(open, leases);
+    }
+
+    /// Every open task and active lease, for a snapshot: (statuses, (project, task, lease)).
+    /// Call it when nothing changes any more (at a clean stop).
+    pub fn contents(&self) -> (Vec<TaskStatus>, Vec<(Id, Id, Lease)>) {
+        let projects: Vec<_> = {
+            let map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all: Vec<_> = map.iter().map(|(id, q)| (*id, q.clone())).collect();
+            all.sort_unstable_by_key(|(id, _)| *id);
+            all
+        };
+        let (mut open, mut leases) = (Vec::new(), Vec::new());
+        for (project, q) in projects {
+            let queue = Self::lock(&q);
+            let mut slots: Vec<_> = queue.slots.values().collect();
+            slots.sort_unstable_by_key(|s| s.status.task_id);
+            for slot in slots {
+                open.push(slot.status.clone());
+                for lease in &slot.leases {
+                    leases.push((project, slot.status.task_id, lease.clone()));
+                }
+            }
+        }
+        (open, leases)
+    }
+
+    /// Like [`Queue::load`], with leases as (project, task, lease).
+    pub fn load_parts(&self, open: Vec<TaskStatus>, leases: Vec<(Id, Id, Lease)>) {
         // The store lists tasks project by project: one lookup and lock per project.
         let mut open = open.into_iter().peekable();
         while let Some(first) = open.next() {
@@ -325,9 +358,9 @@ impl Queue {
                 queue.set_status(status);
             }
         }
-        for a in active {
-            let q = self.entry(a.project_id);
-            Self::lock(&q).add_lease(a.task_id, Lease::from(&a));
+        for (project, task, lease) in leases {
+            let q = self.entry(project);
+            Self::lock(&q).add_lease(task, lease);
         }
         self.loaded.send_replace(true);
         // Taking the lock orders this after any waiter's check, so none misses the wake-up.

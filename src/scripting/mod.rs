@@ -9,27 +9,10 @@ pub mod router;
 pub mod rubric;
 pub mod watch;
 
-use serde::Serialize;
-
 pub use engine::ScriptEngine;
 pub use registry::{Plugin, PluginKind, Registry};
 
-/// A script failure, with enough detail to find and fix it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ScriptError {
-    pub plugin: String,
-    /// The entry point that was running, or `None` while compiling / loading.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub function: Option<String>,
-    pub file: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub line: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub column: Option<usize>,
-    pub message: String,
-    /// The call ran past its wall-clock or operation budget.
-    pub timed_out: bool,
-}
+pub use crate::error::ScriptError;
 
 impl ScriptError {
     /// An error about what a script returned (no source position).
@@ -43,19 +26,5 @@ impl ScriptError {
             message: message.into(),
             timed_out: false,
         }
-    }
-}
-
-impl std::fmt::Display for ScriptError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "plugin `{}` ", self.plugin)?;
-        if let Some(function) = &self.function {
-            write!(f, "in `{function}` ")?;
-        }
-        write!(f, "at {}", self.file)?;
-        if let (Some(line), Some(column)) = (self.line, self.column) {
-            write!(f, ":{line}:{column}")?;
-        }
-        write!(f, ": {}", self.message)
     }
 }

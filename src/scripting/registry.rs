@@ -15,23 +15,22 @@ use sha2::{Digest, Sha256};
 use super::{ScriptEngine, ScriptError};
 use crate::domain::PluginVersion;
 use crate::error::AppError;
-use crate::store::Store;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PluginKind {
-    Rubric,
-    Router,
+pub use crate::domain::PluginKind;
+
+/// Where the registry keeps every version it serves, and whom it tells what it loaded. The core
+/// implements it over the store and the audit log; the registry knows neither.
+pub trait VersionArchive: Send + Sync {
+    /// Stores a version durably (called before the version serves).
+    fn record(&self, version: &PluginVersion) -> Result<(), String>;
+    fn version(&self, hash: &str) -> Result<Option<PluginVersion>, String>;
+    /// Every stored version of one plugin, oldest first.
+    fn versions(&self, kind: PluginKind, name: &str) -> Result<Vec<PluginVersion>, String>;
+    /// A load was attempted: `Ok(hash)` now serves, or `Err((attempted hash, why not))`.
+    fn loaded(&self, kind: PluginKind, name: &str, outcome: Result<&str, (&str, &ScriptError)>);
 }
 
 impl PluginKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PluginKind::Rubric => "rubric",
-            PluginKind::Router => "router",
-        }
-    }
-
     /// Entry points a plugin of this kind must define, with their arity.
     fn required(self) -> &'static [(&'static str, usize)] {
         match self {
@@ -85,7 +84,7 @@ struct Entry {
 
 pub struct Registry {
     pub engine: ScriptEngine,
-    store: Arc<dyn Store>,
+    archive: Arc<dyn VersionArchive>,
     entries: RwLock<HashMap<(PluginKind, String), Entry>>,
     /// Versions other than the current one, compiled on demand from stored source.
     by_hash: RwLock<HashMap<String, Arc<Plugin>>>,
@@ -209,10 +208,10 @@ pub struct Rescan {
 }
 
 impl Registry {
-    pub fn new(engine: ScriptEngine, store: Arc<dyn Store>) -> Self {
+    pub fn new(engine: ScriptEngine, archive: Arc<dyn VersionArchive>) -> Self {
         Self {
             engine,
-            store,
+            archive,
             entries: RwLock::new(HashMap::new()),
             by_hash: RwLock::new(HashMap::new()),
             reloads: AtomicU64::new(0),
@@ -282,38 +281,24 @@ impl Registry {
         if let Ok(plugin) = &result {
             let version = PluginVersion {
                 hash: plugin.hash.clone(),
-                kind: kind.as_str().to_owned(),
+                kind,
                 name: name.to_owned(),
                 source: plugin.source.clone(),
                 first_seen_at: plugin.loaded_at,
             };
             // Stored durably before it serves: every answer given under it can be read back.
-            if let Err(e) = self
-                .store
-                .put_plugin_version(&version)
-                .and_then(|_| self.store.flush())
-            {
+            if let Err(e) = self.archive.record(&version) {
                 tracing::error!(plugin = %name, error = %e, "could not store plugin version");
             }
         }
-        let event = crate::domain::AuditEvent {
-            at: crate::now_ms(),
-            actor: None,
-            action: if result.is_ok() {
-                "plugin.load"
-            } else {
-                "plugin.load_failed"
-            }
-            .to_owned(),
-            object: format!("{}:{name}", kind.as_str()),
-            detail: match &result {
-                Ok(_) => serde_json::json!({"version": hash}),
-                Err(e) => serde_json::json!({"attempted": hash, "error": e.to_string()}),
-            },
-        };
-        if let Err(e) = self.store.append_audit(&event) {
-            tracing::error!(error = %e, "could not audit a plugin load");
-        }
+        self.archive.loaded(
+            kind,
+            name,
+            result
+                .as_ref()
+                .map(|_| hash.as_str())
+                .map_err(|e| (hash.as_str(), e)),
+        );
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
         let entry = entries.entry((kind, name.to_owned())).or_default();
         entry.file = file.to_owned();
@@ -345,11 +330,7 @@ impl Registry {
 
     /// The newest stored version of a plugin, compiled.
     fn last_stored(&self, kind: PluginKind, name: &str) -> Option<Arc<Plugin>> {
-        let stored = self
-            .store
-            .plugin_versions(kind.as_str(), name)
-            .ok()?
-            .pop()?;
+        let stored = self.archive.versions(kind, name).ok()?.pop()?;
         let file = format!("{name}@{}", stored.hash);
         let ast = self.engine.compile(name, &file, &stored.source).ok()?;
         tracing::warn!(kind = kind.as_str(), plugin = %name, version = %stored.hash, "serving the last stored version");
@@ -410,13 +391,14 @@ impl Registry {
         {
             return Ok(p.clone());
         }
-        let stored =
-            self.store
-                .plugin_version(hash)?
-                .ok_or_else(|| AppError::PluginUnavailable {
-                    name: name.to_owned(),
-                    reason: format!("version {hash} is not stored"),
-                })?;
+        let stored = self
+            .archive
+            .version(hash)
+            .map_err(AppError::internal)?
+            .ok_or_else(|| AppError::PluginUnavailable {
+                name: name.to_owned(),
+                reason: format!("version {hash} is not stored"),
+            })?;
         let ast = self
             .engine
             .compile(name, &format!("{name}@{hash}"), &stored.source)?;

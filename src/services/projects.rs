@@ -2,9 +2,8 @@
 
 use serde::Deserialize;
 
-use super::{audit, blocking, durable};
-use crate::app::AppState;
-use crate::domain::{GlobalRole, Id, Project, ProjectRole, User};
+use super::{blocking, Core, ReviewCore};
+use crate::domain::{AuditAction, GlobalRole, Id, Project, ProjectRole, User};
 use crate::error::{AppError, AppResult};
 use crate::scripting::PluginKind;
 
@@ -42,7 +41,7 @@ pub struct ProjectPatch {
     pub estimate_minutes: Option<f64>,
 }
 
-fn check(state: &AppState, p: &Project) -> AppResult<()> {
+fn check(state: &Core, p: &Project) -> AppResult<()> {
     if p.name.trim().is_empty() || p.name.len() > 200 {
         return Err(AppError::field("name", "must be 1-200 characters"));
     }
@@ -84,7 +83,7 @@ fn check(state: &AppState, p: &Project) -> AppResult<()> {
     Ok(())
 }
 
-pub async fn create(state: &AppState, actor: Id, input: ProjectInput) -> AppResult<Project> {
+pub async fn create(state: &Core, actor: Id, input: ProjectInput) -> AppResult<Project> {
     let now = crate::now_ms();
     let project = Project {
         id: 0,
@@ -103,30 +102,27 @@ pub async fn create(state: &AppState, actor: Id, input: ProjectInput) -> AppResu
     check(state, &project)?;
     let st = state.clone();
     let project = blocking(move || {
-        let p = st.store.create_project(project)?;
-        audit(
-            &st,
+        let p = st.store().create_project(project)?;
+        st.audit(
             Some(actor),
-            "project.create",
+            AuditAction::ProjectCreate,
             format!("project:{}", p.id),
             serde_json::json!({"name": p.name}),
         );
         Ok(p)
     })
     .await?;
-    durable(state).await?;
+    state.durable().await?;
     Ok(project)
 }
 
-pub async fn update(
-    state: &AppState,
-    actor: Id,
-    id: Id,
-    patch: ProjectPatch,
-) -> AppResult<Project> {
+pub async fn update(state: &Core, actor: Id, id: Id, patch: ProjectPatch) -> AppResult<Project> {
     let st = state.clone();
     let project = blocking(move || {
-        let mut p = st.store.project(id)?.ok_or(AppError::NotFound("project"))?;
+        let mut p = st
+            .store()
+            .project(id)?
+            .ok_or(AppError::NotFound("project"))?;
         if let Some(v) = patch.name {
             p.name = v;
         }
@@ -150,18 +146,17 @@ pub async fn update(
         }
         p.updated_at = crate::now_ms();
         check(&st, &p)?;
-        st.store.update_project(&p)?;
-        audit(
-            &st,
+        st.store().update_project(&p)?;
+        st.audit(
             Some(actor),
-            "project.update",
+            AuditAction::ProjectUpdate,
             format!("project:{id}"),
             serde_json::json!({}),
         );
         Ok(p)
     })
     .await?;
-    durable(state).await?;
+    state.durable().await?;
     Ok(project)
 }
 
@@ -180,27 +175,31 @@ impl Access {
 }
 
 /// Loads a project and the caller's access to it; a non-member is refused.
-pub fn access_blocking(state: &AppState, user: &User, project: Id) -> AppResult<(Project, Access)> {
+pub fn access_blocking(
+    state: &ReviewCore,
+    user: &User,
+    project: Id,
+) -> AppResult<(Project, Access)> {
     let p = state
-        .store
+        .store()
         .project(project)?
         .ok_or(AppError::NotFound("project"))?;
     if user.role == GlobalRole::Admin {
         return Ok((p, Access::Admin));
     }
-    match state.store.member_role(project, user.id)? {
+    match state.store().member_role(project, user.id)? {
         Some(role) => Ok((p, Access::Member(role))),
         None => Err(AppError::Forbidden("you are not a member of this project")),
     }
 }
 
-pub async fn access(state: &AppState, user: &User, project: Id) -> AppResult<(Project, Access)> {
+pub async fn access(state: &Core, user: &User, project: Id) -> AppResult<(Project, Access)> {
     let (st, user) = (state.clone(), user.clone());
     blocking(move || access_blocking(&st, &user, project)).await
 }
 
 pub async fn set_member(
-    state: &AppState,
+    state: &Core,
     actor: Id,
     project: Id,
     user: Id,
@@ -208,42 +207,38 @@ pub async fn set_member(
 ) -> AppResult<()> {
     let st = state.clone();
     blocking(move || {
-        st.store
+        st.store()
             .project(project)?
             .ok_or(AppError::NotFound("project"))?;
-        st.store.user(user)?.ok_or(AppError::NotFound("user"))?;
-        st.store.set_member(project, user, role)?;
-        audit(
-            &st,
+        st.store().user(user)?.ok_or(AppError::NotFound("user"))?;
+        st.store().set_member(project, user, role)?;
+        st.audit(
             Some(actor),
-            "project.member",
+            AuditAction::ProjectMember,
             format!("project:{project}"),
             serde_json::json!({"user": user, "role": role}),
         );
         Ok(())
     })
     .await?;
-    durable(state).await
+    state.durable().await
 }
 
 /// Projects visible to a user: all for an admin, their memberships otherwise.
-pub async fn visible(
-    state: &AppState,
-    user: &User,
-) -> AppResult<Vec<(Project, Option<ProjectRole>)>> {
+pub async fn visible(state: &Core, user: &User) -> AppResult<Vec<(Project, Option<ProjectRole>)>> {
     let (st, user) = (state.clone(), user.clone());
     blocking(move || {
         if user.role == GlobalRole::Admin {
             return Ok(st
-                .store
+                .store()
                 .projects()?
                 .into_iter()
                 .map(|p| (p, None))
                 .collect());
         }
         let mut out = Vec::new();
-        for (id, role) in st.store.memberships(user.id)? {
-            if let Some(p) = st.store.project(id)? {
+        for (id, role) in st.store().memberships(user.id)? {
+            if let Some(p) = st.store().project(id)? {
                 out.push((p, Some(role)));
             }
         }

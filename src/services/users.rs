@@ -2,10 +2,9 @@
 
 use serde::Deserialize;
 
-use super::{audit, blocking, durable};
-use crate::app::AppState;
+use super::{blocking, Core};
 use crate::auth::password;
-use crate::domain::{GlobalRole, Id, User};
+use crate::domain::{AuditAction, GlobalRole, Id, User};
 use crate::error::{AppError, AppResult};
 use crate::store::Store;
 
@@ -96,28 +95,27 @@ pub fn create_blocking(store: &dyn Store, new: NewUser) -> AppResult<User> {
     Ok(store.create_user(user)?)
 }
 
-pub async fn create(state: &AppState, actor: Id, new: NewUser) -> AppResult<User> {
+pub async fn create(state: &Core, actor: Id, new: NewUser) -> AppResult<User> {
     let st = state.clone();
     let user = blocking(move || {
-        let user = create_blocking(st.store.as_ref(), new)?;
-        audit(
-            &st,
+        let user = create_blocking(st.store().as_ref(), new)?;
+        st.audit(
             Some(actor),
-            "user.create",
+            AuditAction::UserCreate,
             format!("user:{}", user.id),
             serde_json::json!({"username": user.username}),
         );
         Ok(user)
     })
     .await?;
-    durable(state).await?;
+    state.durable().await?;
     Ok(user)
 }
 
-pub async fn update(state: &AppState, actor: Id, id: Id, patch: UserPatch) -> AppResult<User> {
+pub async fn update(state: &Core, actor: Id, id: Id, patch: UserPatch) -> AppResult<User> {
     let st = state.clone();
     let user = blocking(move || {
-        let mut user = st.store.user(id)?.ok_or(AppError::NotFound("user"))?;
+        let mut user = st.store().user(id)?.ok_or(AppError::NotFound("user"))?;
         if let Some(p) = &patch.password {
             password::check_policy(p).map_err(|m| AppError::field("password", m))?;
             user.password_hash = password::hash(p).map_err(AppError::internal)?;
@@ -140,39 +138,37 @@ pub async fn update(state: &AppState, actor: Id, id: Id, patch: UserPatch) -> Ap
             }
             user.active = active;
         }
-        st.store.update_user(&user)?;
-        audit(
-            &st,
+        st.store().update_user(&user)?;
+        st.audit(
             Some(actor),
-            "user.update",
+            AuditAction::UserUpdate,
             format!("user:{id}"),
             serde_json::json!({}),
         );
         Ok(user)
     })
     .await?;
-    durable(state).await?;
+    state.durable().await?;
     Ok(user)
 }
 
 /// Revokes every token of a user by bumping their generation.
-pub async fn revoke(state: &AppState, actor: Id, id: Id) -> AppResult<User> {
+pub async fn revoke(state: &Core, actor: Id, id: Id) -> AppResult<User> {
     let st = state.clone();
     let user = blocking(move || {
-        let mut user = st.store.user(id)?.ok_or(AppError::NotFound("user"))?;
+        let mut user = st.store().user(id)?.ok_or(AppError::NotFound("user"))?;
         user.token_generation += 1;
-        st.store.update_user(&user)?;
-        audit(
-            &st,
+        st.store().update_user(&user)?;
+        st.audit(
             Some(actor),
-            "user.revoke",
+            AuditAction::UserRevoke,
             format!("user:{id}"),
             serde_json::json!({}),
         );
         Ok(user)
     })
     .await?;
-    durable(state).await?;
+    state.durable().await?;
     Ok(user)
 }
 
@@ -203,7 +199,7 @@ pub fn ensure_first_admin(
 
 /// Checks a username and password and issues a session token.
 pub async fn login(
-    state: &AppState,
+    state: &Core,
     username: String,
     password: String,
 ) -> AppResult<(User, String, i64)> {
@@ -214,7 +210,7 @@ pub async fn login(
     let st = state.clone();
     let name = username.clone();
     let user = blocking(move || {
-        let user = st.store.user_by_name(&name)?;
+        let user = st.store().user_by_name(&name)?;
         // Verify against a dummy hash when the user does not exist, so timing does not tell.
         let ok = match &user {
             Some(u) => password::verify(&password, &u.password_hash) && u.active,
@@ -224,10 +220,9 @@ pub async fn login(
             }
         };
         let detail = serde_json::json!({"username": name, "ok": ok});
-        audit(
-            &st,
+        st.audit(
             user.as_ref().map(|u| u.id),
-            "auth.login",
+            AuditAction::Login,
             format!("user:{name}"),
             detail,
         );

@@ -41,11 +41,27 @@ pub struct ImportedBatch {
     pub duplicates: u64,
 }
 
+/// One member of a submission batch: the answer, the lease it ends, the task's status after it,
+/// and its audit event.
+#[derive(Debug, Clone)]
+pub struct SubmissionWrite {
+    pub submission: Submission,
+    pub assignment: Assignment,
+    pub status: TaskStatus,
+    pub audit: AuditEvent,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Makes every write so far durable (write-through to the OS; see `storage.fsync`).
     fn flush(&self) -> StoreResult<()>;
     /// A fresh id, unique and increasing for the life of the database.
     fn new_id(&self) -> StoreResult<Id>;
+    /// Reads and removes (durably) the mark a clean stop left beside its snapshot of the
+    /// hand-out index. Called once at start, before any change: a snapshot whose mark is not
+    /// the store's describes another moment of it and must not be used.
+    fn take_snapshot_mark(&self) -> StoreResult<Option<u64>>;
+    /// Durably records the mark of a snapshot just written (the last write of a clean stop).
+    fn set_snapshot_mark(&self, mark: u64) -> StoreResult<()>;
 
     // Users
     fn create_user(&self, user: User) -> StoreResult<User>;
@@ -98,15 +114,20 @@ pub trait Store: Send + Sync + 'static {
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>>;
 
     // Submissions
-    /// Stores a submission, ends its assignment and updates the task, in one transaction.
-    /// `submission.id` is assigned here. If the assignment already has a submission, fails with
-    /// `AssignmentEnded` carrying the stored assignment (so a retry can return the first one).
-    fn commit_submission(
-        &self,
-        submission: Submission,
-        assignment: &Assignment,
-        status: &TaskStatus,
-    ) -> StoreResult<Submission>;
+    /// Stores a batch of submissions in one transaction: each ends its assignment, updates its
+    /// task (members on the same task carry statuses that build on each other, in order) and
+    /// appends its audit event; `submission.id` is assigned here and added to the event's detail.
+    /// All or nothing: if any member's assignment was already ended (it was submitted, skipped
+    /// released or expired meanwhile), nothing is written and the
+    /// call fails with `AssignmentEnded` carrying that member's stored assignment. An assignment
+    /// that is not stored at all (lost in a crash, vouched for by its signed token) is accepted.
+    fn commit_submissions(&self, batch: Vec<SubmissionWrite>) -> StoreResult<Vec<Submission>>;
+    /// One submission alone: [`Store::commit_submissions`] with a batch of one.
+    fn commit_submission(&self, write: SubmissionWrite) -> StoreResult<Submission> {
+        self.commit_submissions(vec![write])?
+            .pop()
+            .ok_or(StoreError::Missing("submission"))
+    }
     fn submission(&self, id: Id) -> StoreResult<Option<Submission>>;
     /// Like `submissions_page`, as the stored JSON text of each [`Submission`].
     fn submissions_page_json(
@@ -137,7 +158,7 @@ pub trait Store: Send + Sync + 'static {
     fn put_plugin_version(&self, version: &PluginVersion) -> StoreResult<()>;
     fn plugin_version(&self, hash: &str) -> StoreResult<Option<PluginVersion>>;
     /// Every stored version of one plugin, oldest first.
-    fn plugin_versions(&self, kind: &str, name: &str) -> StoreResult<Vec<PluginVersion>>;
+    fn plugin_versions(&self, kind: PluginKind, name: &str) -> StoreResult<Vec<PluginVersion>>;
     fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
     /// Most recent first.
     fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;

@@ -5,6 +5,7 @@
 //! | tree                     | key                                   | value                |
 //! |--------------------------|---------------------------------------|----------------------|
 //! | `meta`                   | `b"schema_version"`                   | u32 BE               |
+//! | `meta`                   | `b"snapshot_mark"` (after a clean stop) | u64 BE             |
 //! | `users_id`               | user id                               | User                 |
 //! | `users_name`             | username bytes                        | user id              |
 //! | `projects_id`            | project id                            | Project              |
@@ -48,7 +49,7 @@ use sled::transaction::{
 use sled::{Db, Transactional, Tree};
 
 use super::{keys, queue_codec};
-use super::{ImportedBatch, Store, StoreError, StoreResult};
+use super::{ImportedBatch, Store, StoreError, StoreResult, SubmissionWrite};
 use crate::domain::*;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
@@ -482,6 +483,25 @@ impl Store for SledStore {
         self.next_id()
     }
 
+    fn take_snapshot_mark(&self) -> StoreResult<Option<u64>> {
+        let old = self.t.meta.remove(b"snapshot_mark").map_err(backend)?;
+        if old.is_some() {
+            Store::flush(self)?;
+        }
+        Ok(old
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes))
+    }
+
+    fn set_snapshot_mark(&self, mark: u64) -> StoreResult<()> {
+        self.t
+            .meta
+            .insert(b"snapshot_mark", &mark.to_be_bytes())
+            .map_err(backend)?;
+        Store::flush(self)?;
+        Ok(())
+    }
+
     fn create_user(&self, mut user: User) -> StoreResult<User> {
         user.id = self.next_id()?;
         (&self.t.users, &self.t.users_name)
@@ -848,17 +868,36 @@ impl Store for SledStore {
         self.indexed_leases(true)
     }
 
-    fn commit_submission(
-        &self,
-        mut submission: Submission,
-        assignment: &Assignment,
-        status: &TaskStatus,
-    ) -> StoreResult<Submission> {
-        submission.id = self.next_id()?;
-        let sub_bytes = enc(&submission)?;
-        let mut ended = assignment.clone();
-        ended.status = AssignmentStatus::Submitted;
-        ended.submission_id = Some(submission.id);
+    fn commit_submissions(&self, batch: Vec<SubmissionWrite>) -> StoreResult<Vec<Submission>> {
+        // Ids and encodings are made before the transaction: its closure may run more than once.
+        struct Prepared {
+            submission: Submission,
+            bytes: Vec<u8>,
+            ended: Assignment,
+            status: TaskStatus,
+            audit_key: Vec<u8>,
+            audit: Vec<u8>,
+        }
+        let mut prepared = Vec::with_capacity(batch.len());
+        for w in batch {
+            let mut submission = w.submission;
+            submission.id = self.next_id()?;
+            let mut ended = w.assignment;
+            ended.status = AssignmentStatus::Submitted;
+            ended.submission_id = Some(submission.id);
+            let mut event = w.audit;
+            if let Some(detail) = event.detail.as_object_mut() {
+                detail.insert("submission".into(), submission.id.into());
+            }
+            prepared.push(Prepared {
+                bytes: enc(&submission)?,
+                audit_key: keys::pair(keys::time(event.at), self.next_id()?).to_vec(),
+                audit: enc(&event)?,
+                submission,
+                ended,
+                status: w.status,
+            });
+        }
         let t = &self.t;
         let trees = [
             &t.submissions,
@@ -870,38 +909,41 @@ impl Store for SledStore {
             &t.taskstatus,
             &t.queue,
             &t.counters,
+            &t.audit,
         ];
         trees[..]
             .transaction(|trees| {
-                let [submissions, by_task, by_expert, by_project, assignments, leases, statuses, queue, counters] =
+                let [submissions, by_task, by_expert, by_project, assignments, leases, statuses, queue, counters, audit] =
                     trees.as_slice()
                 else {
                     return Err(abort(backend("transaction view has the wrong shape")));
                 };
-                let aid = keys::id(assignment.id);
-                if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &aid)? {
-                    if old.status == AssignmentStatus::Submitted {
-                        return Err(abort(StoreError::AssignmentEnded(old)));
+                for p in &prepared {
+                    let aid = keys::id(p.ended.id);
+                    if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &aid)? {
+                        if old.status != AssignmentStatus::Active {
+                            return Err(abort(StoreError::AssignmentEnded(old)));
+                        }
                     }
+                    leases.remove(&aid)?;
+                    let sub = &p.submission;
+                    submissions.insert(&keys::id(sub.id), p.bytes.as_slice())?;
+                    by_task.insert(&keys::pair(sub.task_id, sub.id), &[])?;
+                    by_expert.insert(&keys::pair(sub.expert_id, sub.id), &[])?;
+                    by_project.insert(&keys::pair(sub.project_id, sub.id), &[])?;
+                    tx_put(assignments, &aid, &p.ended)?;
+                    let key = keys::id(p.status.task_id);
+                    let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                    tx_put(statuses, &key, &p.status)?;
+                    tx_transition(counters, queue, &p.status, old.map(|s| s.state))?;
+                    tx_count(counters, sub.project_id, "submissions", 1)?;
+                    tx_count(counters, sub.project_id, &hour_counter(sub.submitted_at), 1)?;
+                    audit.insert(p.audit_key.as_slice(), p.audit.as_slice())?;
                 }
-                leases.remove(&aid)?;
-                let sid = submission.id;
-                submissions.insert(&keys::id(sid), sub_bytes.as_slice())?;
-                by_task.insert(&keys::pair(submission.task_id, sid), &[])?;
-                by_expert.insert(&keys::pair(submission.expert_id, sid), &[])?;
-                by_project.insert(&keys::pair(submission.project_id, sid), &[])?;
-                tx_put(assignments, &aid, &ended)?;
-                let key = keys::id(status.task_id);
-                let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
-                tx_put(statuses, &key, status)?;
-                tx_transition(counters, queue, status, old.map(|s| s.state))?;
-                tx_count(counters, submission.project_id, "submissions", 1)?;
-                let hour = hour_counter(submission.submitted_at);
-                tx_count(counters, submission.project_id, &hour, 1)?;
                 Ok(())
             })
             .map_err(from_tx)?;
-        Ok(submission)
+        Ok(prepared.into_iter().map(|p| p.submission).collect())
     }
 
     fn submissions_page_json(
@@ -987,7 +1029,7 @@ impl Store for SledStore {
     fn put_plugin_version(&self, version: &PluginVersion) -> StoreResult<()> {
         // First write wins: a hash names one source forever.
         let bytes = enc(version)?;
-        let mut index = plugin_prefix(&version.kind, &version.name);
+        let mut index = plugin_prefix(version.kind.as_str(), &version.name);
         index.extend_from_slice(&keys::time(version.first_seen_at).to_be_bytes());
         index.extend_from_slice(version.hash.as_bytes());
         (&self.t.plugins, &self.t.plugins_by_name)
@@ -1001,8 +1043,8 @@ impl Store for SledStore {
             .map_err(from_tx)
     }
 
-    fn plugin_versions(&self, kind: &str, name: &str) -> StoreResult<Vec<PluginVersion>> {
-        let prefix = plugin_prefix(kind, name);
+    fn plugin_versions(&self, kind: PluginKind, name: &str) -> StoreResult<Vec<PluginVersion>> {
+        let prefix = plugin_prefix(kind.as_str(), name);
         let mut out = Vec::new();
         for item in self.t.plugins_by_name.scan_prefix(&prefix).keys() {
             let key = item.map_err(backend)?;

@@ -2,13 +2,14 @@
 //! routes every malformed request through the one error type.
 
 pub mod api;
+pub mod error;
 pub mod pages;
 pub mod request_id;
 
 use actix_web::middleware::DefaultHeaders;
 use actix_web::web::{JsonConfig, PathConfig, QueryConfig};
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode};
 
 pub fn json_config(limit: usize) -> JsonConfig {
     JsonConfig::default()
@@ -17,27 +18,29 @@ pub fn json_config(limit: usize) -> JsonConfig {
             use actix_web::error::JsonPayloadError as E;
             let e = match &err {
                 E::OverflowKnownLength { .. } | E::Overflow { .. } => {
-                    AppError::bad_request("payload_too_large", err.to_string())
+                    AppError::bad_request(ErrorCode::PayloadTooLarge, err.to_string())
                 }
                 E::ContentType => AppError::bad_request(
-                    "unsupported_media_type",
+                    ErrorCode::UnsupportedMediaType,
                     "the body must be JSON with Content-Type: application/json",
                 ),
-                E::Deserialize(e) => AppError::bad_request("invalid_json", e.to_string()),
-                other => AppError::bad_request("invalid_json", other.to_string()),
+                E::Deserialize(e) => AppError::bad_request(ErrorCode::InvalidJson, e.to_string()),
+                other => AppError::bad_request(ErrorCode::InvalidJson, other.to_string()),
             };
             e.into()
         })
 }
 
 pub fn query_config() -> QueryConfig {
-    QueryConfig::default()
-        .error_handler(|err, _req| AppError::bad_request("invalid_query", err.to_string()).into())
+    QueryConfig::default().error_handler(|err, _req| {
+        AppError::bad_request(ErrorCode::InvalidQuery, err.to_string()).into()
+    })
 }
 
 pub fn path_config() -> PathConfig {
-    PathConfig::default()
-        .error_handler(|err, _req| AppError::bad_request("invalid_path", err.to_string()).into())
+    PathConfig::default().error_handler(|err, _req| {
+        AppError::bad_request(ErrorCode::InvalidPath, err.to_string()).into()
+    })
 }
 
 /// Headers every response carries.

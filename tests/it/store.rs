@@ -2,7 +2,7 @@
 //! sled store, opened on a temporary folder.
 
 use assay::domain::*;
-use assay::store::{SledStore, Store, StoreError};
+use assay::store::{SledStore, Store, StoreError, SubmissionWrite};
 use serde_json::json;
 
 fn open(dir: &std::path::Path) -> Box<dyn Store> {
@@ -266,10 +266,10 @@ fn submissions_commit_atomically_once() {
     let mut done = t.clone();
     done.done_by.push(9);
     done.state = TaskState::Complete;
-    let stored = s.commit_submission(submission(&a), &a, &done).unwrap();
+    let stored = s.commit_submission(write(&a, &done)).unwrap();
     assert!(stored.id > 0);
     // A second commit for the same assignment is refused and points at the first.
-    match s.commit_submission(submission(&a), &a, &done) {
+    match s.commit_submission(write(&a, &done)) {
         Err(StoreError::AssignmentEnded(cur)) => assert_eq!(cur.submission_id, Some(stored.id)),
         other => panic!("expected AssignmentEnded, got {other:?}"),
     }
@@ -307,9 +307,97 @@ fn submissions_commit_atomically_once() {
     let lost = assignment(s.as_ref(), &t2, 9, 1000);
     let mut done2 = t2.clone();
     done2.done_by.push(9);
-    s.commit_submission(submission(&lost), &lost, &done2)
-        .unwrap();
+    s.commit_submission(write(&lost, &done2)).unwrap();
     assert_eq!(s.project_counts(p.id).unwrap().submissions, 2);
+}
+
+fn write(a: &Assignment, status: &TaskStatus) -> SubmissionWrite {
+    SubmissionWrite {
+        submission: submission(a),
+        assignment: a.clone(),
+        status: status.clone(),
+        audit: AuditEvent {
+            at: 1,
+            actor: Some(a.expert_id),
+            action: AuditAction::TaskSubmit,
+            object: format!("task:{}", a.task_id),
+            detail: json!({"assignment": a.id}),
+        },
+    }
+}
+
+#[test]
+fn a_batch_commits_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, p, t) = store_with_task(dir.path(), None, 2);
+    let t2 = s
+        .import_tasks(p.id, vec![new_task(None, 1)])
+        .unwrap()
+        .created
+        .remove(0);
+    let a1 = assignment(s.as_ref(), &t, 7, 1000);
+    let a2 = assignment(s.as_ref(), &t, 8, 1000);
+    let a3 = assignment(s.as_ref(), &t2, 7, 1000);
+    for a in [&a1, &a2, &a3] {
+        s.put_assignment(a).unwrap();
+    }
+    // Two reviews of one task build on each other; the third member's lease was released
+    // behind the batch's back.
+    let mut after1 = t.clone();
+    after1.done_by.push(7);
+    let mut after2 = after1.clone();
+    after2.done_by.push(8);
+    after2.state = TaskState::Complete;
+    let mut done3 = t2.clone();
+    done3.done_by.push(7);
+    done3.state = TaskState::Complete;
+    let mut released = a3.clone();
+    released.status = AssignmentStatus::Released;
+    s.end_assignment(&released, None).unwrap();
+    let batch = vec![write(&a1, &after1), write(&a2, &after2), write(&a3, &done3)];
+    match s.commit_submissions(batch) {
+        Err(StoreError::AssignmentEnded(cur)) => assert_eq!(cur.id, a3.id),
+        other => panic!("expected AssignmentEnded, got {other:?}"),
+    }
+    assert!(
+        s.submissions_for_task(t.task_id).unwrap().is_empty(),
+        "nothing of the batch is written"
+    );
+    assert_eq!(s.project_counts(p.id).unwrap().submissions, 0);
+    assert_eq!(
+        s.assignment(a1.id).unwrap().unwrap().status,
+        AssignmentStatus::Active
+    );
+    assert_eq!(
+        s.task_status(t.task_id).unwrap().unwrap().done_by,
+        Vec::<u64>::new()
+    );
+
+    // Without the bad member the batch commits whole, one audit event per member.
+    let stored = s
+        .commit_submissions(vec![write(&a1, &after1), write(&a2, &after2)])
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored[0].id > 0 && stored[1].id > stored[0].id);
+    let status = s.task_status(t.task_id).unwrap().unwrap();
+    assert_eq!(
+        (status.done_by, status.state),
+        (vec![7, 8], TaskState::Complete)
+    );
+    let counts = s.project_counts(p.id).unwrap();
+    assert_eq!(
+        (counts.open, counts.complete, counts.submissions),
+        (1, 1, 2)
+    );
+    let submits: Vec<_> = s
+        .recent_audit(10)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == AuditAction::TaskSubmit)
+        .map(|e| e.detail["submission"].as_u64())
+        .collect();
+    assert_eq!(submits.len(), 2);
+    assert!(submits.contains(&Some(stored[0].id)) && submits.contains(&Some(stored[1].id)));
 }
 
 #[test]
@@ -319,7 +407,7 @@ fn plugin_versions_audit_durability_and_schema_guard() {
         let s = open(dir.path());
         let v = PluginVersion {
             hash: "h1".into(),
-            kind: "rubric".into(),
+            kind: PluginKind::Rubric,
             name: "r".into(),
             source: "one".into(),
             first_seen_at: 1,
@@ -335,23 +423,27 @@ fn plugin_versions_audit_durability_and_schema_guard() {
             "one",
             "a hash names one source forever"
         );
-        for (at, action) in [(5, "b"), (1, "a"), (9, "c")] {
+        for (at, action) in [
+            (5, AuditAction::UserUpdate),
+            (1, AuditAction::UserCreate),
+            (9, AuditAction::Export),
+        ] {
             s.append_audit(&AuditEvent {
                 at,
                 actor: None,
-                action: action.into(),
+                action,
                 object: "x".into(),
                 detail: json!(null),
             })
             .unwrap();
         }
-        let recent: Vec<String> = s
+        let recent: Vec<AuditAction> = s
             .recent_audit(2)
             .unwrap()
             .into_iter()
             .map(|e| e.action)
             .collect();
-        assert_eq!(recent, vec!["c", "b"]);
+        assert_eq!(recent, vec![AuditAction::Export, AuditAction::UserUpdate]);
         s.create_user(user("kept")).unwrap();
         s.flush().unwrap();
     }

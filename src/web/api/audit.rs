@@ -20,6 +20,6 @@ pub async fn recent(
 ) -> AppResult<HttpResponse> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let st = state.clone();
-    let events = blocking(move || Ok(st.store.recent_audit(limit)?)).await?;
+    let events = blocking(move || Ok(st.store().recent_audit(limit)?)).await?;
     Ok(HttpResponse::Ok().json(events))
 }

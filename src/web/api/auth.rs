@@ -18,7 +18,7 @@ pub struct Login {
 
 pub async fn login(state: State, body: web::Json<Login>) -> AppResult<HttpResponse> {
     let Login { username, password } = body.into_inner();
-    let (user, token, exp) = users::login(&state, username, password).await?;
+    let (user, token, exp) = users::login(&state.core, username, password).await?;
     let cookie =
         crate::web::pages::session::session_cookie(token.clone(), state.keys.session_seconds);
     Ok(HttpResponse::Ok().cookie(cookie).json(serde_json::json!({

@@ -4,9 +4,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::State;
 use crate::auth::Caller;
+use crate::domain::AuditAction;
 use crate::domain::Id;
 use crate::error::{AppError, AppResult};
-use crate::services::{audit, projects};
+use crate::services::projects;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,7 +22,7 @@ pub async fn export(
     id: web::Path<Id>,
     q: web::Query<ExportQuery>,
 ) -> AppResult<HttpResponse> {
-    let (project, access) = projects::access(&state, &caller.0, id.into_inner()).await?;
+    let (project, access) = projects::access(&state.core, &caller.0, id.into_inner()).await?;
     if !access.can_oversee() {
         return Err(AppError::Forbidden(
             "only leads and admins export a project",
@@ -37,10 +38,9 @@ pub async fn export(
     let actor = caller.0.id;
     let pid = project.id;
     crate::services::blocking(move || {
-        audit(
-            &st,
+        st.audit(
             Some(actor),
-            "export",
+            AuditAction::Export,
             format!("project:{pid}"),
             serde_json::json!({"format": logged}),
         );

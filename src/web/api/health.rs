@@ -9,10 +9,10 @@ pub async fn healthz() -> HttpResponse {
 
 /// Readiness: the hand-out index is loaded, the store answers and the flusher works.
 pub async fn readyz(state: State) -> HttpResponse {
-    if !state.queue.is_loaded() {
+    if !state.is_ready() {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "loading"}));
     }
-    match state.flusher.wait().await {
+    match state.durable().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(e) => {
             tracing::error!(error = %e, "not ready");
@@ -65,7 +65,7 @@ pub async fn metrics(state: State) -> HttpResponse {
         "Script calls that failed or timed out.",
         r.engine.failures.load(Relaxed),
     );
-    let (flushes, waits) = state.flusher.counts();
+    let (flushes, waits) = state.flush_counts();
     metric(
         "assay_group_flushes_total",
         "counter",
@@ -77,6 +77,19 @@ pub async fn metrics(state: State) -> HttpResponse {
         "counter",
         "Writes that waited for a flush; divided by the flushes, writers per flush.",
         waits,
+    );
+    let m = &state.metrics;
+    metric(
+        "assay_submit_batches_total",
+        "counter",
+        "Submit batches committed, each one store transaction.",
+        m.commit_batches.load(Relaxed),
+    );
+    metric(
+        "assay_submit_batch_members_total",
+        "counter",
+        "Submissions those batches carried; divided by the batches, submissions per transaction.",
+        m.commit_members.load(Relaxed),
     );
     state.metrics.render(&mut out);
     HttpResponse::Ok()

@@ -33,7 +33,7 @@ pub async fn versions(
         .ok()
         .map(|p| p.hash.clone());
     let st = state.clone();
-    let list = blocking(move || Ok(st.store.plugin_versions(k.as_str(), &name)?)).await?;
+    let list = blocking(move || Ok(st.store().plugin_versions(k, &name)?)).await?;
     let out: Vec<_> = list
         .into_iter()
         .map(|v| {
@@ -55,9 +55,9 @@ pub async fn version(
     let (k, name, hash) = path.into_inner();
     let k = kind(&k)?;
     let st = state.clone();
-    let v = blocking(move || Ok(st.store.plugin_version(&hash)?)).await?;
+    let v = blocking(move || Ok(st.store().plugin_version(&hash)?)).await?;
     match v {
-        Some(v) if v.kind == k.as_str() && v.name == name => Ok(HttpResponse::Ok().json(v)),
+        Some(v) if v.kind == k && v.name == name => Ok(HttpResponse::Ok().json(v)),
         _ => Err(AppError::NotFound("plugin version")),
     }
 }

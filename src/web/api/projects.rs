@@ -16,7 +16,7 @@ struct ProjectView {
 }
 
 pub async fn list(state: State, caller: Caller) -> AppResult<HttpResponse> {
-    let visible = projects::visible(&state, &caller.0).await?;
+    let visible = projects::visible(&state.core, &caller.0).await?;
     let views: Vec<_> = visible
         .into_iter()
         .map(|(project, my_role)| ProjectView { project, my_role })
@@ -29,12 +29,12 @@ pub async fn create(
     admin: Admin,
     body: web::Json<projects::ProjectInput>,
 ) -> AppResult<HttpResponse> {
-    let project = projects::create(&state, admin.0.id, body.into_inner()).await?;
+    let project = projects::create(&state.core, admin.0.id, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(project))
 }
 
 pub async fn get(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<HttpResponse> {
-    let (project, access) = projects::access(&state, &caller.0, id.into_inner()).await?;
+    let (project, access) = projects::access(&state.core, &caller.0, id.into_inner()).await?;
     let my_role = match access {
         projects::Access::Member(role) => Some(role),
         projects::Access::Admin => None,
@@ -48,7 +48,8 @@ pub async fn update(
     id: web::Path<Id>,
     body: web::Json<projects::ProjectPatch>,
 ) -> AppResult<HttpResponse> {
-    let project = projects::update(&state, admin.0.id, id.into_inner(), body.into_inner()).await?;
+    let project =
+        projects::update(&state.core, admin.0.id, id.into_inner(), body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(project))
 }
 
@@ -65,7 +66,7 @@ pub async fn set_member(
     body: web::Json<MemberInput>,
 ) -> AppResult<HttpResponse> {
     let (project, user) = path.into_inner();
-    projects::set_member(&state, admin.0.id, project, user, Some(body.role)).await?;
+    projects::set_member(&state.core, admin.0.id, project, user, Some(body.role)).await?;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({"project_id": project, "user_id": user, "role": body.role})))
 }
@@ -76,12 +77,12 @@ pub async fn remove_member(
     path: web::Path<(Id, Id)>,
 ) -> AppResult<HttpResponse> {
     let (project, user) = path.into_inner();
-    projects::set_member(&state, admin.0.id, project, user, None).await?;
+    projects::set_member(&state.core, admin.0.id, project, user, None).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn members(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<HttpResponse> {
-    let (project, access) = projects::access(&state, &caller.0, id.into_inner()).await?;
+    let (project, access) = projects::access(&state.core, &caller.0, id.into_inner()).await?;
     if !access.can_oversee() {
         return Err(crate::error::AppError::Forbidden(
             "only leads and admins see the member list",
@@ -90,8 +91,12 @@ pub async fn members(state: State, caller: Caller, id: web::Path<Id>) -> AppResu
     let st = state.clone();
     let list = blocking(move || {
         let mut out = Vec::new();
-        for (uid, role) in st.store.members(project.id)? {
-            let username = st.store.user(uid)?.map(|u| u.username).unwrap_or_default();
+        for (uid, role) in st.store().members(project.id)? {
+            let username = st
+                .store()
+                .user(uid)?
+                .map(|u| u.username)
+                .unwrap_or_default();
             out.push(serde_json::json!({"user_id": uid, "username": username, "role": role}));
         }
         Ok(out)
@@ -101,14 +106,14 @@ pub async fn members(state: State, caller: Caller, id: web::Path<Id>) -> AppResu
 }
 
 pub async fn stats(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<HttpResponse> {
-    let (project, _) = projects::access(&state, &caller.0, id.into_inner()).await?;
+    let (project, _) = projects::access(&state.core, &caller.0, id.into_inner()).await?;
     let st = state.clone();
-    let counts = blocking(move || Ok(st.store.project_counts(project.id)?)).await?;
+    let counts = blocking(move || Ok(st.store().project_counts(project.id)?)).await?;
     Ok(HttpResponse::Ok().json(counts))
 }
 
 /// `POST /projects/{id}/reroute`: apply the project's current router to its open tasks.
 pub async fn reroute(state: State, admin: Admin, id: web::Path<Id>) -> AppResult<HttpResponse> {
-    let report = crate::services::routing::reroute(&state, admin.0.id, id.into_inner()).await?;
+    let report = state.core.reroute(admin.0.id, id.into_inner()).await?;
     Ok(HttpResponse::Ok().json(report))
 }

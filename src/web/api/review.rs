@@ -6,11 +6,10 @@ use super::State;
 use crate::auth::Caller;
 use crate::domain::{AssignmentStatus, Id};
 use crate::error::{AppError, AppResult};
-use crate::services::review;
 
 /// `POST /projects/{id}/next`: the caller's next task, or 204 when nothing is left for them.
 pub async fn next(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<HttpResponse> {
-    match review::next(&state, caller.0, id.into_inner()).await? {
+    match state.core.next(caller.0, id.into_inner()).await? {
         Some(handout) => Ok(HttpResponse::Ok().json(handout)),
         None => Ok(HttpResponse::NoContent().finish()),
     }
@@ -28,7 +27,10 @@ pub async fn heartbeat(
     id: web::Path<Id>,
     body: web::Json<TokenBody>,
 ) -> AppResult<HttpResponse> {
-    let a = review::heartbeat(&state, caller.0, id.into_inner(), body.into_inner().token).await?;
+    let a = state
+        .core
+        .heartbeat(caller.0, id.into_inner(), body.into_inner().token)
+        .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "id": a.id, "expires_at": a.expires_at, "active_seconds": a.active_seconds,
     })))
@@ -56,7 +58,10 @@ async fn end(
         }
         r => r.filter(|r| !r.trim().is_empty()),
     };
-    review::finish_without_answer(&state, caller.0, id, body.token, status, reason).await?;
+    state
+        .core
+        .end_without_answer(caller.0, id, body.token, status, reason)
+        .await?;
     let word = if status == AssignmentStatus::Skipped {
         "skipped"
     } else {
@@ -112,7 +117,10 @@ pub async fn submit(
     body: web::Json<SubmitBody>,
 ) -> AppResult<HttpResponse> {
     let SubmitBody { token, answer } = body.into_inner();
-    let done = review::submit(&state, caller.0, id.into_inner(), token, answer).await?;
+    let done = state
+        .core
+        .submit(caller.0, id.into_inner(), token, answer)
+        .await?;
     if done.replay {
         Ok(HttpResponse::Ok()
             .insert_header(("X-Assay-Replay", "true"))

@@ -5,9 +5,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::State;
 use crate::auth::{Admin, Caller};
+use crate::domain::AuditAction;
 use crate::domain::Id;
 use crate::error::{AppError, AppResult};
-use crate::services::{blocking, durable, imports, projects};
+use crate::services::{blocking, projects};
 
 /// `POST /projects/{id}/tasks`: the body is the upload itself (JSON array, JSON Lines or a
 /// Label Studio task list). It is spooled to disk while it arrives, then imported.
@@ -17,7 +18,7 @@ pub async fn import(
     id: web::Path<Id>,
     mut body: web::Payload,
 ) -> AppResult<HttpResponse> {
-    let (project, _) = projects::access(&state, &admin.0, id.into_inner()).await?;
+    let (project, _) = projects::access(&state.core, &admin.0, id.into_inner()).await?;
     let limit = state.config.server.max_import_mb * 1024 * 1024;
     let spool_dir = state.config.storage.data.join("spool");
     let spool = blocking(move || {
@@ -29,7 +30,9 @@ pub async fn import(
     let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
     let mut received = 0u64;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| AppError::bad_request("invalid_body", e.to_string()))?;
+        let chunk = chunk.map_err(|e| {
+            AppError::bad_request(crate::error::ErrorCode::InvalidBody, e.to_string())
+        })?;
         received += chunk.len() as u64;
         if received > limit {
             return Err(AppError::PayloadTooLarge(state.config.server.max_import_mb));
@@ -37,16 +40,16 @@ pub async fn import(
         writer.write_all(&chunk).await.map_err(AppError::internal)?;
     }
     writer.flush().await.map_err(AppError::internal)?;
-    state.queue.loaded().await;
+    state.ready().await;
     let st = state.clone();
     let actor = admin.0.id;
     let report = blocking(move || {
-        let report = imports::import_file(&st, &project, &path, actor);
+        let report = st.import_file(&project, &path, actor);
         drop(path); // removes the spool file
         report
     })
     .await?;
-    durable(&state).await?;
+    state.durable().await?;
     Ok(HttpResponse::Created().json(report))
 }
 
@@ -64,7 +67,7 @@ pub async fn list(
     id: web::Path<Id>,
     page: web::Query<Page>,
 ) -> AppResult<HttpResponse> {
-    let (project, access) = projects::access(&state, &caller.0, id.into_inner()).await?;
+    let (project, access) = projects::access(&state.core, &caller.0, id.into_inner()).await?;
     if !access.can_oversee() {
         return Err(AppError::Forbidden(
             "only leads and admins list a project's tasks",
@@ -74,10 +77,10 @@ pub async fn list(
     let after = page.after;
     let st = state.clone();
     let items = blocking(move || {
-        let tasks = st.store.tasks_page(project.id, after, limit)?;
+        let tasks = st.store().tasks_page(project.id, after, limit)?;
         let mut out = Vec::with_capacity(tasks.len());
         for t in tasks {
-            let status = st.store.task_status(t.id)?;
+            let status = st.store().task_status(t.id)?;
             out.push(serde_json::json!({"task": t, "status": status}));
         }
         Ok(out)
@@ -90,19 +93,17 @@ pub async fn list(
 /// have worked on.
 pub async fn get(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<HttpResponse> {
     let id = id.into_inner();
-    state.queue.loaded().await;
+    state.ready().await;
     let st = state.clone();
     let user = caller.0;
     let body = blocking(move || {
-        let task = st.store.task(id)?.ok_or(AppError::NotFound("task"))?;
+        let task = st.store().task(id)?.ok_or(AppError::NotFound("task"))?;
         let (_, access) = projects::access_blocking(&st, &user, task.project_id)?;
-        let status = st.store.task_status(id)?.ok_or(AppError::NotFound("task"))?;
-        crate::services::audit(&st, Some(user.id), "task.view", format!("task:{id}"), serde_json::Value::Null);
+        let status = st.store().task_status(id)?.ok_or(AppError::NotFound("task"))?;
+        st.audit(Some(user.id), AuditAction::TaskView, format!("task:{id}"), serde_json::Value::Null);
         if !access.can_oversee() {
             let worked_on = status.done_by.contains(&user.id)
-                || st.queue.project(task.project_id).lock().map(|q| {
-                    q.slot(id).is_some_and(|s| s.leases.iter().any(|l| l.expert_id == user.id))
-                }).unwrap_or(false);
+                || st.holds(user.id, task.project_id, id);
             if !worked_on {
                 return Err(AppError::Forbidden("you have not been assigned this task"));
             }
@@ -124,9 +125,9 @@ pub async fn submissions(
     let st = state.clone();
     let user = caller.0;
     let list = blocking(move || {
-        let task = st.store.task(id)?.ok_or(AppError::NotFound("task"))?;
+        let task = st.store().task(id)?.ok_or(AppError::NotFound("task"))?;
         let (_, access) = projects::access_blocking(&st, &user, task.project_id)?;
-        let mut subs = st.store.submissions_for_task(id)?;
+        let mut subs = st.store().submissions_for_task(id)?;
         if !access.can_oversee() {
             subs.retain(|s| s.expert_id == user.id);
         }

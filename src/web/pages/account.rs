@@ -94,7 +94,7 @@ pub async fn login(state: State, req: HttpRequest, form: web::Form<LoginForm>) -
             StatusCode::FORBIDDEN,
         );
     }
-    match users::login(&state, form.username.clone(), form.password).await {
+    match users::login(&state.core, form.username.clone(), form.password).await {
         Ok((_, token, _)) => Ok(HttpResponse::SeeOther()
             .cookie(session_cookie(token, state.keys.session_seconds))
             .insert_header((header::LOCATION, safe_next(&form.next).to_owned()))

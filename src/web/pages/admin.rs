@@ -47,8 +47,8 @@ pub async fn projects(state: State, session: Session) -> PageResult {
     let st = state.clone();
     let list = blocking(move || {
         let mut out = Vec::new();
-        for p in st.store.projects()? {
-            let counts = st.store.project_counts(p.id)?;
+        for p in st.store().projects()? {
+            let counts = st.store().project_counts(p.id)?;
             out.push(
                 json!({ "id": p.id, "name": p.name, "rubric": p.rubric, "router": p.router,
                              "reviews_per_task": p.reviews_per_task, "counts": counts }),
@@ -72,13 +72,16 @@ pub async fn project(state: State, session: Session, id: web::Path<Id>) -> PageR
     let st = state.clone();
     let id = id.into_inner();
     let (project, counts, members, others) = blocking(move || {
-        let project = st.store.project(id)?.ok_or(AppError::NotFound("project"))?;
-        let counts = st.store.project_counts(id)?;
+        let project = st
+            .store()
+            .project(id)?
+            .ok_or(AppError::NotFound("project"))?;
+        let counts = st.store().project_counts(id)?;
         let mut members = Vec::new();
         let mut member_ids = Vec::new();
-        for (uid, role) in st.store.members(id)? {
+        for (uid, role) in st.store().members(id)? {
             member_ids.push(uid);
-            if let Some(u) = st.store.user(uid)? {
+            if let Some(u) = st.store().user(uid)? {
                 members.push(
                     json!({ "id": uid, "username": u.username, "active": u.active,
                     "role": if role == ProjectRole::Lead { "lead" } else { "expert" } }),
@@ -86,7 +89,7 @@ pub async fn project(state: State, session: Session, id: web::Path<Id>) -> PageR
             }
         }
         let others: Vec<_> = st
-            .store
+            .store()
             .users()?
             .into_iter()
             .filter(|u| u.active && !member_ids.contains(&u.id))
@@ -118,7 +121,7 @@ pub async fn users(state: State, session: Session) -> PageResult {
     let st = state.clone();
     let list = blocking(move || {
         Ok(st
-            .store
+            .store()
             .users()?
             .iter()
             .map(|u| {
@@ -182,7 +185,7 @@ pub async fn plugin(
     };
     let st = state.clone();
     let n = name.clone();
-    let versions = blocking(move || Ok(st.store.plugin_versions(kind.as_str(), &n)?)).await?;
+    let versions = blocking(move || Ok(st.store().plugin_versions(kind, &n)?)).await?;
     if versions.is_empty() {
         return Err(AppError::NotFound("plugin").into());
     }

@@ -7,7 +7,6 @@ use serde_json::json;
 use super::{page, PageResult, Session};
 use crate::app::AppState;
 use crate::domain::ProjectRole;
-use crate::queue::Queue;
 use crate::services::{blocking, projects};
 
 const DAY_MS: i64 = 86_400_000;
@@ -15,8 +14,8 @@ const DAY_MS: i64 = 86_400_000;
 const WAITING_CAP: usize = 100;
 
 pub async fn home(state: web::Data<AppState>, session: Session) -> PageResult {
-    let listed = projects::visible(&state, &session.user).await?;
-    state.queue.loaded().await;
+    let listed = projects::visible(&state.core, &session.user).await?;
+    state.ready().await;
     let st = state.clone();
     let user = session.user.clone();
     let data = blocking(move || {
@@ -25,17 +24,14 @@ pub async fn home(state: web::Data<AppState>, session: Session) -> PageResult {
         // 1970-01-01 was a Thursday: weeks start on Monday, 00:00 UTC.
         let days_since_monday = (now.div_euclid(DAY_MS) + 3).rem_euclid(7);
         let week = today - days_since_monday * DAY_MS;
-        let done = st.store.expert_submissions_since(user.id, week)?;
+        let done = st.store().expert_submissions_since(user.id, week)?;
         let done_today = done.iter().filter(|s| s.submitted_at >= today).count();
         let seconds_week: f64 = done.iter().map(|s| s.active_seconds).sum();
         let earned = user.hourly_rate.map(|r| r * seconds_week / 3600.0);
 
         let mut projects = Vec::new();
         for (p, role) in listed {
-            let q = st.queue.project(p.id);
-            let waiting = Queue::lock(&q)
-                .eligible(user.id, &user.skills, now, WAITING_CAP + 1)
-                .len();
+            let waiting = st.waiting_for(&user, p.id, WAITING_CAP + 1);
             let done_here = done
                 .iter()
                 .filter(|s| s.project_id == p.id && s.submitted_at >= today)

@@ -25,7 +25,7 @@ async fn overseen(
     session: &Session,
     id: Id,
 ) -> Result<crate::domain::Project, AppError> {
-    let (project, access) = projects::access(state, &session.user, id).await?;
+    let (project, access) = projects::access(&state.core, &session.user, id).await?;
     if !access.can_oversee() {
         return Err(AppError::Forbidden("this page is for the project's leads"));
     }
@@ -42,16 +42,16 @@ pub async fn submissions(
     let st = state.clone();
     let (pid, after) = (project.id, q.after);
     let items = blocking(move || {
-        let subs = st.store.submissions_page(pid, after, PAGE)?;
+        let subs = st.store().submissions_page(pid, after, PAGE)?;
         let mut out = Vec::with_capacity(subs.len());
         for s in &subs {
-            let Some(task) = st.store.task(s.task_id)? else {
+            let Some(task) = st.store().task(s.task_id)? else {
                 continue;
             };
             let expert = st
-                .store
+                .store()
                 .cached_user(s.expert_id)
-                .or(st.store.user(s.expert_id)?)
+                .or(st.store().user(s.expert_id)?)
                 .map(|u| u.username)
                 .unwrap_or_else(|| format!("user {}", s.expert_id));
             // The form as this expert saw it: the rubric version recorded with the answer.
@@ -103,12 +103,12 @@ pub async fn stats(state: web::Data<AppState>, session: Session, id: web::Path<I
     let st = state.clone();
     let pid = project.id;
     let (counts, hourly, first_hour) = blocking(move || {
-        let counts = st.store.project_counts(pid)?;
+        let counts = st.store().project_counts(pid)?;
         let this_hour = crate::now_ms().div_euclid(3_600_000);
         let first = this_hour - 23;
         Ok((
             counts,
-            st.store.submissions_per_hour(pid, first, 24)?,
+            st.store().submissions_per_hour(pid, first, 24)?,
             first,
         ))
     })

@@ -9,11 +9,11 @@ use super::view::{criteria_view, response_labels, task_view};
 use super::{page, PageResult, Session};
 use crate::app::AppState;
 use crate::domain::Id;
-use crate::services::{projects, review};
+use crate::services::projects;
 
 pub async fn review(state: web::Data<AppState>, session: Session, id: web::Path<Id>) -> PageResult {
-    let (project, _) = projects::access(&state, &session.user, id.into_inner()).await?;
-    let Some(handout) = review::next(&state, session.user.clone(), project.id).await? else {
+    let (project, _) = projects::access(&state.core, &session.user, id.into_inner()).await?;
+    let Some(handout) = state.core.next(session.user.clone(), project.id).await? else {
         let data = json!({ "project": { "id": project.id, "name": project.name } });
         return page(
             &state,

@@ -1,0 +1,52 @@
+//! The plugin registry's archive, over the store and the audit log.
+
+use std::sync::Arc;
+
+use crate::domain::{AuditAction, AuditEvent, PluginKind, PluginVersion};
+use crate::scripting::registry::VersionArchive;
+use crate::scripting::ScriptError;
+use crate::store::Store;
+
+pub struct StoreArchive(pub Arc<dyn Store>);
+
+impl VersionArchive for StoreArchive {
+    fn record(&self, version: &PluginVersion) -> Result<(), String> {
+        self.0
+            .put_plugin_version(version)
+            .and_then(|_| self.0.flush())
+            .map_err(|e| e.to_string())
+    }
+
+    fn version(&self, hash: &str) -> Result<Option<PluginVersion>, String> {
+        self.0.plugin_version(hash).map_err(|e| e.to_string())
+    }
+
+    fn versions(&self, kind: PluginKind, name: &str) -> Result<Vec<PluginVersion>, String> {
+        self.0
+            .plugin_versions(kind, name)
+            .map_err(|e| e.to_string())
+    }
+
+    fn loaded(&self, kind: PluginKind, name: &str, outcome: Result<&str, (&str, &ScriptError)>) {
+        let (action, detail) = match outcome {
+            Ok(hash) => (
+                AuditAction::PluginLoad,
+                serde_json::json!({"version": hash}),
+            ),
+            Err((hash, e)) => (
+                AuditAction::PluginLoadFailed,
+                serde_json::json!({"attempted": hash, "error": e.to_string()}),
+            ),
+        };
+        let event = AuditEvent {
+            at: crate::now_ms(),
+            actor: None,
+            action,
+            object: format!("{}:{name}", kind.as_str()),
+            detail,
+        };
+        if let Err(e) = self.0.append_audit(&event) {
+            tracing::error!(error = %e, "could not audit a plugin load");
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! Submit, second half: the committer. Checked submissions queue here; one thread takes
+//! whatever has queued up (up to [`MAX_BATCH`]) and commits it as one batch:
+//!
+//! 1. lock the queues of the batch's projects (in id order);
+//! 2. re-check each member against the index, and against the members before it (two reviews
+//!    of one task in a batch build on each other's task status);
+//! 3. write every member that passed in one store transaction (one log write instead of one
+//!    per submission, which is what sled spends its time on);
+//! 4. mirror what committed into the index, unlock, and answer each member.
+//!
+//! The members then wait for the shared group flush before their 201, so the next batch
+//! commits while the last one is being flushed. If the batch's transaction fails (a lease was
+//! ended behind the index's back, or the store refused), nothing of it was written: each member
+//! is then re-checked and committed on its own, so one bad member costs only its own answer.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use super::lease::lease_error;
+use super::submit::Submitted;
+use crate::domain::*;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::metrics::Metrics;
+use crate::queue::{ProjectQueue, Queue};
+use crate::scripting::router;
+use crate::store::{Store, StoreError, SubmissionWrite};
+
+/// Most submissions committed in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// A checked submission waiting to be committed.
+pub struct Pending {
+    pub assignment: Assignment,
+    /// The assignment was not in the store (lost in a crash): only its signed token vouches
+    /// for it, so it is accepted only while the task has room.
+    pub recovered: bool,
+    /// The submission to store (its id is assigned when it is written).
+    pub submission: Submission,
+    pub decision: router::Decision,
+}
+
+type Reply = oneshot::Sender<AppResult<Submitted>>;
+
+pub struct Committer {
+    sender: Mutex<Option<mpsc::Sender<(Pending, Reply)>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Committer {
+    pub fn start(
+        store: Arc<dyn Store>,
+        queue: Arc<Queue>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
+        let (sender, receiver) = mpsc::channel::<(Pending, Reply)>();
+        let thread = std::thread::Builder::new()
+            .name("assay-commit".into())
+            .spawn(move || {
+                let batcher = Batcher {
+                    store: &*store,
+                    queue: &queue,
+                };
+                // Block for the first member, then take whatever else has arrived meanwhile.
+                while let Ok(first) = receiver.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match receiver.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    Metrics::count(&metrics.commit_batches);
+                    metrics
+                        .commit_members
+                        .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    // A panic must not take the committer down with it: the members of that
+                    // batch get an error (their reply senders are dropped), the next batch runs.
+                    let run = std::panic::AssertUnwindSafe(|| batcher.commit(batch));
+                    if std::panic::catch_unwind(run).is_err() {
+                        tracing::error!(
+                            "a submit batch panicked; its members were answered with an error"
+                        );
+                    }
+                }
+            })?;
+        Ok(Self {
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues a checked submission and waits until it is committed (not yet flushed).
+    pub async fn commit(&self, pending: Pending) -> AppResult<Submitted> {
+        let (reply, answer) = oneshot::channel();
+        let sent = self
+            .sender
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.send((pending, reply)).is_ok());
+        if sent != Some(true) {
+            return Err(AppError::internal("the committer has stopped"));
+        }
+        answer
+            .await
+            .map_err(|_| AppError::internal("the submit batch failed"))?
+    }
+
+    /// Commits what is queued, then stops the thread. Later submits fail.
+    pub fn stop(&self) {
+        drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A member the re-check let through, with what it will write.
+struct Accepted {
+    pending: Pending,
+    write: SubmissionWrite,
+    reply: Reply,
+}
+
+/// What the re-check decided for one member.
+#[allow(clippy::large_enum_variant)] // one short-lived value per member
+enum Verdict {
+    Accept(Box<SubmissionWrite>),
+    /// Answered already: stored by an earlier call, or refused.
+    Done(AppResult<Submitted>),
+    /// The same assignment is already in this batch (a client retry racing the first call).
+    Repeat,
+}
+
+/// The submission a submitted assignment has.
+pub(super) fn existing(store: &dyn Store, a: &Assignment) -> AppResult<Submitted> {
+    let sid = a
+        .submission_id
+        .ok_or_else(|| AppError::internal("submitted assignment without submission"))?;
+    let submission = store
+        .submission(sid)?
+        .ok_or(AppError::NotFound("submission"))?;
+    Ok(Submitted {
+        submission,
+        replay: true,
+    })
+}
+
+/// Why a lease can no longer take an answer, from its stored record.
+fn ended_lease(store: &dyn Store, stored: Option<Assignment>) -> AppResult<Submitted> {
+    match stored {
+        Some(a) if a.status == AssignmentStatus::Submitted => existing(store, &a),
+        Some(a)
+            if a.status == AssignmentStatus::Active || a.status == AssignmentStatus::Expired =>
+        {
+            Err(lease_error(
+                ErrorCode::LeaseExpired,
+                "the lease has expired; ask for the next task",
+            ))
+        }
+        _ => Err(lease_error(
+            ErrorCode::LeaseEnded,
+            "the lease ended before the answer arrived",
+        )),
+    }
+}
+
+struct Batcher<'a> {
+    store: &'a dyn Store,
+    queue: &'a Queue,
+}
+
+impl Batcher<'_> {
+    fn commit(&self, batch: Vec<(Pending, Reply)>) {
+        let mut projects: Vec<Id> = batch.iter().map(|(p, _)| p.assignment.project_id).collect();
+        projects.sort_unstable();
+        projects.dedup();
+        let handles: Vec<_> = projects.iter().map(|p| self.queue.project(*p)).collect();
+        // Locked in id order, as every other multi-project locker must.
+        let mut guards: Vec<_> = handles.iter().map(Queue::lock).collect();
+        let mut locked: HashMap<Id, &mut ProjectQueue> = projects
+            .iter()
+            .copied()
+            .zip(guards.iter_mut().map(|g| &mut **g))
+            .collect();
+
+        let now = crate::now_ms();
+        let mut overlay: HashMap<Id, TaskStatus> = HashMap::new();
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut repeats: Vec<(Id, Reply)> = Vec::new();
+        for (pending, reply) in batch {
+            let Some(queue) = locked.get(&pending.assignment.project_id) else {
+                let _ = reply.send(Err(AppError::internal("project queue not locked")));
+                continue;
+            };
+            let repeat = accepted
+                .iter()
+                .any(|a| a.pending.assignment.id == pending.assignment.id);
+            let verdict = if repeat {
+                Verdict::Repeat
+            } else {
+                self.recheck(queue, &overlay, &pending, now)
+            };
+            match verdict {
+                Verdict::Accept(write) => {
+                    let write = *write;
+                    overlay.insert(write.status.task_id, write.status.clone());
+                    accepted.push(Accepted {
+                        pending,
+                        write,
+                        reply,
+                    });
+                }
+                Verdict::Done(result) => {
+                    let _ = reply.send(result);
+                }
+                Verdict::Repeat => repeats.push((pending.assignment.id, reply)),
+            }
+        }
+
+        let writes: Vec<SubmissionWrite> = accepted.iter().map(|a| a.write.clone()).collect();
+        let committed = if writes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.store.commit_submissions(writes)
+        };
+        match committed {
+            Ok(stored) => {
+                for (member, submission) in accepted.into_iter().zip(stored) {
+                    if let Some(queue) = locked.get_mut(&member.write.assignment.project_id) {
+                        mirror(queue, &member.write);
+                    }
+                    let _ = member.reply.send(Ok(Submitted {
+                        submission,
+                        replay: false,
+                    }));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, members = accepted.len(), "submit batch failed; committing its members one by one");
+                // Nothing was written and the index is unchanged: each member is checked and
+                // committed again on its own, against the index as the earlier ones leave it.
+                for member in accepted {
+                    let result = self.commit_alone(&mut locked, &member.pending, now);
+                    let _ = member.reply.send(result);
+                }
+            }
+        }
+        // A repeat answers like a retry after the first call: with what the store now holds.
+        for (aid, reply) in repeats {
+            let result = self
+                .store
+                .assignment(aid)
+                .map_err(AppError::from)
+                .and_then(|stored| ended_lease(self.store, stored));
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Checks one member under the lock: the lease still stands (or, for a lease lost in a
+    /// crash, the task still has room), the expert has not reviewed the task, and the task is
+    /// still open. `overlay` holds the task statuses earlier members of the batch will write.
+    fn recheck(
+        &self,
+        queue: &ProjectQueue,
+        overlay: &HashMap<Id, TaskStatus>,
+        pending: &Pending,
+        now: i64,
+    ) -> Verdict {
+        let a = &pending.assignment;
+        let slot = queue.slot(a.task_id);
+        let own_lease = slot.is_some_and(|s| {
+            s.leases
+                .iter()
+                .any(|l| l.assignment_id == a.id && l.expires_at > now)
+        });
+        if !own_lease && !pending.recovered {
+            // Ended, expired or submitted since the first half: the record says which.
+            return Verdict::Done(
+                self.store
+                    .assignment(a.id)
+                    .map_err(AppError::from)
+                    .and_then(|stored| ended_lease(self.store, stored)),
+            );
+        }
+        let status = match (overlay.get(&a.task_id), slot) {
+            (Some(s), _) => s.clone(),
+            (None, Some(slot)) => slot.status.clone(),
+            (None, None) => match self.store.task_status(a.task_id) {
+                Ok(Some(s)) => s,
+                Ok(None) => return Verdict::Done(Err(AppError::NotFound("task"))),
+                Err(e) => return Verdict::Done(Err(e.into())),
+            },
+        };
+        if status.done_by.contains(&a.expert_id) {
+            return Verdict::Done(Err(lease_error(
+                ErrorCode::AlreadyReviewed,
+                "you have already reviewed this task",
+            )));
+        }
+        let others = slot.map_or(0, |s| {
+            s.leases
+                .iter()
+                .filter(|l| l.assignment_id != a.id && l.expires_at > now)
+                .count()
+        }) + status.done_by.len();
+        if status.state != TaskState::Open
+            || (pending.recovered && others >= status.reviews as usize)
+        {
+            return Verdict::Done(Err(lease_error(
+                ErrorCode::LeaseExpired,
+                "the task no longer needs this review",
+            )));
+        }
+        let mut new_status = status;
+        new_status.done_by.push(a.expert_id);
+        pending.decision.apply(&mut new_status);
+        Verdict::Accept(Box::new(SubmissionWrite {
+            audit: AuditEvent {
+                at: now,
+                actor: Some(a.expert_id),
+                action: AuditAction::TaskSubmit,
+                object: format!("task:{}", a.task_id),
+                detail: serde_json::json!({"assignment": a.id}),
+            },
+            submission: pending.submission.clone(),
+            assignment: pending.assignment.clone(),
+            status: new_status,
+        }))
+    }
+
+    /// Commits one member of a failed batch by itself.
+    fn commit_alone(
+        &self,
+        locked: &mut HashMap<Id, &mut ProjectQueue>,
+        pending: &Pending,
+        now: i64,
+    ) -> AppResult<Submitted> {
+        let queue = locked
+            .get_mut(&pending.assignment.project_id)
+            .ok_or_else(|| AppError::internal("project queue not locked"))?;
+        // The index holds every member committed so far, so no overlay is needed.
+        let write = match self.recheck(queue, &HashMap::new(), pending, now) {
+            Verdict::Accept(write) => *write,
+            Verdict::Done(result) => return result,
+            Verdict::Repeat => return Err(AppError::internal("a repeat cannot be re-checked")),
+        };
+        match self.store.commit_submission(write.clone()) {
+            Ok(submission) => {
+                mirror(queue, &write);
+                Ok(Submitted {
+                    submission,
+                    replay: false,
+                })
+            }
+            Err(StoreError::AssignmentEnded(stored)) => ended_lease(self.store, Some(stored)),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Mirrors a committed submission into the index: its lease ends, its task takes the new status.
+fn mirror(queue: &mut ProjectQueue, write: &SubmissionWrite) {
+    queue.remove_lease(write.status.task_id, write.assignment.id);
+    queue.set_status(write.status.clone());
+}

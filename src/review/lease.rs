@@ -1,0 +1,481 @@
+//! Leases: hand out the next task (`next`), keep a lease alive (`heartbeat`), end it without an
+//! answer (skip, release) or by expiry (`sweep`). Every decision about a project's tasks is
+//! taken under that project's queue lock, and the index changes only after the store write it
+//! mirrors has succeeded.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{blocking, ReviewCore};
+use crate::auth::AssignmentClaims;
+use crate::domain::*;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::metrics::Metrics;
+use crate::queue::{Lease, Queue};
+use crate::scripting::rubric::{self, Criterion};
+use crate::scripting::{router, Plugin, PluginKind};
+use crate::services::projects::access_blocking;
+use crate::store::StoreError;
+
+/// What `next` hands to the expert.
+#[derive(Debug, Serialize)]
+pub struct Handout {
+    pub assignment: AssignmentView,
+    pub task: TaskView,
+    pub criteria: Vec<Criterion>,
+    pub instructions: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssignmentView {
+    pub id: Id,
+    pub token: String,
+    pub expires_at: i64,
+    pub served_at: i64,
+    pub rubric_version: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub id: Id,
+    pub external_id: Option<String>,
+    pub data: Value,
+}
+
+pub(super) fn lease_error(code: ErrorCode, message: &str) -> AppError {
+    AppError::conflict(code, message)
+}
+
+/// Candidates a router's `pick` chooses among.
+const PICK_WINDOW: usize = 32;
+
+/// What a router's `pick` chose.
+enum Choice {
+    Task(Id),
+    Nothing,
+    Default,
+}
+
+impl ReviewCore {
+    /// Checks an assignment token against the path and the caller.
+    pub(super) fn claims_for(
+        &self,
+        user: &User,
+        id: Id,
+        token: &str,
+    ) -> AppResult<AssignmentClaims> {
+        let claims = self.keys.verify_assignment(token).ok_or_else(|| {
+            lease_error(
+                ErrorCode::InvalidLeaseToken,
+                "the assignment token is invalid",
+            )
+        })?;
+        if claims.aid != id || claims.sub != user.id {
+            return Err(lease_error(
+                ErrorCode::ForeignLease,
+                "this assignment belongs to someone else",
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// Hands the expert their current lease in the project, or a new one; `None` when nothing
+    /// is left for them.
+    pub async fn next(self: &Arc<Self>, user: User, project: Id) -> AppResult<Option<Handout>> {
+        self.ready().await;
+        let core = self.clone();
+        blocking(move || core.next_blocking(&user, project)).await
+    }
+
+    fn next_blocking(&self, user: &User, project: Id) -> AppResult<Option<Handout>> {
+        let (project, _) = access_blocking(self, user, project)?;
+        let now = crate::now_ms();
+        let q = self.queue.project(project.id);
+        let held = Queue::lock(&q).held_by(user.id, now);
+        let held = match held {
+            Some((_, aid)) => self
+                .store
+                .assignment(aid)?
+                .filter(|a| a.status == AssignmentStatus::Active),
+            None => None,
+        };
+        let assignment = match held {
+            Some(a) => a,
+            None => match self.lease_next(&project, user, now)? {
+                Some(a) => a,
+                None => return Ok(None),
+            },
+        };
+        let task = self
+            .store
+            .task(assignment.task_id)?
+            .ok_or(AppError::NotFound("task"))?;
+        let criteria = self
+            .registry
+            .version(
+                PluginKind::Rubric,
+                &assignment.rubric,
+                &assignment.rubric_version,
+            )
+            .and_then(|r| {
+                Ok(rubric::criteria(
+                    &self.registry.engine,
+                    &r,
+                    &rubric::task_value(&task),
+                )?)
+            });
+        let criteria = match criteria {
+            Ok(c) => c,
+            Err(e) => {
+                // The expert cannot work on a task whose form cannot be built: give it back.
+                self.end_lease(
+                    user,
+                    &assignment,
+                    AssignmentStatus::Released,
+                    Some("rubric error".into()),
+                )?;
+                return Err(e);
+            }
+        };
+        let token = self
+            .keys
+            .assignment(&assignment)
+            .map_err(AppError::internal)?;
+        self.audit(
+            Some(user.id),
+            AuditAction::TaskLease,
+            format!("task:{}", task.id),
+            serde_json::json!({"assignment": assignment.id}),
+        );
+        Ok(Some(Handout {
+            assignment: AssignmentView {
+                id: assignment.id,
+                token,
+                expires_at: assignment.expires_at,
+                served_at: assignment.served_at,
+                rubric_version: assignment.rubric_version.clone(),
+            },
+            task: TaskView {
+                id: task.id,
+                external_id: task.external_id,
+                data: task.data,
+            },
+            criteria,
+            instructions: project.instructions,
+        }))
+    }
+
+    /// Chooses a task (asking the router's `pick` when it has one) and leases it.
+    fn lease_next(
+        &self,
+        project: &Project,
+        user: &User,
+        now: i64,
+    ) -> AppResult<Option<Assignment>> {
+        let rubric = self.registry.current(PluginKind::Rubric, &project.rubric)?;
+        let router = self.registry.current(PluginKind::Router, &project.router)?;
+        let q = self.queue.project(project.id);
+        // The script runs without the lock, so a slow `pick` never holds up other experts; its
+        // choice is checked again under the lock below.
+        let choice = if router.has_fn("pick", 2) {
+            self.scripted_pick(&router, user, project.id, now)?
+        } else {
+            Choice::Default
+        };
+        let mut queue = Queue::lock(&q);
+        if let Some((_, aid)) = queue.held_by(user.id, now) {
+            // A concurrent `next` of the same expert leased meanwhile: answer with that lease.
+            return Ok(self
+                .store
+                .assignment(aid)?
+                .filter(|a| a.status == AssignmentStatus::Active));
+        }
+        let task_id = match choice {
+            Choice::Nothing => return Ok(None),
+            Choice::Task(id) if queue.may_take(id, user.id, &user.skills, now) => id,
+            _ => match queue.pick(user.id, &user.skills, now) {
+                Some(id) => id,
+                None => return Ok(None),
+            },
+        };
+        let a = Assignment {
+            id: self.store.new_id()?,
+            task_id,
+            project_id: project.id,
+            expert_id: user.id,
+            status: AssignmentStatus::Active,
+            served_at: now,
+            expires_at: now + project.lease_seconds as i64 * 1000,
+            last_seen_at: now,
+            active_seconds: 0.0,
+            fence: rand::random(),
+            rubric: rubric.name.clone(),
+            rubric_version: rubric.hash.clone(),
+            router: router.name.clone(),
+            router_version: router.hash.clone(),
+            submission_id: None,
+            reason: None,
+        };
+        // Not flushed: a lease lost in a crash only returns its task to the queue, and its signed
+        // token still lets the expert submit while the task has room.
+        self.store.put_assignment(&a)?;
+        queue.add_lease(task_id, Lease::from(&a));
+        Metrics::count(&self.metrics.handouts);
+        Ok(Some(a))
+    }
+
+    /// Calls `pick(expert, candidates)` over a window of the tasks this expert may take.
+    fn scripted_pick(
+        &self,
+        router: &Plugin,
+        user: &User,
+        project: Id,
+        now: i64,
+    ) -> AppResult<Choice> {
+        let q = self.queue.project(project);
+        let (window, handouts) = {
+            let queue = Queue::lock(&q);
+            let ids = queue.eligible(user.id, &user.skills, now, PICK_WINDOW);
+            let statuses: Vec<TaskStatus> = ids
+                .iter()
+                .filter_map(|id| queue.slot(*id).map(|s| s.status.clone()))
+                .collect();
+            (statuses, queue.handouts(user.id))
+        };
+        if window.is_empty() {
+            return Ok(Choice::Nothing);
+        }
+        let mut candidates = Vec::with_capacity(window.len());
+        for status in &window {
+            let Some(task) = self.store.task(status.task_id)? else {
+                continue;
+            };
+            candidates.push(serde_json::json!({
+                "id": task.id, "external_id": task.external_id, "meta": task.meta,
+                "pool": status.pool, "priority": status.priority, "reviews": status.reviews,
+                "done": status.done_by.len(), "is_gold": status.gold,
+            }));
+        }
+        let expert = serde_json::json!({
+            "id": user.id, "username": user.username, "skills": user.skills, "handouts": handouts,
+        });
+        Ok(
+            match router::pick(
+                &self.registry.engine,
+                router,
+                &expert,
+                &Value::Array(candidates),
+            )? {
+                Some(i) => window
+                    .get(i)
+                    .map_or(Choice::Default, |s| Choice::Task(s.task_id)),
+                None => Choice::Nothing,
+            },
+        )
+    }
+
+    /// Loads an assignment for a lease operation and checks that it is live and the caller's.
+    fn live_assignment(&self, claims: &AssignmentClaims, now: i64) -> AppResult<Assignment> {
+        let a = self.store.assignment(claims.aid)?.ok_or_else(|| {
+            lease_error(
+                ErrorCode::LeaseUnknown,
+                "this lease is not known (it may have expired)",
+            )
+        })?;
+        if a.fence != claims.fence {
+            return Err(lease_error(
+                ErrorCode::ForeignLease,
+                "the token does not match this assignment",
+            ));
+        }
+        match a.status {
+            AssignmentStatus::Active if a.expires_at > now => Ok(a),
+            AssignmentStatus::Active | AssignmentStatus::Expired => Err(lease_error(
+                ErrorCode::LeaseExpired,
+                "the lease has expired; ask for the next task",
+            )),
+            _ => Err(lease_error(
+                ErrorCode::LeaseEnded,
+                "the lease was already ended",
+            )),
+        }
+    }
+
+    /// Active seconds of a lease up to `now`: the gap since the last sign of life counts only up
+    /// to the idle cut-off.
+    pub(super) fn idle_capped(&self, a: &Assignment, now: i64) -> f64 {
+        let gap = (now - a.last_seen_at).max(0) as f64 / 1000.0;
+        a.active_seconds + gap.min(self.config.queue.idle_cutoff_seconds as f64)
+    }
+
+    /// Extends a lease and records active time.
+    pub async fn heartbeat(
+        self: &Arc<Self>,
+        user: User,
+        id: Id,
+        token: String,
+    ) -> AppResult<Assignment> {
+        self.ready().await;
+        let core = self.clone();
+        blocking(move || {
+            let claims = core.claims_for(&user, id, &token)?;
+            let project = core
+                .store
+                .project(claims.pid)?
+                .ok_or(AppError::NotFound("project"))?;
+            let q = core.queue.project(claims.pid);
+            let mut queue = Queue::lock(&q);
+            let now = crate::now_ms();
+            let mut a = core.live_assignment(&claims, now)?;
+            a.active_seconds = core.idle_capped(&a, now);
+            a.last_seen_at = now;
+            a.expires_at = now + project.lease_seconds as i64 * 1000;
+            core.store.put_assignment(&a)?;
+            queue.add_lease(a.task_id, Lease::from(&a));
+            Ok(a)
+        })
+        .await
+    }
+
+    /// Ends a lease without an answer. A skip also keeps the task away from this expert.
+    fn end_lease(
+        &self,
+        user: &User,
+        a: &Assignment,
+        status: AssignmentStatus,
+        reason: Option<String>,
+    ) -> AppResult<()> {
+        let q = self.queue.project(a.project_id);
+        let mut queue = Queue::lock(&q);
+        let mut ended = a.clone();
+        ended.status = status;
+        ended.reason = reason;
+        let mut task_status = None;
+        if status == AssignmentStatus::Skipped {
+            let mut s = match queue.slot(a.task_id) {
+                Some(slot) => slot.status.clone(),
+                None => self
+                    .store
+                    .task_status(a.task_id)?
+                    .ok_or(AppError::NotFound("task"))?,
+            };
+            if !s.skipped_by.contains(&user.id) {
+                s.skipped_by.push(user.id);
+            }
+            task_status = Some(s);
+        }
+        match self.store.end_assignment(&ended, task_status.as_ref()) {
+            Ok(()) => {}
+            Err(StoreError::AssignmentEnded(_)) => {
+                return Err(lease_error(
+                    ErrorCode::LeaseEnded,
+                    "the lease was already ended",
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        queue.remove_lease(a.task_id, a.id);
+        if let Some(s) = task_status {
+            queue.set_status(s);
+        }
+        Ok(())
+    }
+
+    /// Skips (never offered to this expert again) or releases (back to the queue) a lease.
+    pub async fn end_without_answer(
+        self: &Arc<Self>,
+        user: User,
+        id: Id,
+        token: String,
+        status: AssignmentStatus,
+        reason: Option<String>,
+    ) -> AppResult<()> {
+        self.ready().await;
+        let core = self.clone();
+        blocking(move || {
+            let claims = core.claims_for(&user, id, &token)?;
+            let a = core.live_assignment(&claims, crate::now_ms())?;
+            core.end_lease(&user, &a, status, reason.clone())?;
+            let action = if status == AssignmentStatus::Skipped {
+                AuditAction::TaskSkip
+            } else {
+                AuditAction::TaskRelease
+            };
+            core.audit(
+                Some(user.id),
+                action,
+                format!("task:{}", a.task_id),
+                serde_json::json!({"assignment": id, "reason": reason}),
+            );
+            Ok(())
+        })
+        .await
+    }
+
+    /// Returns expired leases' tasks to the queue, on a timer.
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let every = std::time::Duration::from_millis(self.config.queue.sweep_interval_ms);
+        let core = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                core.ready().await;
+                if core.is_stopping() {
+                    return;
+                }
+                let c = core.clone();
+                if let Err(e) = blocking(move || c.sweep()).await {
+                    tracing::error!(error = %e, "lease sweep failed");
+                }
+            }
+        });
+    }
+
+    /// Ends every lease whose time is up (the expire transition). Returns how many were ended.
+    pub fn sweep(&self) -> AppResult<usize> {
+        let mut ended = 0;
+        loop {
+            if self.is_stopping() {
+                return Ok(ended);
+            }
+            let now = crate::now_ms();
+            let batch = self.store.expired_assignments(now, 500)?;
+            if batch.is_empty() {
+                return Ok(ended);
+            }
+            let size = batch.len();
+            for a in batch {
+                let q = self.queue.project(a.project_id);
+                let mut queue = Queue::lock(&q);
+                // Re-read under the lock: a heartbeat may have extended it meanwhile.
+                let Some(mut cur) = self.store.assignment(a.id)? else {
+                    continue;
+                };
+                if cur.status != AssignmentStatus::Active || cur.expires_at > now {
+                    continue;
+                }
+                cur.status = AssignmentStatus::Expired;
+                match self.store.end_assignment(&cur, None) {
+                    Ok(()) | Err(StoreError::AssignmentEnded(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                queue.remove_lease(cur.task_id, cur.id);
+                drop(queue);
+                self.audit(
+                    Some(cur.expert_id),
+                    AuditAction::LeaseExpire,
+                    format!("task:{}", cur.task_id),
+                    serde_json::json!({"assignment": cur.id}),
+                );
+                ended += 1;
+            }
+            if size < 500 {
+                return Ok(ended);
+            }
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! The review core: the one owner of every change to task, lease and submission state.
+//!
+//! [`ReviewCore`] holds the store, the in-memory hand-out index, the group flusher, the submit
+//! committer and the plugin registry. Every state change of the review loop is one of its
+//! methods — lease (`next`), heartbeat, skip, release, expire (`sweep`), submit, import,
+//! reroute — and each keeps the rule that makes the loop exact: decide under the project's
+//! queue lock, commit to the store, then mirror what committed into the index (still under the
+//! lock). Nothing else writes that state; services and the web layer read through
+//! [`ReviewCore::store`] and call these methods. The core knows nothing of HTTP or pages.
+//!
+//! The seam for a networked store is the [`Store`] trait plus this type: a store that can hand
+//! out tasks itself would replace the index lookups in `lease.rs` with its own query.
+
+mod archive;
+mod commit;
+mod lease;
+pub mod pool;
+mod snapshot;
+mod startup;
+mod submit;
+mod tasks;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use lease::{AssignmentView, Handout, TaskView};
+pub use pool::blocking;
+pub use submit::Submitted;
+pub use tasks::{ImportReport, RerouteReport};
+
+use crate::auth::{Keys, LoginLimiter};
+use crate::config::Config;
+use crate::domain::{AuditAction, AuditEvent, Id, User};
+use crate::error::{AppError, AppResult};
+use crate::metrics::Metrics;
+use crate::queue::Queue;
+use crate::scripting::{PluginKind, Registry, ScriptEngine};
+use crate::store::flush::GroupFlusher;
+use crate::store::{SledStore, Store};
+
+pub struct ReviewCore {
+    pub config: Arc<Config>,
+    store: Arc<dyn Store>,
+    flusher: GroupFlusher,
+    queue: Arc<Queue>,
+    committer: commit::Committer,
+    pub registry: Arc<Registry>,
+    pub keys: Arc<Keys>,
+    pub login_limiter: Arc<LoginLimiter>,
+    pub metrics: Arc<Metrics>,
+    /// Set by `shutdown`: timers stop changing state.
+    stopping: AtomicBool,
+}
+
+impl ReviewCore {
+    /// Opens the store, loads the plugins, and starts loading the hand-out index (in the
+    /// background: the core answers at once, and whatever needs the index waits for it).
+    pub fn open(config: Config) -> Result<Arc<Self>, String> {
+        pool::init(config.server.blocking_threads)
+            .map_err(|e| format!("cannot start the blocking pool: {e}"))?;
+        let data = &config.storage.data;
+        std::fs::create_dir_all(data)
+            .map_err(|e| format!("cannot create data folder {}: {e}", data.display()))?;
+        let snapshot = startup::read_snapshot(data)
+            .map_err(|e| format!("cannot start reading the queue snapshot: {e}"))?;
+        let sled = SledStore::open_with_cache(
+            &data.join("db"),
+            config.storage.fsync,
+            config.storage.cache_mb,
+        )
+        .map_err(|e| e.to_string())?;
+        let store: Arc<dyn Store> = Arc::new(sled);
+        // Taken before anything can change the store: see `snapshot.rs`.
+        let mark = store.take_snapshot_mark().map_err(|e| e.to_string())?;
+        let flush_store = store.clone();
+        let flusher = GroupFlusher::start(move || flush_store.flush().map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot start the flusher: {e}"))?;
+
+        let archive = Arc::new(archive::StoreArchive(store.clone()));
+        let registry = Arc::new(Registry::new(ScriptEngine::new(&config.scripting), archive));
+        registry.load_dir(PluginKind::Rubric, &config.plugins.rubrics);
+        registry.load_dir(PluginKind::Router, &config.plugins.plugins);
+
+        let queue = Arc::new(Queue::loading());
+        let secret = crate::auth::load_or_create_secret(&config.auth.secret, data)?;
+        let keys = Keys::new(&secret, config.auth.session_hours);
+        let login_limiter =
+            LoginLimiter::new(config.auth.login_attempts, config.auth.login_window_seconds);
+        let metrics = Arc::new(Metrics::default());
+        let committer = commit::Committer::start(store.clone(), queue.clone(), metrics.clone())
+            .map_err(|e| format!("cannot start the committer: {e}"))?;
+        let core = Arc::new(Self {
+            config: Arc::new(config),
+            store,
+            flusher,
+            queue,
+            committer,
+            registry,
+            keys: Arc::new(keys),
+            login_limiter: Arc::new(login_limiter),
+            metrics,
+            stopping: AtomicBool::new(false),
+        });
+        startup::spawn_load(&core, mark, snapshot)
+            .map_err(|e| format!("cannot start loading the queue: {e}"))?;
+        Ok(core)
+    }
+
+    /// The store, for reads, and for the records the core does not own (users, projects,
+    /// memberships, plugin versions). Task, lease and submission state changes go through the
+    /// core's methods only.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Whether the hand-out index has loaded (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.queue.is_loaded()
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits for the hand-out index without holding a thread.
+    pub async fn ready(&self) {
+        self.queue.loaded().await
+    }
+
+    /// Appends an audit event; a failure is logged, never shown to the caller.
+    pub fn audit(
+        &self,
+        actor: Option<Id>,
+        action: AuditAction,
+        object: String,
+        detail: serde_json::Value,
+    ) {
+        let event = AuditEvent {
+            at: crate::now_ms(),
+            actor,
+            action,
+            object,
+            detail,
+        };
+        if let Err(e) = self.store.append_audit(&event) {
+            tracing::error!(error = %e, ?action, "could not append audit event");
+        }
+    }
+
+    /// Waits until everything written so far is durable (shared group flush).
+    pub async fn durable(&self) -> AppResult<()> {
+        self.flusher
+            .wait()
+            .await
+            .map_err(|e| AppError::internal(format!("flush failed: {e}")))
+    }
+
+    /// Flushes run and durable writes they covered, for `/metrics`.
+    pub fn flush_counts(&self) -> (u64, u64) {
+        self.flusher.counts()
+    }
+
+    /// How many tasks of a project wait for this expert, counting up to `cap` (blocking: it may
+    /// wait for the start-up load).
+    pub fn waiting_for(&self, user: &User, project: Id, cap: usize) -> usize {
+        let q = self.queue.project(project);
+        let waiting = Queue::lock(&q)
+            .eligible(user.id, &user.skills, crate::now_ms(), cap)
+            .len();
+        waiting
+    }
+
+    /// Whether this expert holds a lease on the task now (blocking, like `waiting_for`).
+    pub fn holds(&self, user: Id, project: Id, task: Id) -> bool {
+        let q = self.queue.project(project);
+        let queue = Queue::lock(&q);
+        queue
+            .slot(task)
+            .is_some_and(|s| s.leases.iter().any(|l| l.expert_id == user))
+    }
+
+    /// Rescans the plugin folders (after a file change).
+    pub fn rescan_plugins(&self) {
+        let plugins = &self.config.plugins;
+        crate::scripting::watch::rescan_plugins(
+            &self.registry,
+            &[
+                (PluginKind::Rubric, plugins.rubrics.clone()),
+                (PluginKind::Router, plugins.plugins.clone()),
+            ],
+        );
+    }
+
+    /// Ends the core cleanly: pending submissions are committed and flushed, and the hand-out
+    /// index is written as a snapshot so the next start need not scan.
+    pub fn shutdown(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.committer.stop();
+        if let Err(e) = self.store.flush() {
+            tracing::error!(error = %e, "final flush failed");
+            return;
+        }
+        startup::save_snapshot(self);
+    }
+}

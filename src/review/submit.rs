@@ -1,0 +1,175 @@
+//! Submit, first half: check the token and the lease, validate and score the answer with the
+//! rubric version the task was served under, and ask the router what the answer means. This
+//! runs on the blocking pool, many submits at once and without any lock; what passes goes to
+//! the committer (`commit.rs`), which re-checks it under the project lock and stores it with
+//! the others that arrived together. A rejected answer (422) never reaches the committer.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::commit::Pending;
+use super::lease::lease_error;
+use super::{blocking, ReviewCore};
+use crate::domain::*;
+use crate::error::{AppError, AppResult, ErrorCode};
+use crate::metrics::Metrics;
+use crate::scripting::rubric::{self, Checked};
+use crate::scripting::{router, PluginKind};
+
+/// What a submit produced: the stored submission and whether an earlier call stored it.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub submission: Submission,
+    pub replay: bool,
+}
+
+/// The outcome of the first half.
+enum Prepared {
+    /// The assignment already has its submission (a client retry).
+    Stored(Box<Submitted>),
+    Pending(Box<Pending>),
+}
+
+impl ReviewCore {
+    /// Stores an answer for a lease. Answers only once the submission is durable; a retry of
+    /// a stored one returns it (`replay`).
+    pub async fn submit(
+        self: &Arc<Self>,
+        user: User,
+        id: Id,
+        token: String,
+        answer: Value,
+    ) -> AppResult<Submitted> {
+        self.ready().await;
+        let core = self.clone();
+        let prepared = blocking(move || core.prepare_submit(&user, id, &token, answer)).await;
+        let result = match prepared {
+            Ok(Prepared::Stored(done)) => Ok(*done),
+            Ok(Prepared::Pending(pending)) => self.committer.commit(*pending).await,
+            Err(e) => Err(e),
+        };
+        let counter = match &result {
+            Ok(done) if done.replay => &self.metrics.submission_replays,
+            Ok(_) => &self.metrics.submissions,
+            Err(AppError::InvalidAnswer(_)) => &self.metrics.invalid_answers,
+            Err(_) => return result,
+        };
+        Metrics::count(counter);
+        let result = result?;
+        // Acknowledge only once the submission is on disk; retries wait for the same guarantee.
+        self.durable().await?;
+        Ok(result)
+    }
+
+    fn prepare_submit(
+        &self,
+        user: &User,
+        id: Id,
+        token: &str,
+        answer: Value,
+    ) -> AppResult<Prepared> {
+        let claims = self.claims_for(user, id, token)?;
+        let now = crate::now_ms();
+        let stored = self.store.assignment(id)?;
+        let recovered = stored.is_none();
+        let a = match stored {
+            Some(a) if a.status == AssignmentStatus::Submitted => {
+                return self.existing(&a).map(|s| Prepared::Stored(Box::new(s)))
+            }
+            Some(a) => a,
+            // Lost in a crash before it reached the disk: the signed token vouches for it.
+            None => claims.to_assignment(),
+        };
+        if a.fence != claims.fence {
+            return Err(lease_error(
+                ErrorCode::ForeignLease,
+                "the token does not match this assignment",
+            ));
+        }
+        if a.status != AssignmentStatus::Active && a.status != AssignmentStatus::Expired {
+            return Err(lease_error(
+                ErrorCode::LeaseEnded,
+                "the lease was already ended",
+            ));
+        }
+        if !recovered && (a.status == AssignmentStatus::Expired || a.expires_at <= now) {
+            return Err(lease_error(
+                ErrorCode::LeaseExpired,
+                "the lease has expired; ask for the next task",
+            ));
+        }
+        let task = self
+            .store
+            .task(a.task_id)?
+            .ok_or(AppError::NotFound("task"))?;
+        let rubric = self
+            .registry
+            .version(PluginKind::Rubric, &a.rubric, &a.rubric_version)?;
+        let scores = match rubric::check_answer(&self.registry.engine, &rubric, &task, &answer)? {
+            Checked::Valid { scores } => scores,
+            Checked::Invalid(errors) => return Err(AppError::InvalidAnswer(errors)),
+        };
+        let decision = self.on_submit(&task, user, &answer, &scores)?;
+        let submission = Submission {
+            id: 0,
+            task_id: a.task_id,
+            project_id: a.project_id,
+            assignment_id: a.id,
+            expert_id: user.id,
+            answer,
+            scores,
+            rubric: a.rubric.clone(),
+            rubric_version: a.rubric_version.clone(),
+            router: a.router.clone(),
+            router_version: a.router_version.clone(),
+            served_at: a.served_at,
+            submitted_at: now,
+            active_seconds: self.idle_capped(&a, now),
+        };
+        Ok(Prepared::Pending(Box::new(Pending {
+            assignment: a,
+            recovered,
+            submission,
+            decision,
+        })))
+    }
+
+    /// The submission an assignment already has.
+    fn existing(&self, a: &Assignment) -> AppResult<Submitted> {
+        super::commit::existing(&*self.store, a)
+    }
+
+    /// Asks the project's current router what a new submission means for its task.
+    fn on_submit(
+        &self,
+        task: &Task,
+        user: &User,
+        answer: &Value,
+        scores: &Value,
+    ) -> AppResult<router::Decision> {
+        let project = self
+            .store
+            .project(task.project_id)?
+            .ok_or(AppError::NotFound("project"))?;
+        let plugin = self.registry.current(PluginKind::Router, &project.router)?;
+        if !plugin.has_fn("on_submit", 3) {
+            return Ok(router::Decision::Default);
+        }
+        let earlier = self.store.submissions_for_task(task.id)?;
+        let view = |expert: Id, answer: &Value, scores: &Value| serde_json::json!({"expert_id": expert, "answer": answer, "scores": scores});
+        let submission = view(user.id, answer, scores);
+        let mut all: Vec<Value> = earlier
+            .iter()
+            .map(|s| view(s.expert_id, &s.answer, &s.scores))
+            .collect();
+        all.push(submission.clone());
+        Ok(router::on_submit(
+            &self.registry.engine,
+            &plugin,
+            &rubric::task_value(task),
+            &submission,
+            &Value::Array(all),
+        )?)
+    }
+}

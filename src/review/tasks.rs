@@ -1,0 +1,240 @@
+//! Importing tasks, and re-routing them when a router changes.
+//!
+//! Importing: an upload is spooled to a file in the data folder, read once to check every
+//! record (and route it), and read again to write the tasks in batches, so memory stays flat
+//! whatever the file size. Any bad record rejects the whole upload before anything is written.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use serde::Serialize;
+
+use std::sync::Arc;
+
+use super::{blocking, ReviewCore};
+use crate::domain::{AuditAction, Id, NewTask, Project, Routing, TaskState};
+use crate::error::{AppError, AppResult, ErrorCode, RecordError};
+use crate::import::{read_records, RawRecord};
+use crate::queue::Queue;
+use crate::scripting::{router, rubric, PluginKind};
+
+const BATCH: usize = 1000;
+const MAX_REPORTED: usize = 100;
+
+#[derive(Debug, Serialize)]
+pub struct RerouteReport {
+    pub rerouted: u64,
+    pub completed: u64,
+    pub router_version: String,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ImportReport {
+    /// Records in the upload.
+    pub records: u64,
+    /// Tasks created.
+    pub imported: u64,
+    /// Records skipped because their `external_id` was imported before.
+    pub duplicates: u64,
+}
+
+fn open(path: &Path) -> AppResult<BufReader<File>> {
+    File::open(path)
+        .map(|f| BufReader::with_capacity(256 * 1024, f))
+        .map_err(AppError::internal)
+}
+
+fn task_json(r: &RawRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": null, "external_id": r.external_id, "data": r.data, "meta": r.meta,
+        "is_gold": r.gold.is_some(),
+    })
+}
+
+impl ReviewCore {
+    /// Imports a spooled upload into a project (blocking).
+    pub fn import_file(
+        &self,
+        project: &Project,
+        path: &Path,
+        actor: Id,
+    ) -> AppResult<ImportReport> {
+        let st = self;
+        let router = st.registry.current(PluginKind::Router, &project.router)?;
+        let engine = &st.registry.engine;
+        let started = std::time::Instant::now();
+
+        // Pass 1: check and route every record.
+        let mut errors: Vec<RecordError> = Vec::new();
+        let mut bad = 0u64;
+        let mut routings: Vec<Routing> = Vec::new();
+        let mut script_error = None;
+        let records = read_records(open(path)?, &mut |pos, rec| {
+            if script_error.is_some() {
+                return;
+            }
+            match rec {
+                Ok(r) => match router::route(engine, &router, project, &task_json(&r)) {
+                    Ok(routing) => routings.push(routing),
+                    Err(e) => script_error = Some(e),
+                },
+                Err(message) => {
+                    bad += 1;
+                    if errors.len() < MAX_REPORTED {
+                        errors.push(RecordError {
+                            record: pos.record,
+                            line: pos.line,
+                            message,
+                        });
+                    }
+                }
+            }
+        })
+        .map_err(|f| {
+            let record = errors.len() as u64 + routings.len() as u64 + 1;
+            let mut errors = errors.clone();
+            errors.truncate(MAX_REPORTED - 1);
+            errors.push(RecordError {
+                record,
+                line: f.line,
+                message: f.message,
+            });
+            AppError::ImportRejected {
+                bad: bad + 1,
+                errors,
+            }
+        })?;
+        if let Some(e) = script_error {
+            return Err(e.into());
+        }
+        if bad > 0 {
+            return Err(AppError::ImportRejected { bad, errors });
+        }
+        if records == 0 {
+            return Err(AppError::bad_request(
+                ErrorCode::EmptyImport,
+                "the upload holds no records",
+            ));
+        }
+
+        let checked_ms = started.elapsed().as_millis() as u64;
+
+        // Pass 2: write in batches, in upload order.
+        let mut report = ImportReport {
+            records,
+            imported: 0,
+            duplicates: 0,
+        };
+        let mut routings = routings.into_iter();
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut failure = None;
+        let q = st.queue.project(project.id);
+        let flush_batch = |batch: &mut Vec<NewTask>, report: &mut ImportReport| -> AppResult<()> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let written = st.store.import_tasks(project.id, std::mem::take(batch))?;
+            report.imported += written.created.len() as u64;
+            report.duplicates += written.duplicates;
+            let mut queue = Queue::lock(&q);
+            for status in written.created {
+                queue.set_status(status);
+            }
+            Ok(())
+        };
+        read_records(open(path)?, &mut |_, rec| {
+            if failure.is_some() {
+                return;
+            }
+            let (Ok(r), Some(routing)) = (rec, routings.next()) else {
+                failure = Some(AppError::internal(
+                    "the spooled upload changed between passes",
+                ));
+                return;
+            };
+            batch.push(NewTask {
+                external_id: r.external_id,
+                data: r.data,
+                meta: r.meta,
+                gold: r.gold,
+                routing,
+            });
+            if batch.len() >= BATCH {
+                if let Err(e) = flush_batch(&mut batch, &mut report) {
+                    failure = Some(e);
+                }
+            }
+        })
+        .map_err(|f| AppError::internal(f.message))?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        flush_batch(&mut batch, &mut report)?;
+        crate::memory::give_back();
+        tracing::info!(
+            project = project.id,
+            records = report.records,
+            imported = report.imported,
+            checked_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "import written"
+        );
+        st.audit(
+        Some(actor),
+        AuditAction::TasksImport,
+        format!("project:{}", project.id),
+        serde_json::json!({"records": report.records, "imported": report.imported, "duplicates": report.duplicates}),
+    );
+        Ok(report)
+    }
+
+    /// Applies the project's current router to every open task. Progress (who has reviewed, who
+    /// skipped) is kept; only pool, overlap, priority and estimate change. A task whose new
+    /// overlap is already met completes.
+    pub async fn reroute(self: &Arc<Self>, actor: Id, project: Id) -> AppResult<RerouteReport> {
+        self.ready().await;
+        let st = self.clone();
+        let report = blocking(move || {
+        let project = st.store.project(project)?.ok_or(AppError::NotFound("project"))?;
+        let plugin = st.registry.current(PluginKind::Router, &project.router)?;
+        let q = st.queue.project(project.id);
+        let open: Vec<Id> = {
+            let queue = Queue::lock(&q);
+            queue.open_tasks()
+        };
+        let mut report = RerouteReport { rerouted: 0, completed: 0, router_version: plugin.hash.clone() };
+        for chunk in open.chunks(500) {
+            // Route without the lock (scripts may be slow), then apply to the current status.
+            let mut decided = Vec::with_capacity(chunk.len());
+            for &id in chunk {
+                let Some(task) = st.store.task(id)? else { continue };
+                let routing = router::route(&st.registry.engine, &plugin, &project, &rubric::task_value(&task))?;
+                decided.push((id, routing));
+            }
+            let mut queue = Queue::lock(&q);
+            for (id, routing) in decided {
+                let Some(slot) = queue.slot(id) else { continue };
+                let mut status = slot.status.clone();
+                status.pool = routing.pool;
+                status.reviews = routing.reviews;
+                status.priority = routing.priority;
+                status.estimate_minutes = routing.estimate_minutes;
+                status.router_version = routing.router_version;
+                if status.done_by.len() >= status.reviews as usize {
+                    status.state = TaskState::Complete;
+                    report.completed += 1;
+                }
+                st.store.put_task_status(&status)?;
+                queue.set_status(status);
+                report.rerouted += 1;
+            }
+        }
+        st.audit(Some(actor), AuditAction::ProjectReroute, format!("project:{}", project.id), serde_json::json!({"rerouted": report.rerouted, "router_version": report.router_version}));
+        Ok(report)
+    })
+    .await?;
+        self.durable().await?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,60 @@
+//! How a domain error reaches a client: its HTTP status and one body shape for every error
+//! (`code`, `message`, `request_id`, and the field, record or script details where there are).
+
+use actix_web::{http::StatusCode, HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::error::{AppError, ScriptError};
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+    request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    script: Option<&'a ScriptError>,
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } | Self::InvalidField(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidAnswer(_) | Self::ImportRejected { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Script(_) | Self::PluginUnavailable { .. } | Self::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let request_id = crate::web::request_id::current();
+        self.log(&request_id);
+        let errors = match self {
+            Self::InvalidAnswer(list) => serde_json::to_value(list).ok(),
+            Self::InvalidField(e) => serde_json::to_value([e]).ok(),
+            Self::ImportRejected { errors, .. } => serde_json::to_value(errors).ok(),
+            _ => None,
+        };
+        let script = match self {
+            Self::Script(e) => Some(e),
+            _ => None,
+        };
+        HttpResponse::build(self.status_code()).json(ErrorBody {
+            code: self.code().as_str(),
+            message: self.to_string(),
+            request_id,
+            errors,
+            script,
+        })
+    }
+}
