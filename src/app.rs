@@ -39,6 +39,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(api::health::metrics))
         .service(
             web::scope("/api/v1")
+                // The review loop's two calls first: routes are matched in order.
+                .route("/projects/{id}/next", web::post().to(api::review::next))
+                .route(
+                    "/assignments/{id}/submit",
+                    web::post().to(api::review::submit),
+                )
                 .route("/auth/login", web::post().to(api::auth::login))
                 .route("/auth/me", web::get().to(api::auth::me))
                 .route("/users", web::get().to(api::users::list))
@@ -69,7 +75,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/projects/{id}/tasks", web::post().to(api::tasks::import))
                 .route("/projects/{id}/tasks", web::get().to(api::tasks::list))
-                .route("/projects/{id}/next", web::post().to(api::review::next))
                 .route("/projects/{id}/export", web::get().to(api::export::export))
                 .route("/tasks/{id}", web::get().to(api::tasks::get))
                 .route(
@@ -84,10 +89,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(
                     "/assignments/{id}/release",
                     web::post().to(api::review::release),
-                )
-                .route(
-                    "/assignments/{id}/submit",
-                    web::post().to(api::review::submit),
                 )
                 .route("/plugins", web::get().to(api::plugins::list))
                 .route(

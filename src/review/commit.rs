@@ -6,10 +6,11 @@
 //!    of one task in a batch build on each other's task status);
 //! 3. write every member that passed in one store transaction (one log write instead of one
 //!    per submission, which is what sled spends its time on);
-//! 4. mirror what committed into the index, unlock, and answer each member.
+//! 4. mirror what committed into the index and unlock;
+//! 5. wait for the group flush to make it durable, then answer each member.
 //!
-//! The members then wait for the shared group flush before their 201, so the next batch
-//! commits while the last one is being flushed. If the batch's transaction fails (a lease was
+//! While one batch is flushed the next one gathers, so batches grow with the load: one
+//! transaction and one flush serve them all. If the batch's transaction fails (a lease was
 //! ended behind the index's back, or the store refused), nothing of it was written: each member
 //! is then re-checked and committed on its own, so one bad member costs only its own answer.
 
@@ -26,6 +27,7 @@ use crate::error::{AppError, AppResult, ErrorCode};
 use crate::metrics::Metrics;
 use crate::queue::{ProjectQueue, Queue};
 use crate::scripting::router;
+use crate::store::flush::GroupFlusher;
 use crate::store::{Store, StoreError, SubmissionWrite};
 
 /// Most submissions committed in one transaction.
@@ -53,6 +55,7 @@ impl Committer {
     pub fn start(
         store: Arc<dyn Store>,
         queue: Arc<Queue>,
+        flusher: Arc<GroupFlusher>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel::<(Pending, Reply)>();
@@ -62,6 +65,7 @@ impl Committer {
                 let batcher = Batcher {
                     store: &*store,
                     queue: &queue,
+                    flusher: &flusher,
                 };
                 // Block for the first member, then take whatever else has arrived meanwhile.
                 while let Ok(first) = receiver.recv() {
@@ -92,7 +96,7 @@ impl Committer {
         })
     }
 
-    /// Queues a checked submission and waits until it is committed (not yet flushed).
+    /// Queues a checked submission and waits until it is committed and durable.
     pub async fn commit(&self, pending: Pending) -> AppResult<Submitted> {
         let (reply, answer) = oneshot::channel();
         let sent = self
@@ -171,6 +175,7 @@ fn ended_lease(store: &dyn Store, stored: Option<Assignment>) -> AppResult<Submi
 struct Batcher<'a> {
     store: &'a dyn Store,
     queue: &'a Queue,
+    flusher: &'a GroupFlusher,
 }
 
 impl Batcher<'_> {
@@ -227,16 +232,18 @@ impl Batcher<'_> {
         } else {
             self.store.commit_submissions(writes)
         };
+        let mut answers: Vec<(Reply, AppResult<Submitted>)> = Vec::with_capacity(accepted.len());
         match committed {
             Ok(stored) => {
                 for (member, submission) in accepted.into_iter().zip(stored) {
                     if let Some(queue) = locked.get_mut(&member.write.assignment.project_id) {
                         mirror(queue, &member.write);
                     }
-                    let _ = member.reply.send(Ok(Submitted {
+                    let done = Submitted {
                         submission,
                         replay: false,
-                    }));
+                    };
+                    answers.push((member.reply, Ok(done)));
                 }
             }
             Err(e) => {
@@ -245,10 +252,12 @@ impl Batcher<'_> {
                 // committed again on its own, against the index as the earlier ones leave it.
                 for member in accepted {
                     let result = self.commit_alone(&mut locked, &member.pending, now);
-                    let _ = member.reply.send(result);
+                    answers.push((member.reply, result));
                 }
             }
         }
+        drop(locked);
+        drop(guards);
         // A repeat answers like a retry after the first call: with what the store now holds.
         for (aid, reply) in repeats {
             let result = self
@@ -256,6 +265,20 @@ impl Batcher<'_> {
                 .assignment(aid)
                 .map_err(AppError::from)
                 .and_then(|stored| ended_lease(self.store, stored));
+            answers.push((reply, result));
+        }
+        // Acknowledged only once durable; a failed flush fails every answer that waited on it
+        // (a retry then finds the submission if it did reach the disk).
+        let flushed = if answers.iter().any(|(_, r)| r.is_ok()) {
+            self.flusher.wait_blocking()
+        } else {
+            Ok(())
+        };
+        for (reply, result) in answers {
+            let result = match (&flushed, result) {
+                (Err(e), Ok(_)) => Err(AppError::internal(format!("flush failed: {e}"))),
+                (_, result) => result,
+            };
             let _ = reply.send(result);
         }
     }

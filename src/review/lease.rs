@@ -14,7 +14,7 @@ use crate::domain::*;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::metrics::Metrics;
 use crate::queue::{Lease, Queue};
-use crate::scripting::rubric::{self, Criterion};
+use crate::scripting::rubric::Criterion;
 use crate::scripting::{router, Plugin, PluginKind};
 use crate::services::projects::access_blocking;
 use crate::store::StoreError;
@@ -119,13 +119,7 @@ impl ReviewCore {
                 &assignment.rubric,
                 &assignment.rubric_version,
             )
-            .and_then(|r| {
-                Ok(rubric::criteria(
-                    &self.registry.engine,
-                    &r,
-                    &rubric::task_value(&task),
-                )?)
-            });
+            .and_then(|r| Ok(self.registry.criteria(&r, &task)?));
         let criteria = match criteria {
             Ok(c) => c,
             Err(e) => {
@@ -162,7 +156,7 @@ impl ReviewCore {
                 external_id: task.external_id,
                 data: task.data,
             },
-            criteria,
+            criteria: criteria.to_vec(),
             instructions: project.instructions,
         }))
     }

@@ -41,7 +41,7 @@ use crate::store::{SledStore, Store};
 pub struct ReviewCore {
     pub config: Arc<Config>,
     store: Arc<dyn Store>,
-    flusher: GroupFlusher,
+    flusher: Arc<GroupFlusher>,
     queue: Arc<Queue>,
     committer: commit::Committer,
     pub registry: Arc<Registry>,
@@ -75,6 +75,7 @@ impl ReviewCore {
         let flush_store = store.clone();
         let flusher = GroupFlusher::start(move || flush_store.flush().map_err(|e| e.to_string()))
             .map_err(|e| format!("cannot start the flusher: {e}"))?;
+        let flusher = Arc::new(flusher);
 
         let archive = Arc::new(archive::StoreArchive(store.clone()));
         let registry = Arc::new(Registry::new(ScriptEngine::new(&config.scripting), archive));
@@ -87,8 +88,13 @@ impl ReviewCore {
         let login_limiter =
             LoginLimiter::new(config.auth.login_attempts, config.auth.login_window_seconds);
         let metrics = Arc::new(Metrics::default());
-        let committer = commit::Committer::start(store.clone(), queue.clone(), metrics.clone())
-            .map_err(|e| format!("cannot start the committer: {e}"))?;
+        let committer = commit::Committer::start(
+            store.clone(),
+            queue.clone(),
+            flusher.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| format!("cannot start the committer: {e}"))?;
         let core = Arc::new(Self {
             config: Arc::new(config),
             store,

@@ -45,7 +45,9 @@ impl ReviewCore {
         let core = self.clone();
         let prepared = blocking(move || core.prepare_submit(&user, id, &token, answer)).await;
         let result = match prepared {
-            Ok(Prepared::Stored(done)) => Ok(*done),
+            // A retry waits for the same guarantee as the first call: the submission on disk.
+            Ok(Prepared::Stored(done)) => self.durable().await.map(|()| *done),
+            // The committer answers once the batch is durable.
             Ok(Prepared::Pending(pending)) => self.committer.commit(*pending).await,
             Err(e) => Err(e),
         };
@@ -56,10 +58,7 @@ impl ReviewCore {
             Err(_) => return result,
         };
         Metrics::count(counter);
-        let result = result?;
-        // Acknowledge only once the submission is on disk; retries wait for the same guarantee.
-        self.durable().await?;
-        Ok(result)
+        result
     }
 
     fn prepare_submit(
@@ -106,7 +105,10 @@ impl ReviewCore {
         let rubric = self
             .registry
             .version(PluginKind::Rubric, &a.rubric, &a.rubric_version)?;
-        let scores = match rubric::check_answer(&self.registry.engine, &rubric, &task, &answer)? {
+        let criteria = self.registry.criteria(&rubric, &task)?;
+        let checked =
+            rubric::check_answer_with(&self.registry.engine, &rubric, &task, &criteria, &answer)?;
+        let scores = match checked {
             Checked::Valid { scores } => scores,
             Checked::Invalid(errors) => return Err(AppError::InvalidAnswer(errors)),
         };

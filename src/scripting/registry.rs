@@ -12,11 +12,50 @@ use rhai::AST;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::rubric::Criterion;
 use super::{ScriptEngine, ScriptError};
-use crate::domain::PluginVersion;
+use crate::domain::{PluginVersion, Task};
 use crate::error::AppError;
 
 pub use crate::domain::PluginKind;
+
+/// The first 64 bits of a content hash: enough to tell versions apart in a cache key.
+fn version_key(hash: &str) -> u64 {
+    hash.get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or_else(|| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            hash.hash(&mut h);
+            h.finish()
+        })
+}
+
+/// A bounded memo of `criteria(task)`: two generations of at most [`CRITERIA_CACHED`] entries
+/// each; when the young one fills, it becomes the old one and the old one is dropped, so recent
+/// tasks stay and memory stays flat.
+#[derive(Default)]
+struct CriteriaCache {
+    generations: std::sync::Mutex<[HashMap<(u64, u64), Arc<[Criterion]>>; 2]>,
+}
+
+const CRITERIA_CACHED: usize = 4096;
+
+impl CriteriaCache {
+    fn get(&self, key: (u64, u64)) -> Option<Arc<[Criterion]>> {
+        let gens = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        gens[0].get(&key).or_else(|| gens[1].get(&key)).cloned()
+    }
+
+    fn put(&self, key: (u64, u64), value: Arc<[Criterion]>) {
+        let mut gens = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        if gens[0].len() >= CRITERIA_CACHED {
+            let young = std::mem::take(&mut gens[0]);
+            gens[1] = young;
+        }
+        gens[0].insert(key, value);
+    }
+}
 
 /// Where the registry keeps every version it serves, and whom it tells what it loaded. The core
 /// implements it over the store and the audit log; the registry knows neither.
@@ -88,6 +127,8 @@ pub struct Registry {
     entries: RwLock<HashMap<(PluginKind, String), Entry>>,
     /// Versions other than the current one, compiled on demand from stored source.
     by_hash: RwLock<HashMap<String, Arc<Plugin>>>,
+    /// `criteria(task)` results by rubric version and task (see [`Registry::criteria`]).
+    criteria: CriteriaCache,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
 }
@@ -214,6 +255,7 @@ impl Registry {
             archive,
             entries: RwLock::new(HashMap::new()),
             by_hash: RwLock::new(HashMap::new()),
+            criteria: CriteriaCache::default(),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
         }
@@ -326,6 +368,20 @@ impl Registry {
             }
         }
         result
+    }
+
+    /// A task's criteria under a rubric version. Scripts see no clock, randomness or state, and
+    /// a task's content never changes, so `criteria(task)` is a function of the version and the
+    /// task: each pair is computed once (the hand-out and the submit of a task both need it).
+    pub fn criteria(&self, rubric: &Plugin, task: &Task) -> Result<Arc<[Criterion]>, ScriptError> {
+        let key = (version_key(&rubric.hash), task.id);
+        if let Some(found) = self.criteria.get(key) {
+            return Ok(found);
+        }
+        let computed: Arc<[Criterion]> =
+            super::rubric::criteria(&self.engine, rubric, &super::rubric::task_value(task))?.into();
+        self.criteria.put(key, computed.clone());
+        Ok(computed)
     }
 
     /// The newest stored version of a plugin, compiled.

@@ -502,9 +502,20 @@ pub fn check_answer(
     task: &Task,
     answer: &Value,
 ) -> Result<Checked, ScriptError> {
+    let criteria = criteria(engine, rubric, &task_value(task))?;
+    check_answer_with(engine, rubric, task, &criteria, answer)
+}
+
+/// [`check_answer`] with the task's criteria already at hand (see `Registry::criteria`).
+pub fn check_answer_with(
+    engine: &ScriptEngine,
+    rubric: &Plugin,
+    task: &Task,
+    criteria: &[Criterion],
+    answer: &Value,
+) -> Result<Checked, ScriptError> {
     let task_json = task_value(task);
-    let criteria = criteria(engine, rubric, &task_json)?;
-    let mut errors = check_declarative(&criteria, &task.data, answer);
+    let mut errors = check_declarative(criteria, &task.data, answer);
     if !errors.is_empty() {
         return Ok(Checked::Invalid(errors));
     }

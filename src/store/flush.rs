@@ -25,6 +25,8 @@ const GATHER: Duration = Duration::from_micros(500);
 pub struct GroupFlusher {
     requested: Arc<(Mutex<u64>, Condvar)>,
     progress: watch::Receiver<Progress>,
+    /// The same progress for threads that wait without a runtime ([`GroupFlusher::wait_blocking`]).
+    settled: Arc<(Mutex<Progress>, Condvar)>,
     flushes: Arc<AtomicU64>,
 }
 
@@ -36,6 +38,8 @@ impl GroupFlusher {
         let shared = requested.clone();
         let flushes = Arc::new(AtomicU64::new(0));
         let counted = flushes.clone();
+        let settled = Arc::new((Mutex::new(Progress::default()), Condvar::new()));
+        let settled_writer = settled.clone();
         std::thread::Builder::new()
             .name("assay-flush".into())
             .spawn(move || {
@@ -64,12 +68,18 @@ impl GroupFlusher {
                     let result = flush();
                     counted.fetch_add(1, Ordering::Relaxed);
                     done = target;
-                    let stop = tx
-                        .send(Progress {
-                            done,
-                            failed: result.err().map(|e| (target, e)),
-                        })
-                        .is_err();
+                    let progress = Progress {
+                        done,
+                        failed: result.err().map(|e| (target, e)),
+                    };
+                    {
+                        let (lock, cvar) = &*settled_writer;
+                        if let Ok(mut p) = lock.lock() {
+                            *p = progress.clone();
+                        }
+                        cvar.notify_all();
+                    }
+                    let stop = tx.send(progress).is_err();
                     if stop {
                         return;
                     }
@@ -78,6 +88,7 @@ impl GroupFlusher {
         Ok(Self {
             requested,
             progress,
+            settled,
             flushes,
         })
     }
@@ -89,17 +100,38 @@ impl GroupFlusher {
         (self.flushes.load(Ordering::Relaxed), waits)
     }
 
+    /// Asks for a flush covering everything written so far; returns its ticket.
+    fn request(&self) -> Result<u64, String> {
+        let (lock, cvar) = &*self.requested;
+        let mut guard = lock
+            .lock()
+            .map_err(|_| "flusher lock poisoned".to_owned())?;
+        *guard += 1;
+        cvar.notify_one();
+        Ok(*guard)
+    }
+
+    /// [`GroupFlusher::wait`] for a plain thread (the submit committer).
+    pub fn wait_blocking(&self) -> Result<(), String> {
+        let ticket = self.request()?;
+        let (lock, cvar) = &*self.settled;
+        let mut progress = lock
+            .lock()
+            .map_err(|_| "flusher lock poisoned".to_owned())?;
+        while progress.done < ticket {
+            progress = cvar
+                .wait(progress)
+                .map_err(|_| "flusher lock poisoned".to_owned())?;
+        }
+        match &progress.failed {
+            Some((target, e)) if *target >= ticket => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits until everything written before this call is durable.
     pub async fn wait(&self) -> Result<(), String> {
-        let ticket = {
-            let (lock, cvar) = &*self.requested;
-            let mut guard = lock
-                .lock()
-                .map_err(|_| "flusher lock poisoned".to_owned())?;
-            *guard += 1;
-            cvar.notify_one();
-            *guard
-        };
+        let ticket = self.request()?;
         let mut rx = self.progress.clone();
         let progress = rx
             .wait_for(|p| p.done >= ticket)

@@ -165,6 +165,24 @@ fn state_counter(state: TaskState) -> &'static str {
     }
 }
 
+/// Counter changes gathered over a transaction and written once each at its end: a batch of
+/// submissions touches the same few counters many times.
+#[derive(Default)]
+struct CounterDeltas(std::collections::BTreeMap<(Id, String), i64>);
+
+impl CounterDeltas {
+    fn add(&mut self, project: Id, name: &str, delta: i64) {
+        *self.0.entry((project, name.to_owned())).or_default() += delta;
+    }
+
+    fn apply(self, counters: &TransactionalTree) -> TxResult<()> {
+        for ((project, name), delta) in self.0 {
+            tx_count(counters, project, &name, delta)?;
+        }
+        Ok(())
+    }
+}
+
 /// Moves a task between states: counters and the open-queue index.
 fn tx_transition(
     counters: &TransactionalTree,
@@ -172,12 +190,24 @@ fn tx_transition(
     status: &TaskStatus,
     from: Option<TaskState>,
 ) -> TxResult<()> {
+    let mut deltas = CounterDeltas::default();
+    tx_transition_counted(&mut deltas, queue, status, from)?;
+    deltas.apply(counters)
+}
+
+/// [`tx_transition`] with the counter changes left in `deltas`.
+fn tx_transition_counted(
+    deltas: &mut CounterDeltas,
+    queue: &TransactionalTree,
+    status: &TaskStatus,
+    from: Option<TaskState>,
+) -> TxResult<()> {
     let key = keys::pair(status.project_id, status.task_id);
     if from != Some(status.state) {
         if let Some(from) = from {
-            tx_count(counters, status.project_id, state_counter(from), -1)?;
+            deltas.add(status.project_id, state_counter(from), -1);
         }
-        tx_count(counters, status.project_id, state_counter(status.state), 1)?;
+        deltas.add(status.project_id, state_counter(status.state), 1);
     }
     // The open-task index carries the status itself, so rebuilding the in-memory queue at
     // start-up is one sequential scan instead of a random read per task.
@@ -918,6 +948,7 @@ impl Store for SledStore {
                 else {
                     return Err(abort(backend("transaction view has the wrong shape")));
                 };
+                let mut deltas = CounterDeltas::default();
                 for p in &prepared {
                     let aid = keys::id(p.ended.id);
                     if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &aid)? {
@@ -935,12 +966,12 @@ impl Store for SledStore {
                     let key = keys::id(p.status.task_id);
                     let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
                     tx_put(statuses, &key, &p.status)?;
-                    tx_transition(counters, queue, &p.status, old.map(|s| s.state))?;
-                    tx_count(counters, sub.project_id, "submissions", 1)?;
-                    tx_count(counters, sub.project_id, &hour_counter(sub.submitted_at), 1)?;
+                    tx_transition_counted(&mut deltas, queue, &p.status, old.map(|s| s.state))?;
+                    deltas.add(sub.project_id, "submissions", 1);
+                    deltas.add(sub.project_id, &hour_counter(sub.submitted_at), 1);
                     audit.insert(p.audit_key.as_slice(), p.audit.as_slice())?;
                 }
-                Ok(())
+                deltas.apply(counters)
             })
             .map_err(from_tx)?;
         Ok(prepared.into_iter().map(|p| p.submission).collect())
