@@ -36,8 +36,11 @@ fn version_key(hash: &str) -> u64 {
 /// tasks stay and memory stays flat.
 #[derive(Default)]
 struct CriteriaCache {
-    generations: std::sync::Mutex<[HashMap<(u64, u64), Arc<[Criterion]>>; 2]>,
+    generations: std::sync::Mutex<[CriteriaByKey; 2]>,
 }
+
+/// (rubric version key, task id) → criteria.
+type CriteriaByKey = HashMap<(u64, u64), Arc<[Criterion]>>;
 
 const CRITERIA_CACHED: usize = 4096;
 
