@@ -16,6 +16,10 @@ pub struct Metrics {
     /// Submit batches committed, and the submissions they carried.
     pub commit_batches: AtomicU64,
     pub commit_members: AtomicU64,
+    /// How the hand-out index was loaded at start: 1 from a clean stop's snapshot, 0 by a scan;
+    /// and how long it took.
+    pub queue_from_snapshot: AtomicU64,
+    pub queue_load_ms: AtomicU64,
     requests_by_class: [AtomicU64; 5],
     latency_buckets: [AtomicU64; BUCKETS_MS.len()],
     latency_sum_micros: AtomicU64,

@@ -379,7 +379,11 @@ impl Batcher<'_> {
                     replay: false,
                 })
             }
-            Err(StoreError::AssignmentEnded(stored)) => ended_lease(self.store, Some(stored)),
+            Err(StoreError::AssignmentEnded(stored)) => {
+                // The store ended this lease behind the index's back: mirror that.
+                queue.remove_lease(stored.task_id, stored.id);
+                ended_lease(self.store, Some(stored))
+            }
             Err(e) => Err(e.into()),
         }
     }

@@ -19,6 +19,8 @@ mod snapshot;
 mod startup;
 mod submit;
 mod tasks;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -183,6 +185,39 @@ impl ReviewCore {
         queue
             .slot(task)
             .is_some_and(|s| s.leases.iter().any(|l| l.expert_id == user))
+    }
+
+    /// Where the hand-out index and the store disagree (each difference in a line); empty when
+    /// the index mirrors the store exactly. For tests and diagnosis: it reads every open task.
+    pub fn index_mismatches(&self) -> Result<Vec<String>, AppError> {
+        let mut stored = self.store.open_tasks()?;
+        stored.sort_unstable_by_key(|s| (s.project_id, s.task_id));
+        let mut stored_leases: Vec<(Id, Id, Id, Id, i64)> = self
+            .store
+            .active_assignments()?
+            .iter()
+            .map(|a| (a.project_id, a.task_id, a.id, a.expert_id, a.expires_at))
+            .collect();
+        stored_leases.sort_unstable();
+        let (mut indexed, leases) = self.queue.contents();
+        indexed.sort_unstable_by_key(|s| (s.project_id, s.task_id));
+        let mut indexed_leases: Vec<(Id, Id, Id, Id, i64)> = leases
+            .iter()
+            .map(|(p, t, l)| (*p, *t, l.assignment_id, l.expert_id, l.expires_at))
+            .collect();
+        indexed_leases.sort_unstable();
+        let mut out = Vec::new();
+        if stored != indexed {
+            out.push(format!(
+                "open tasks differ: store {stored:?}, index {indexed:?}"
+            ));
+        }
+        if stored_leases != indexed_leases {
+            out.push(format!(
+                "leases differ: store {stored_leases:?}, index {indexed_leases:?}"
+            ));
+        }
+        Ok(out)
     }
 
     /// Rescans the plugin folders (after a file change).

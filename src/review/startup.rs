@@ -3,6 +3,7 @@
 //! that snapshot matches the store (see `snapshot.rs`), and from a scan of the store otherwise.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -40,7 +41,7 @@ pub fn spawn_load(
     mark: Option<u64>,
     snapshot: JoinHandle<Result<Snapshot, String>>,
 ) -> std::io::Result<()> {
-    let (store, queue) = (core.store.clone(), core.queue.clone());
+    let (store, queue, metrics) = (core.store.clone(), core.queue.clone(), core.metrics.clone());
     std::thread::Builder::new()
         .name("assay-queue-load".into())
         .spawn(move || {
@@ -49,10 +50,11 @@ pub fn spawn_load(
                 let read = snapshot
                     .join()
                     .unwrap_or_else(|_| Err("reading it panicked".into()));
-                match (read, mark) {
+                let loaded = match (read, mark) {
                     (Ok(snap), Some(mark)) if snap.mark == mark => {
                         let (open, leases) = (snap.open.len(), snap.leases.len());
                         queue.load_parts(snap.open, snap.leases);
+                        metrics.queue_from_snapshot.store(1, Ordering::Relaxed);
                         tracing::info!(
                             open_tasks = open,
                             active_leases = leases,
@@ -69,7 +71,10 @@ pub fn spawn_load(
                         tracing::info!(reason = %why, "no usable queue snapshot; scanning the store");
                         scan(&*store, &queue)
                     }
-                }
+                };
+                let ms = started.elapsed().as_millis() as u64;
+                metrics.queue_load_ms.store(ms, Ordering::Relaxed);
+                loaded
             }));
             let message = match outcome {
                 Ok(Ok(())) => {

@@ -25,7 +25,7 @@ pub struct Submitted {
 }
 
 /// The outcome of the first half.
-enum Prepared {
+pub(super) enum Prepared {
     /// The assignment already has its submission (a client retry).
     Stored(Box<Submitted>),
     Pending(Box<Pending>),
@@ -61,7 +61,7 @@ impl ReviewCore {
         result
     }
 
-    fn prepare_submit(
+    pub(super) fn prepare_submit(
         &self,
         user: &User,
         id: Id,

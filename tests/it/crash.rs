@@ -8,7 +8,9 @@ use serde_json::json;
 use crate::support::*;
 
 /// Experts submit in a loop while the server is killed with SIGKILL. Every submission that got a
-/// 2xx must be in the store after a restart, and the server must carry on cleanly.
+/// 2xx must be in the store after a restart, and the server must carry on cleanly. Sixteen
+/// experts at once, so submissions share batches (checked) and the kill lands while batches are
+/// committed and flushed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_during_submits_loses_no_acknowledged_submission() {
     let mut s = Server::start().await;
@@ -19,7 +21,7 @@ async fn sigkill_during_submits_loses_no_acknowledged_submission() {
         StatusCode::CREATED
     );
     let mut tokens = Vec::new();
-    for i in 0..4 {
+    for i in 0..16 {
         let (id, token) = s.expert(&admin, &format!("crash{i}"), &[]).await;
         s.add_member(&admin, project, id, "expert").await;
         tokens.push(token);
@@ -78,7 +80,13 @@ async fn sigkill_during_submits_loses_no_acknowledged_submission() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let batches = s.metric("assay_submit_batches_total").await;
+    let members = s.metric("assay_submit_batch_members_total").await;
     s.kill();
+    assert!(
+        members > batches,
+        "submissions should have shared batches ({members} in {batches})"
+    );
     for l in loops {
         let _ = l.await;
     }

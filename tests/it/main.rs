@@ -11,6 +11,7 @@ mod import_export;
 mod pages;
 mod review_loop;
 mod scripts;
+mod startup;
 mod store;
 mod support;
 mod workflows;

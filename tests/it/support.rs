@@ -152,6 +152,56 @@ impl Server {
         self.launch().await;
     }
 
+    /// Stops the process with SIGTERM (a clean stop) and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().to_string();
+            let sent = Command::new("kill").args(["-TERM", &pid]).status();
+            assert!(sent.is_ok_and(|s| s.success()), "cannot send SIGTERM");
+            let status = child.wait().expect("wait for the server");
+            assert!(
+                status.success(),
+                "a clean stop exits with success: {status}"
+            );
+        }
+    }
+
+    /// Starts the process again after [`Server::terminate`] or [`Server::kill`].
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.launch().await;
+    }
+
+    /// One value of `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .client
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    /// Waits until `/readyz` says the hand-out index is loaded.
+    pub async fn ready(&self) {
+        for _ in 0..600 {
+            if let Ok(r) = self.client.get(format!("{}/readyz", self.url)).send().await {
+                if r.status() == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not become ready");
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

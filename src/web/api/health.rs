@@ -91,6 +91,16 @@ pub async fn metrics(state: State) -> HttpResponse {
         "Submissions those batches carried; divided by the batches, submissions per transaction.",
         m.commit_members.load(Relaxed),
     );
+    let _ = writeln!(
+        out,
+        "# HELP assay_queue_loaded_from_snapshot 1 when the hand-out index came from the last clean stop's snapshot, 0 when it was scanned.\n# TYPE assay_queue_loaded_from_snapshot gauge\nassay_queue_loaded_from_snapshot {}",
+        m.queue_from_snapshot.load(Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP assay_queue_load_milliseconds How long loading the hand-out index took at start.\n# TYPE assay_queue_load_milliseconds gauge\nassay_queue_load_milliseconds {}",
+        m.queue_load_ms.load(Relaxed)
+    );
     state.metrics.render(&mut out);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
