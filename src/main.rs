@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod bench;
+
 /// mimalloc: the review loop allocates and frees many small blocks on several threads; with
 /// glibc's allocator that was ~15 % of the server's CPU, and mimalloc raised loops/s by a third.
 #[global_allocator]
@@ -12,7 +14,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = assay::cli::Cli::parse();
     assay::cli::init_logging();
-    match actix_web::rt::System::new().block_on(assay::cli::run(cli)) {
+    let outcome = match cli.command {
+        assay::cli::Command::Bench(args) => actix_web::rt::System::new().block_on(bench::run(args)),
+        _ => actix_web::rt::System::new().block_on(assay::cli::run(cli)),
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");

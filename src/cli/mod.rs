@@ -1,6 +1,6 @@
 //! Command-line interface: `serve`, `import`, `export`, `user add`.
 
-mod bench;
+pub mod bench_args;
 mod client;
 
 use std::path::PathBuf;
@@ -18,11 +18,11 @@ use crate::domain::GlobalRole;
 )]
 pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
 #[derive(clap::Args, Clone)]
-struct ConfigArgs {
+pub struct ConfigArgs {
     /// Configuration file (TOML). Default: ./config.toml when it exists; without one,
     /// built-in defaults and ASSAY_* variables apply.
     #[arg(long, env = "ASSAY_CONFIG")]
@@ -33,7 +33,7 @@ struct ConfigArgs {
 }
 
 #[derive(clap::Args, Clone)]
-struct ServerArgs {
+pub struct ServerArgs {
     /// Base URL of a running server.
     #[arg(long, env = "ASSAY_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
@@ -46,7 +46,7 @@ struct ServerArgs {
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Run the server.
     Serve {
         #[command(flatten)]
@@ -88,7 +88,7 @@ enum Command {
         config: ConfigArgs,
     },
     /// Measure a server under load (starts its own unless --url is given).
-    Bench(bench::BenchArgs),
+    Bench(bench_args::BenchArgs),
     /// Manage users directly in the data folder (the server must be stopped).
     User {
         #[command(subcommand)]
@@ -97,7 +97,7 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum UserCommand {
+pub enum UserCommand {
     /// Add a user; the password is read from ASSAY_PASSWORD.
     Add {
         username: String,
@@ -139,7 +139,7 @@ fn load_config(args: &ConfigArgs, bind: Option<String>) -> Result<Config, String
 pub async fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve { config, bind, demo } => serve(load_config(&config, bind)?, demo).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(_) => Err("`assay bench` runs from the assay binary".into()),
         Command::Check { paths, config } => check(&load_config(&config, None)?, &paths),
         Command::Import {
             file,

@@ -1,391 +1,26 @@
-//! The sled implementation of [`Store`].
-//!
-//! Trees (one per relation, named `relation_key`), values are JSON unless noted:
-//!
-//! | tree                     | key                                   | value                |
-//! |--------------------------|---------------------------------------|----------------------|
-//! | `meta`                   | `b"schema_version"`                   | u32 BE               |
-//! | `meta`                   | `b"snapshot_mark"` (after a clean stop) | u64 BE             |
-//! | `users_id`               | user id                               | User                 |
-//! | `users_name`             | username bytes                        | user id              |
-//! | `projects_id`            | project id                            | Project              |
-//! | `members_project_user`   | project id ++ user id                 | ProjectRole          |
-//! | `members_user_project`   | user id ++ project id                 | ProjectRole          |
-//! | `tasks_id`               | task id                               | Task                 |
-//! | `taskstatus_id`          | task id                               | TaskStatus           |
-//! | `tasks_project_task`     | project id ++ task id                 | empty                |
-//! | `tasks_project_external` | project id ++ external id bytes       | task id              |
-//! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (binary, `queue_codec`) |
-//! | `assignments_id`         | assignment id                         | Assignment           |
-//! | `leases_assignment`      | assignment id (active leases)         | empty                |
-//! | `submissions_id`         | submission id                         | Submission           |
-//! | `submissions_task_id`    | task id ++ submission id              | empty                |
-//! | `submissions_expert_id`  | expert id ++ submission id            | empty                |
-//! | `submissions_project_id` | project id ++ submission id           | empty                |
-//! | `counters_project_name`  | project id ++ counter name            | u64 BE               |
-//! | `plugins_hash`           | content hash (hex)                    | PluginVersion        |
-//! | `plugins_kind_name_time` | kind 0x00 name 0x00 first-seen time ++ hash | empty          |
-//! | `audit_time_id`          | time ++ event id                      | AuditEvent           |
-//!
-//! Ids and times are big-endian u64 (times offset by 2^63, see `keys::time`). Ids come from
-//! sled's monotonic `generate_id`. Secondary indexes are written in the same transaction as
-//! their record; counters are updated there too and never computed with `len()`.
-//!
-//! One exception, for speed: a lease is handed out and extended without a transaction (a sled
-//! transaction costs two extra log writes, each synced). `leases_assignment` is keyed by the
-//! assignment id alone, so extending a lease rewrites only the record, and a new lease writes its
-//! index entry first and its record second. The index may therefore name an id whose record is
-//! missing (a crash between the two writes) or no longer active; readers check the record, and
-//! the start-up scan drops such entries. Ending a lease is transactional as before.
+//! [`Store`] over the sled trees.
 
-use std::fs::File;
-use std::path::Path;
-use std::sync::Mutex;
+use serde::de::DeserializeOwned;
+use sled::transaction::UnabortableTransactionError;
+use sled::{Transactional, Tree};
 
-use serde::{de::DeserializeOwned, Serialize};
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
-};
-use sled::{Db, Transactional, Tree};
-
-use super::{keys, queue_codec};
-use super::{ImportedBatch, Store, StoreError, StoreResult, SubmissionWrite};
+use super::super::{queue_codec, ImportedBatch, Store, StoreError, StoreResult, SubmissionWrite};
+use super::tx::*;
+use super::SledStore;
 use crate::domain::*;
-
-/// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
-/// layout changes.
-pub const SCHEMA_VERSION: u32 = 4;
-
-struct Trees {
-    meta: Tree,
-    users: Tree,
-    users_name: Tree,
-    projects: Tree,
-    members_pu: Tree,
-    members_up: Tree,
-    tasks: Tree,
-    taskstatus: Tree,
-    tasks_project: Tree,
-    tasks_external: Tree,
-    queue: Tree,
-    assignments: Tree,
-    leases: Tree,
-    submissions: Tree,
-    subs_task: Tree,
-    subs_expert: Tree,
-    subs_project: Tree,
-    counters: Tree,
-    plugins: Tree,
-    plugins_by_name: Tree,
-    audit: Tree,
-}
-
-pub struct SledStore {
-    db: Db,
-    t: Trees,
-    /// Users are few and read on every request (authentication): kept in memory, written
-    /// through.
-    users: std::sync::RwLock<std::collections::HashMap<Id, User>>,
-    /// The main data file, for an optional fdatasync after each flush.
-    sync_file: Option<Mutex<File>>,
-}
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
-fn from_tx(e: TransactionError<StoreError>) -> StoreError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => backend(e),
-    }
-}
-
-fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
-
-fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(backend)
-}
-
-fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> StoreResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        tree,
-        message: e.to_string(),
-    })
-}
-
-/// Read a JSON value inside a transaction.
-fn tx_get<T: DeserializeOwned>(
-    tree: &TransactionalTree,
-    name: &'static str,
-    key: &[u8],
-) -> TxResult<Option<T>> {
-    match tree.get(key)? {
-        Some(bytes) => dec(name, &bytes).map(Some).map_err(abort),
-        None => Ok(None),
-    }
-}
-
-fn tx_put<T: Serialize>(tree: &TransactionalTree, key: &[u8], value: &T) -> TxResult<()> {
-    tree.insert(key, enc(value).map_err(abort)?)?;
-    Ok(())
-}
-
-/// Add `delta` to a kept counter inside a transaction.
-fn tx_count(counters: &TransactionalTree, project: Id, name: &str, delta: i64) -> TxResult<()> {
-    if delta == 0 {
-        return Ok(());
-    }
-    let key = keys::with_suffix(project, name.as_bytes());
-    let current = counters
-        .get(&key)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0);
-    let next = (current as i64 + delta).max(0) as u64;
-    counters.insert(key, &next.to_be_bytes())?;
-    Ok(())
-}
-
-/// Name of the per-project counter of submissions in the hour holding `ms`.
-fn hour_counter(ms: i64) -> String {
-    format!("submitted_hour_{:012}", ms.div_euclid(3_600_000))
-}
-
-fn state_counter(state: TaskState) -> &'static str {
-    match state {
-        TaskState::Open => "open",
-        TaskState::InQa => "in_qa",
-        TaskState::Complete => "complete",
-        TaskState::Archived => "archived",
-    }
-}
-
-/// Counter changes gathered over a transaction and written once each at its end: a batch of
-/// submissions touches the same few counters many times.
-#[derive(Default)]
-struct CounterDeltas(std::collections::BTreeMap<(Id, String), i64>);
-
-impl CounterDeltas {
-    fn add(&mut self, project: Id, name: &str, delta: i64) {
-        *self.0.entry((project, name.to_owned())).or_default() += delta;
-    }
-
-    fn apply(self, counters: &TransactionalTree) -> TxResult<()> {
-        for ((project, name), delta) in self.0 {
-            tx_count(counters, project, &name, delta)?;
-        }
-        Ok(())
-    }
-}
-
-/// Moves a task between states: counters and the open-queue index.
-fn tx_transition(
-    counters: &TransactionalTree,
-    queue: &TransactionalTree,
-    status: &TaskStatus,
-    from: Option<TaskState>,
-) -> TxResult<()> {
-    let mut deltas = CounterDeltas::default();
-    tx_transition_counted(&mut deltas, queue, status, from)?;
-    deltas.apply(counters)
-}
-
-/// [`tx_transition`] with the counter changes left in `deltas`.
-fn tx_transition_counted(
-    deltas: &mut CounterDeltas,
-    queue: &TransactionalTree,
-    status: &TaskStatus,
-    from: Option<TaskState>,
-) -> TxResult<()> {
-    let key = keys::pair(status.project_id, status.task_id);
-    if from != Some(status.state) {
-        if let Some(from) = from {
-            deltas.add(status.project_id, state_counter(from), -1);
-        }
-        deltas.add(status.project_id, state_counter(status.state), 1);
-    }
-    // The open-task index carries the status itself, so rebuilding the in-memory queue at
-    // start-up is one sequential scan instead of a random read per task.
-    if status.state == TaskState::Open {
-        queue.insert(&key, queue_codec::encode(status))?;
-    } else {
-        queue.remove(&key)?;
-    }
-    Ok(())
-}
+use crate::store::keys;
 
 impl SledStore {
-    /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
-    pub fn open(path: &Path, fsync: bool) -> StoreResult<Self> {
-        Self::open_with_cache(path, fsync, 128)
-    }
-
-    /// Opens with a page cache of `cache_mb` MiB.
-    pub fn open_with_cache(path: &Path, fsync: bool, cache_mb: u64) -> StoreResult<Self> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_mb * 1024 * 1024)
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    StoreError::Backend(format!(
-                        "the database in {} is in use by another assay process",
-                        path.display()
-                    ))
-                }
-                other => backend(other),
-            })?;
-        let tree = |name: &str| db.open_tree(name).map_err(backend);
-        let t = Trees {
-            meta: tree("meta")?,
-            users: tree("users_id")?,
-            users_name: tree("users_name")?,
-            projects: tree("projects_id")?,
-            members_pu: tree("members_project_user")?,
-            members_up: tree("members_user_project")?,
-            tasks: tree("tasks_id")?,
-            taskstatus: tree("taskstatus_id")?,
-            tasks_project: tree("tasks_project_task")?,
-            tasks_external: tree("tasks_project_external")?,
-            queue: tree("queue_project_task")?,
-            assignments: tree("assignments_id")?,
-            leases: tree("leases_assignment")?,
-            submissions: tree("submissions_id")?,
-            subs_task: tree("submissions_task_id")?,
-            subs_expert: tree("submissions_expert_id")?,
-            subs_project: tree("submissions_project_id")?,
-            counters: tree("counters_project_name")?,
-            plugins: tree("plugins_hash")?,
-            plugins_by_name: tree("plugins_kind_name_time")?,
-            audit: tree("audit_time_id")?,
-        };
-        let sync_file = if fsync {
-            File::open(path.join("db")).ok().map(Mutex::new)
-        } else {
-            None
-        };
-        let store = Self {
-            db,
-            t,
-            users: Default::default(),
-            sync_file,
-        };
-        store.migrate()?;
-        Ok(store)
-    }
-
-    fn migrate(&self) -> StoreResult<()> {
-        let found = self
-            .t
-            .meta
-            .get(b"schema_version")
-            .map_err(backend)?
-            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
-            .map(u32::from_be_bytes);
-        match found {
-            Some(v) if v > SCHEMA_VERSION => Err(StoreError::TooNew {
-                found: v,
-                supported: SCHEMA_VERSION,
-            }),
-            Some(1) => {
-                self.upgrade_1_to_2()?;
-                self.migrate()
-            }
-            Some(2) => {
-                self.upgrade_2_to_3()?;
-                self.migrate()
-            }
-            Some(3) => {
-                self.upgrade_3_to_4()?;
-                self.migrate()
-            }
-            // Later upgrade steps go here, in order: `Some(4) => self.upgrade_4_to_5()`, ...
-            Some(_) => Ok(()),
-            None => {
-                self.t
-                    .meta
-                    .insert(b"schema_version", &SCHEMA_VERSION.to_be_bytes())
-                    .map_err(backend)?;
-                Ok(())
-            }
-        }
-    }
-
-    /// Version 3: the open-task index holds each status in the compact binary form of
-    /// `queue_codec` instead of JSON (a third of the size; start-up reads all of it).
-    fn upgrade_2_to_3(&self) -> StoreResult<()> {
-        tracing::info!("upgrading the database to schema version 3");
-        for item in self.t.queue.iter() {
-            let (key, value) = item.map_err(backend)?;
-            let status: TaskStatus = dec("queue_project_task", &value)?;
-            self.t
-                .queue
-                .insert(&key, queue_codec::encode(&status))
-                .map_err(backend)?;
-        }
-        self.finish_upgrade(3)
-    }
-
-    /// Version 4: active leases are indexed by assignment id (`leases_assignment`) instead of by
-    /// expiry time and id (`leases_expiry_assignment`), so extending one touches no index.
-    fn upgrade_3_to_4(&self) -> StoreResult<()> {
-        tracing::info!("upgrading the database to schema version 4");
-        const OLD: &str = "leases_expiry_assignment";
-        let old = self.db.open_tree(OLD).map_err(backend)?;
-        for item in old.iter().keys() {
-            let key = item.map_err(backend)?;
-            if let Some(id) = keys::u64_at(&key, 8) {
-                self.t.leases.insert(keys::id(id), &[]).map_err(backend)?;
-            }
-        }
-        self.finish_upgrade(4)?;
-        self.db.drop_tree(OLD).map_err(backend)?;
-        Ok(())
-    }
-
-    /// Records that an upgrade step is complete, durably, before the next step or any use.
-    fn finish_upgrade(&self, version: u32) -> StoreResult<()> {
-        self.t
-            .meta
-            .insert(b"schema_version", &version.to_be_bytes())
-            .map_err(backend)?;
-        self.db.flush().map_err(backend)?;
-        Ok(())
-    }
-
-    /// Version 2: the open-task index carries each task's status (version 1 kept it empty).
-    fn upgrade_1_to_2(&self) -> StoreResult<()> {
-        tracing::info!("upgrading the database to schema version 2");
-        for item in self.t.queue.iter().keys() {
-            let key = item.map_err(backend)?;
-            let Some(task) = keys::u64_at(&key, 8) else {
-                continue;
-            };
-            if let Some(status) =
-                self.get::<TaskStatus>(&self.t.taskstatus, "taskstatus_id", &keys::id(task))?
-            {
-                self.t.queue.insert(&key, enc(&status)?).map_err(backend)?;
-            }
-        }
-        self.finish_upgrade(2)
-    }
-
-    fn remember(&self, user: &User) {
+    pub(super) fn remember(&self, user: &User) {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
         users.insert(user.id, user.clone());
     }
 
-    fn next_id(&self) -> StoreResult<Id> {
+    pub(super) fn next_id(&self) -> StoreResult<Id> {
         self.db.generate_id().map(|id| id + 1).map_err(backend)
     }
 
-    fn get<T: DeserializeOwned>(
+    pub(super) fn get<T: DeserializeOwned>(
         &self,
         tree: &Tree,
         name: &'static str,
@@ -397,7 +32,7 @@ impl SledStore {
         }
     }
 
-    fn counter(&self, project: Id, name: &str) -> StoreResult<u64> {
+    pub(super) fn counter(&self, project: Id, name: &str) -> StoreResult<u64> {
         Ok(self
             .t
             .counters
@@ -409,7 +44,7 @@ impl SledStore {
     }
 
     /// Loads the records whose ids are the second half of index keys under `prefix`.
-    fn by_index<T: DeserializeOwned>(
+    pub(super) fn by_index<T: DeserializeOwned>(
         &self,
         index: &Tree,
         prefix: u64,
@@ -426,7 +61,7 @@ impl SledStore {
 
     /// The stored bytes of the records whose ids are the second half of index keys under
     /// `prefix`, in index order.
-    fn by_index_raw(
+    pub(super) fn by_index_raw(
         &self,
         index: &Tree,
         prefix: u64,
@@ -454,7 +89,7 @@ impl SledStore {
 
     /// Every assignment the lease index names whose record is active. With `repair`, index
     /// entries without an active record are dropped (safe only while no lease is being handed out).
-    fn indexed_leases(&self, repair: bool) -> StoreResult<Vec<Assignment>> {
+    pub(super) fn indexed_leases(&self, repair: bool) -> StoreResult<Vec<Assignment>> {
         let mut out = Vec::new();
         for item in self.t.leases.iter().keys() {
             let key = item.map_err(backend)?;
@@ -473,7 +108,7 @@ impl SledStore {
     }
 
     /// Decodes one range of the open-task index.
-    fn open_tasks_in(&self, range: sled::Iter) -> StoreResult<Vec<TaskStatus>> {
+    pub(super) fn open_tasks_in(&self, range: sled::Iter) -> StoreResult<Vec<TaskStatus>> {
         let mut out = Vec::new();
         for item in range {
             let (key, value) = item.map_err(backend)?;
@@ -489,7 +124,11 @@ impl SledStore {
         Ok(out)
     }
 
-    fn all<T: DeserializeOwned>(&self, tree: &Tree, name: &'static str) -> StoreResult<Vec<T>> {
+    pub(super) fn all<T: DeserializeOwned>(
+        &self,
+        tree: &Tree,
+        name: &'static str,
+    ) -> StoreResult<Vec<T>> {
         tree.iter()
             .values()
             .map(|v| v.map_err(backend).and_then(|bytes| dec(name, &bytes)))

@@ -1,0 +1,140 @@
+//! What a bench run measured, and how it is printed (human or `--json`; the JSON shape is
+//! what scripts and the integration test read, so it does not change).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+#[derive(Serialize, Default)]
+pub(crate) struct Latency {
+    pub(crate) p50: f64,
+    pub(crate) p95: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
+}
+
+pub(crate) fn latency(mut micros: Vec<u64>) -> Latency {
+    if micros.is_empty() {
+        return Latency::default();
+    }
+    micros.sort_unstable();
+    let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q).round() as usize] as f64 / 1000.0;
+    Latency {
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+#[derive(Serialize, Default)]
+pub(crate) struct Report {
+    pub(crate) scenario: String,
+    pub(crate) experts: usize,
+    pub(crate) tasks: usize,
+    pub(crate) reviews: u32,
+    pub(crate) loops: u64,
+    pub(crate) loops_per_s: f64,
+    pub(crate) latency_ms: HashMap<&'static str, Latency>,
+    pub(crate) errors: HashMap<String, u64>,
+    pub(crate) duplicates: u64,
+    pub(crate) import: Option<Rate>,
+    pub(crate) export: Option<Rate>,
+    pub(crate) reload: Option<Reload>,
+    pub(crate) server_cpu_percent: Option<f64>,
+    pub(crate) peak_rss_mb: Option<f64>,
+    /// loop: store flushes during the run and the writes each one made durable on average
+    /// (from the server's `/metrics`).
+    pub(crate) flushes: Option<u64>,
+    pub(crate) writers_per_flush: Option<f64>,
+    /// pages: server time per page (the `Server-Timing` header) and time seen by the client.
+    pub(crate) pages: Option<std::collections::BTreeMap<&'static str, PageTiming>>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct PageTiming {
+    pub(crate) requests: usize,
+    pub(crate) server_ms: Latency,
+    pub(crate) client_ms: Latency,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Rate {
+    pub(crate) items: u64,
+    pub(crate) seconds: f64,
+    pub(crate) tasks_per_s: f64,
+    pub(crate) mb_per_s: f64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Reload {
+    pub(crate) saves: u64,
+    /// Time from a file save to the new version serving, in milliseconds.
+    pub(crate) save_to_live_ms: Latency,
+    /// Saves whose version never went live within 10 s.
+    pub(crate) missed: u64,
+}
+
+pub(crate) fn print_report(r: &Report, as_json: bool) {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
+        return;
+    }
+    println!(
+        "scenario {}: {} experts, {} tasks, {} review(s) per task",
+        r.scenario, r.experts, r.tasks, r.reviews
+    );
+    if let Some(i) = &r.import {
+        println!(
+            "import   {} tasks in {:.2} s: {:.0} tasks/s, {:.1} MB/s",
+            i.items, i.seconds, i.tasks_per_s, i.mb_per_s
+        );
+    }
+    if let Some(pages) = &r.pages {
+        println!("pages    median / p95 server time (Server-Timing), median client time");
+        for (name, t) in pages {
+            println!(
+                "  {name:<26} {:.2} ms / {:.2} ms, client {:.2} ms ({} requests)",
+                t.server_ms.p50, t.server_ms.p95, t.client_ms.p50, t.requests
+            );
+        }
+    } else if r.scenario != "import" {
+        println!(
+            "loop     {} loops, {:.0} loops/s, duplicates {}",
+            r.loops, r.loops_per_s, r.duplicates
+        );
+        for phase in ["next", "submit", "loop"] {
+            if let Some(l) = r.latency_ms.get(phase) {
+                println!(
+                    "  {phase:<7} p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                    l.p50, l.p95, l.p99, l.max
+                );
+            }
+        }
+        if !r.errors.is_empty() {
+            println!("errors   {:?}", r.errors);
+        }
+        if let (Some(f), Some(w)) = (r.flushes, r.writers_per_flush) {
+            println!("flushes  {f}, {w:.1} durable writes per flush");
+        }
+    }
+    if let Some(e) = &r.export {
+        println!(
+            "export   {} records in {:.2} s: {:.0} records/s, {:.1} MB/s",
+            e.items, e.seconds, e.tasks_per_s, e.mb_per_s
+        );
+    }
+    if let Some(rl) = &r.reload {
+        let l = &rl.save_to_live_ms;
+        println!(
+            "reload   {} saves, save-to-live p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, missed {}",
+            rl.saves, l.p50, l.p99, l.max, rl.missed
+        );
+    }
+    if let Some(c) = r.server_cpu_percent {
+        println!("server   cpu {c:.0}% (of one core)");
+    }
+    if let Some(m) = r.peak_rss_mb {
+        println!("server   peak RSS {m:.1} MB");
+    }
+}

@@ -1,0 +1,138 @@
+//! Calling a rubric's entry points (`criteria`, `validate`, `score`, `grade`) and checking what
+//! they return.
+
+use rhai::Dynamic;
+use serde_json::{Map, Value};
+
+use super::schema::{parse_criteria, Criterion};
+use super::validate::check_declarative;
+use crate::domain::Task;
+use crate::error::{FieldError, ScriptError};
+use crate::scripting::{Plugin, ScriptEngine};
+
+/// `task` as scripts see it: `#{id, external_id, data, meta, is_gold}`.
+pub fn task_value(task: &Task) -> Value {
+    serde_json::json!({
+        "id": task.id,
+        "external_id": task.external_id,
+        "data": task.data,
+        "meta": task.meta,
+        "is_gold": task.gold.is_some(),
+    })
+}
+
+pub fn to_dynamic(plugin: &Plugin, function: &str, v: &Value) -> Result<Dynamic, ScriptError> {
+    rhai::serde::to_dynamic(v)
+        .map_err(|e| ScriptError::contract(plugin, function, format!("cannot pass value: {e}")))
+}
+
+pub fn from_dynamic(plugin: &Plugin, function: &str, d: &Dynamic) -> Result<Value, ScriptError> {
+    rhai::serde::from_dynamic::<Value>(d).map_err(|e| {
+        ScriptError::contract(
+            plugin,
+            function,
+            format!("returned a value that is not data: {e}"),
+        )
+    })
+}
+
+/// Calls `criteria(task)` and checks what it returned.
+pub fn criteria(
+    engine: &ScriptEngine,
+    rubric: &Plugin,
+    task: &Value,
+) -> Result<Vec<Criterion>, ScriptError> {
+    let out = engine.call(rubric, "criteria", (to_dynamic(rubric, "criteria", task)?,))?;
+    parse_criteria(rubric, from_dynamic(rubric, "criteria", &out)?)
+}
+
+/// The outcome of checking an answer.
+pub enum Checked {
+    Valid { scores: Value },
+    Invalid(Vec<FieldError>),
+}
+
+/// Full validation of an answer: declarative rules, then the script's `validate`, then `score`.
+pub fn check_answer(
+    engine: &ScriptEngine,
+    rubric: &Plugin,
+    task: &Task,
+    answer: &Value,
+) -> Result<Checked, ScriptError> {
+    let criteria = criteria(engine, rubric, &task_value(task))?;
+    check_answer_with(engine, rubric, task, &criteria, answer)
+}
+
+/// [`check_answer`] with the task's criteria already at hand (see `Registry::criteria`).
+pub fn check_answer_with(
+    engine: &ScriptEngine,
+    rubric: &Plugin,
+    task: &Task,
+    criteria: &[Criterion],
+    answer: &Value,
+) -> Result<Checked, ScriptError> {
+    let task_json = task_value(task);
+    let mut errors = check_declarative(criteria, &task.data, answer);
+    if !errors.is_empty() {
+        return Ok(Checked::Invalid(errors));
+    }
+    let task_dyn = to_dynamic(rubric, "validate", &task_json)?;
+    let answer_dyn = to_dynamic(rubric, "validate", answer)?;
+    if rubric.has_fn("validate", 2) {
+        let out = engine.call(rubric, "validate", (task_dyn.clone(), answer_dyn.clone()))?;
+        errors = parse_field_errors(rubric, &out)?;
+        if !errors.is_empty() {
+            return Ok(Checked::Invalid(errors));
+        }
+    }
+    let mut scores = if rubric.has_fn("score", 2) {
+        let out = engine.call(rubric, "score", (task_dyn, answer_dyn.clone()))?;
+        let value = from_dynamic(rubric, "score", &out)?;
+        match value {
+            Value::Object(m) if m.values().all(Value::is_number) => m,
+            Value::Null => Map::new(),
+            _ => {
+                return Err(ScriptError::contract(
+                    rubric,
+                    "score",
+                    "must return a map of numbers",
+                ))
+            }
+        }
+    } else {
+        Map::new()
+    };
+    // A gold task is graded against its gold answer; the grade is stored with the scores.
+    if let (Some(gold), true) = (&task.gold, rubric.has_fn("grade", 2)) {
+        let out = engine.call(
+            rubric,
+            "grade",
+            (to_dynamic(rubric, "grade", gold)?, answer_dyn),
+        )?;
+        let grade = out
+            .as_float()
+            .ok()
+            .or_else(|| out.as_int().ok().map(|i| i as f64))
+            .filter(|g| (0.0..=1.0).contains(g))
+            .ok_or_else(|| {
+                ScriptError::contract(rubric, "grade", "must return a number from 0.0 to 1.0")
+            })?;
+        scores.insert("gold_grade".into(), serde_json::json!(grade));
+    }
+    let scores = Value::Object(scores);
+    Ok(Checked::Valid { scores })
+}
+
+fn parse_field_errors(rubric: &Plugin, out: &Dynamic) -> Result<Vec<FieldError>, ScriptError> {
+    if out.is_unit() {
+        return Ok(Vec::new());
+    }
+    let value = from_dynamic(rubric, "validate", out)?;
+    serde_json::from_value::<Vec<FieldError>>(value).map_err(|_| {
+        ScriptError::contract(
+            rubric,
+            "validate",
+            "must return an array of #{field, message}",
+        )
+    })
+}

@@ -1,0 +1,91 @@
+//! The sled implementation of [`Store`].
+//!
+//! Trees (one per relation, named `relation_key`), values are JSON unless noted:
+//!
+//! | tree                     | key                                   | value                |
+//! |--------------------------|---------------------------------------|----------------------|
+//! | `meta`                   | `b"schema_version"`                   | u32 BE               |
+//! | `meta`                   | `b"snapshot_mark"` (after a clean stop) | u64 BE             |
+//! | `users_id`               | user id                               | User                 |
+//! | `users_name`             | username bytes                        | user id              |
+//! | `projects_id`            | project id                            | Project              |
+//! | `members_project_user`   | project id ++ user id                 | ProjectRole          |
+//! | `members_user_project`   | user id ++ project id                 | ProjectRole          |
+//! | `tasks_id`               | task id                               | Task                 |
+//! | `taskstatus_id`          | task id                               | TaskStatus           |
+//! | `tasks_project_task`     | project id ++ task id                 | empty                |
+//! | `tasks_project_external` | project id ++ external id bytes       | task id              |
+//! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (binary, `queue_codec`) |
+//! | `assignments_id`         | assignment id                         | Assignment           |
+//! | `leases_assignment`      | assignment id (active leases)         | empty                |
+//! | `submissions_id`         | submission id                         | Submission           |
+//! | `submissions_task_id`    | task id ++ submission id              | empty                |
+//! | `submissions_expert_id`  | expert id ++ submission id            | empty                |
+//! | `submissions_project_id` | project id ++ submission id           | empty                |
+//! | `counters_project_name`  | project id ++ counter name            | u64 BE               |
+//! | `plugins_hash`           | content hash (hex)                    | PluginVersion        |
+//! | `plugins_kind_name_time` | kind 0x00 name 0x00 first-seen time ++ hash | empty          |
+//! | `audit_time_id`          | time ++ event id                      | AuditEvent           |
+//!
+//! Ids and times are big-endian u64 (times offset by 2^63, see `keys::time`). Ids come from
+//! sled's monotonic `generate_id`. Secondary indexes are written in the same transaction as
+//! their record; counters are updated there too and never computed with `len()`.
+//!
+//! One exception, for speed: a lease is handed out and extended without a transaction (a sled
+//! transaction costs two extra log writes, each synced). `leases_assignment` is keyed by the
+//! assignment id alone, so extending a lease rewrites only the record, and a new lease writes its
+//! index entry first and its record second. The index may therefore name an id whose record is
+//! missing (a crash between the two writes) or no longer active; readers check the record, and
+//! the start-up scan drops such entries. Ending a lease is transactional as before.
+
+//!
+//! Files: `open.rs` opens the database and runs the ordered migrations; `tx.rs` holds the
+//! transaction helpers (encoding, counters, state transitions); `records.rs` implements
+//! [`Store`] over the trees.
+
+mod open;
+mod records;
+mod tx;
+
+use std::fs::File;
+use std::sync::Mutex;
+
+use sled::{Db, Tree};
+
+use crate::domain::*;
+
+pub use open::SCHEMA_VERSION;
+
+struct Trees {
+    meta: Tree,
+    users: Tree,
+    users_name: Tree,
+    projects: Tree,
+    members_pu: Tree,
+    members_up: Tree,
+    tasks: Tree,
+    taskstatus: Tree,
+    tasks_project: Tree,
+    tasks_external: Tree,
+    queue: Tree,
+    assignments: Tree,
+    leases: Tree,
+    submissions: Tree,
+    subs_task: Tree,
+    subs_expert: Tree,
+    subs_project: Tree,
+    counters: Tree,
+    plugins: Tree,
+    plugins_by_name: Tree,
+    audit: Tree,
+}
+
+pub struct SledStore {
+    db: Db,
+    t: Trees,
+    /// Users are few and read on every request (authentication): kept in memory, written
+    /// through.
+    users: std::sync::RwLock<std::collections::HashMap<Id, User>>,
+    /// The main data file, for an optional fdatasync after each flush.
+    sync_file: Option<Mutex<File>>,
+}

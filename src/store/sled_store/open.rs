@@ -1,0 +1,174 @@
+//! Opening the database, and the ordered schema migrations (each with its own test in the
+//! store suite).
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Mutex;
+
+use super::super::{queue_codec, StoreError, StoreResult};
+use super::tx::*;
+use super::{SledStore, Trees};
+use crate::domain::*;
+use crate::store::keys;
+
+/// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
+/// layout changes.
+pub const SCHEMA_VERSION: u32 = 4;
+
+impl SledStore {
+    /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
+    pub fn open(path: &Path, fsync: bool) -> StoreResult<Self> {
+        Self::open_with_cache(path, fsync, 128)
+    }
+
+    /// Opens with a page cache of `cache_mb` MiB.
+    pub fn open_with_cache(path: &Path, fsync: bool, cache_mb: u64) -> StoreResult<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_mb * 1024 * 1024)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Backend(format!(
+                        "the database in {} is in use by another assay process",
+                        path.display()
+                    ))
+                }
+                other => backend(other),
+            })?;
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        let t = Trees {
+            meta: tree("meta")?,
+            users: tree("users_id")?,
+            users_name: tree("users_name")?,
+            projects: tree("projects_id")?,
+            members_pu: tree("members_project_user")?,
+            members_up: tree("members_user_project")?,
+            tasks: tree("tasks_id")?,
+            taskstatus: tree("taskstatus_id")?,
+            tasks_project: tree("tasks_project_task")?,
+            tasks_external: tree("tasks_project_external")?,
+            queue: tree("queue_project_task")?,
+            assignments: tree("assignments_id")?,
+            leases: tree("leases_assignment")?,
+            submissions: tree("submissions_id")?,
+            subs_task: tree("submissions_task_id")?,
+            subs_expert: tree("submissions_expert_id")?,
+            subs_project: tree("submissions_project_id")?,
+            counters: tree("counters_project_name")?,
+            plugins: tree("plugins_hash")?,
+            plugins_by_name: tree("plugins_kind_name_time")?,
+            audit: tree("audit_time_id")?,
+        };
+        let sync_file = if fsync {
+            File::open(path.join("db")).ok().map(Mutex::new)
+        } else {
+            None
+        };
+        let store = Self {
+            db,
+            t,
+            users: Default::default(),
+            sync_file,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&self) -> StoreResult<()> {
+        let found = self
+            .t
+            .meta
+            .get(b"schema_version")
+            .map_err(backend)?
+            .and_then(|v| <[u8; 4]>::try_from(v.as_ref()).ok())
+            .map(u32::from_be_bytes);
+        match found {
+            Some(v) if v > SCHEMA_VERSION => Err(StoreError::TooNew {
+                found: v,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(1) => {
+                self.upgrade_1_to_2()?;
+                self.migrate()
+            }
+            Some(2) => {
+                self.upgrade_2_to_3()?;
+                self.migrate()
+            }
+            Some(3) => {
+                self.upgrade_3_to_4()?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(4) => self.upgrade_4_to_5()`, ...
+            Some(_) => Ok(()),
+            None => {
+                self.t
+                    .meta
+                    .insert(b"schema_version", &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(backend)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Version 3: the open-task index holds each status in the compact binary form of
+    /// `queue_codec` instead of JSON (a third of the size; start-up reads all of it).
+    fn upgrade_2_to_3(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 3");
+        for item in self.t.queue.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let status: TaskStatus = dec("queue_project_task", &value)?;
+            self.t
+                .queue
+                .insert(&key, queue_codec::encode(&status))
+                .map_err(backend)?;
+        }
+        self.finish_upgrade(3)
+    }
+
+    /// Version 4: active leases are indexed by assignment id (`leases_assignment`) instead of by
+    /// expiry time and id (`leases_expiry_assignment`), so extending one touches no index.
+    fn upgrade_3_to_4(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 4");
+        const OLD: &str = "leases_expiry_assignment";
+        let old = self.db.open_tree(OLD).map_err(backend)?;
+        for item in old.iter().keys() {
+            let key = item.map_err(backend)?;
+            if let Some(id) = keys::u64_at(&key, 8) {
+                self.t.leases.insert(keys::id(id), &[]).map_err(backend)?;
+            }
+        }
+        self.finish_upgrade(4)?;
+        self.db.drop_tree(OLD).map_err(backend)?;
+        Ok(())
+    }
+
+    /// Records that an upgrade step is complete, durably, before the next step or any use.
+    fn finish_upgrade(&self, version: u32) -> StoreResult<()> {
+        self.t
+            .meta
+            .insert(b"schema_version", &version.to_be_bytes())
+            .map_err(backend)?;
+        self.db.flush().map_err(backend)?;
+        Ok(())
+    }
+
+    /// Version 2: the open-task index carries each task's status (version 1 kept it empty).
+    fn upgrade_1_to_2(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 2");
+        for item in self.t.queue.iter().keys() {
+            let key = item.map_err(backend)?;
+            let Some(task) = keys::u64_at(&key, 8) else {
+                continue;
+            };
+            if let Some(status) =
+                self.get::<TaskStatus>(&self.t.taskstatus, "taskstatus_id", &keys::id(task))?
+            {
+                self.t.queue.insert(&key, enc(&status)?).map_err(backend)?;
+            }
+        }
+        self.finish_upgrade(2)
+    }
+}

@@ -1,0 +1,148 @@
+//! Helpers for sled transactions: encoding, kept counters and task state transitions. Every
+//! closure that uses them is pure (sled may run it more than once).
+
+use serde::{de::DeserializeOwned, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::super::queue_codec;
+use super::super::{StoreError, StoreResult};
+use crate::domain::*;
+use crate::store::keys;
+
+pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub(super) fn from_tx(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    }
+}
+
+pub(super) fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+pub(super) fn enc<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(backend)
+}
+
+pub(super) fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        tree,
+        message: e.to_string(),
+    })
+}
+
+/// Read a JSON value inside a transaction.
+pub(super) fn tx_get<T: DeserializeOwned>(
+    tree: &TransactionalTree,
+    name: &'static str,
+    key: &[u8],
+) -> TxResult<Option<T>> {
+    match tree.get(key)? {
+        Some(bytes) => dec(name, &bytes).map(Some).map_err(abort),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn tx_put<T: Serialize>(
+    tree: &TransactionalTree,
+    key: &[u8],
+    value: &T,
+) -> TxResult<()> {
+    tree.insert(key, enc(value).map_err(abort)?)?;
+    Ok(())
+}
+
+/// Add `delta` to a kept counter inside a transaction.
+pub(super) fn tx_count(
+    counters: &TransactionalTree,
+    project: Id,
+    name: &str,
+    delta: i64,
+) -> TxResult<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let key = keys::with_suffix(project, name.as_bytes());
+    let current = counters
+        .get(&key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0);
+    let next = (current as i64 + delta).max(0) as u64;
+    counters.insert(key, &next.to_be_bytes())?;
+    Ok(())
+}
+
+/// Name of the per-project counter of submissions in the hour holding `ms`.
+pub(super) fn hour_counter(ms: i64) -> String {
+    format!("submitted_hour_{:012}", ms.div_euclid(3_600_000))
+}
+
+pub(super) fn state_counter(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Open => "open",
+        TaskState::InQa => "in_qa",
+        TaskState::Complete => "complete",
+        TaskState::Archived => "archived",
+    }
+}
+
+/// Counter changes gathered over a transaction and written once each at its end: a batch of
+/// submissions touches the same few counters many times.
+#[derive(Default)]
+pub(super) struct CounterDeltas(std::collections::BTreeMap<(Id, String), i64>);
+
+impl CounterDeltas {
+    pub(super) fn add(&mut self, project: Id, name: &str, delta: i64) {
+        *self.0.entry((project, name.to_owned())).or_default() += delta;
+    }
+
+    pub(super) fn apply(self, counters: &TransactionalTree) -> TxResult<()> {
+        for ((project, name), delta) in self.0 {
+            tx_count(counters, project, &name, delta)?;
+        }
+        Ok(())
+    }
+}
+
+/// Moves a task between states: counters and the open-queue index.
+pub(super) fn tx_transition(
+    counters: &TransactionalTree,
+    queue: &TransactionalTree,
+    status: &TaskStatus,
+    from: Option<TaskState>,
+) -> TxResult<()> {
+    let mut deltas = CounterDeltas::default();
+    tx_transition_counted(&mut deltas, queue, status, from)?;
+    deltas.apply(counters)
+}
+
+/// [`tx_transition`] with the counter changes left in `deltas`.
+pub(super) fn tx_transition_counted(
+    deltas: &mut CounterDeltas,
+    queue: &TransactionalTree,
+    status: &TaskStatus,
+    from: Option<TaskState>,
+) -> TxResult<()> {
+    let key = keys::pair(status.project_id, status.task_id);
+    if from != Some(status.state) {
+        if let Some(from) = from {
+            deltas.add(status.project_id, state_counter(from), -1);
+        }
+        deltas.add(status.project_id, state_counter(status.state), 1);
+    }
+    // The open-task index carries the status itself, so rebuilding the in-memory queue at
+    // start-up is one sequential scan instead of a random read per task.
+    if status.state == TaskState::Open {
+        queue.insert(&key, queue_codec::encode(status))?;
+    } else {
+        queue.remove(&key)?;
+    }
+    Ok(())
+}
