@@ -347,25 +347,46 @@ impl Queue {
 
     /// Like [`Queue::load`], with leases as (project, task, lease).
     pub fn load_parts(&self, open: Vec<TaskStatus>, leases: Vec<(Id, Id, Lease)>) {
-        // The store lists tasks project by project: one lookup and lock per project.
+        self.install(Built::new(open, leases));
+    }
+
+    /// Takes an index built apart (see [`Built`]) and lets lookups through.
+    pub fn install(&self, built: Built) {
+        for (project, queue) in built.projects {
+            let q = self.entry(project);
+            *Self::lock(&q) = queue;
+        }
+        self.loaded.send_replace(true);
+        // Taking the lock orders this after any waiter's check, so none misses the wake-up.
+        let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.load_done.notify_all();
+    }
+}
+
+/// Every project's open tasks and leases, built apart from the live [`Queue`], so that a start
+/// can build it while the store is still opening and install it once the store agrees.
+#[derive(Debug, Default)]
+pub struct Built {
+    projects: HashMap<Id, ProjectQueue>,
+}
+
+impl Built {
+    pub fn new(open: Vec<TaskStatus>, leases: Vec<(Id, Id, Lease)>) -> Self {
+        let mut projects: HashMap<Id, ProjectQueue> = HashMap::new();
+        // Tasks come project by project: one lookup per project.
         let mut open = open.into_iter().peekable();
         while let Some(first) = open.next() {
             let project = first.project_id;
-            let q = self.entry(project);
-            let mut queue = Self::lock(&q);
+            let queue = projects.entry(project).or_default();
             queue.set_status(first);
             while let Some(status) = open.next_if(|s| s.project_id == project) {
                 queue.set_status(status);
             }
         }
         for (project, task, lease) in leases {
-            let q = self.entry(project);
-            Self::lock(&q).add_lease(task, lease);
+            projects.entry(project).or_default().add_lease(task, lease);
         }
-        self.loaded.send_replace(true);
-        // Taking the lock orders this after any waiter's check, so none misses the wake-up.
-        let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.load_done.notify_all();
+        Self { projects }
     }
 }
 

@@ -9,15 +9,24 @@ use std::thread::JoinHandle;
 
 use super::snapshot::{self, Snapshot};
 use super::ReviewCore;
-use crate::queue::Queue;
+use crate::queue::{Built, Queue};
 use crate::store::{Store, StoreError};
 
 pub fn snapshot_path(data: &Path) -> PathBuf {
     data.join("queue.snapshot")
 }
 
-/// Starts reading the snapshot file (while the store opens, which takes as long).
-pub fn read_snapshot(data: &Path) -> std::io::Result<JoinHandle<Result<Snapshot, String>>> {
+/// A snapshot read and built into an index, waiting for the store's word.
+pub struct Prepared {
+    mark: u64,
+    built: Built,
+    open: usize,
+    leases: usize,
+}
+
+/// Starts reading the snapshot file and building the index from it, while the store opens
+/// (which takes about as long).
+pub fn read_snapshot(data: &Path) -> std::io::Result<JoinHandle<Result<Prepared, String>>> {
     let path = snapshot_path(data);
     std::thread::Builder::new()
         .name("assay-snapshot".into())
@@ -28,7 +37,14 @@ pub fn read_snapshot(data: &Path) -> std::io::Result<JoinHandle<Result<Snapshot,
             let read = snapshot::read(&path);
             // Whatever it held, it is used at most once: the mark it matched is consumed now.
             let _ = std::fs::remove_file(&path);
-            read
+            let Snapshot { mark, open, leases } = read?;
+            let (open_count, lease_count) = (open.len(), leases.len());
+            Ok(Prepared {
+                mark,
+                built: Built::new(open, leases),
+                open: open_count,
+                leases: lease_count,
+            })
         })
 }
 
@@ -39,7 +55,7 @@ pub fn read_snapshot(data: &Path) -> std::io::Result<JoinHandle<Result<Snapshot,
 pub fn spawn_load(
     core: &Arc<ReviewCore>,
     mark: Option<u64>,
-    snapshot: JoinHandle<Result<Snapshot, String>>,
+    snapshot: JoinHandle<Result<Prepared, String>>,
 ) -> std::io::Result<()> {
     let (store, queue, metrics) = (core.store.clone(), core.queue.clone(), core.metrics.clone());
     std::thread::Builder::new()
@@ -52,8 +68,8 @@ pub fn spawn_load(
                     .unwrap_or_else(|_| Err("reading it panicked".into()));
                 let loaded = match (read, mark) {
                     (Ok(snap), Some(mark)) if snap.mark == mark => {
-                        let (open, leases) = (snap.open.len(), snap.leases.len());
-                        queue.load_parts(snap.open, snap.leases);
+                        let (open, leases) = (snap.open, snap.leases);
+                        queue.install(snap.built);
                         metrics.queue_from_snapshot.store(1, Ordering::Relaxed);
                         tracing::info!(
                             open_tasks = open,
