@@ -113,12 +113,7 @@ impl ReviewCore {
             .task(assignment.task_id)?
             .ok_or(AppError::NotFound("task"))?;
         let criteria = self
-            .registry
-            .version(
-                PluginKind::Rubric,
-                &assignment.rubric,
-                &assignment.rubric_version,
-            )
+            .served_rubric(&assignment)
             .and_then(|r| Ok(self.registry.criteria(&r, &task)?));
         let criteria = match criteria {
             Ok(c) => c,
@@ -159,6 +154,12 @@ impl ReviewCore {
             criteria: criteria.to_vec(),
             instructions: project.instructions,
         }))
+    }
+
+    /// The rubric version a lease was served under (every answer is checked against it).
+    pub(super) fn served_rubric(&self, a: &Assignment) -> AppResult<Arc<Plugin>> {
+        self.registry
+            .version(PluginKind::Rubric, &a.rubric, &a.rubric_version)
     }
 
     /// Chooses a task (asking the router's `pick` when it has one) and leases it.

@@ -58,6 +58,7 @@ impl ReviewCore {
     /// Opens the store, loads the plugins, and starts loading the hand-out index (in the
     /// background: the core answers at once, and whatever needs the index waits for it).
     pub fn open(config: Config) -> Result<Arc<Self>, String> {
+        let started = std::time::Instant::now();
         pool::init(config.server.blocking_threads)
             .map_err(|e| format!("cannot start the blocking pool: {e}"))?;
         let data = &config.storage.data;
@@ -109,7 +110,7 @@ impl ReviewCore {
             metrics,
             stopping: AtomicBool::new(false),
         });
-        startup::spawn_load(&core, mark, snapshot)
+        startup::spawn_load(&core, started, mark, snapshot)
             .map_err(|e| format!("cannot start loading the queue: {e}"))?;
         Ok(core)
     }

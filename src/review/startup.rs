@@ -54,6 +54,7 @@ pub fn read_snapshot(data: &Path) -> std::io::Result<JoinHandle<Result<Prepared,
 /// the store failed.
 pub fn spawn_load(
     core: &Arc<ReviewCore>,
+    opened: std::time::Instant,
     mark: Option<u64>,
     snapshot: JoinHandle<Result<Prepared, String>>,
 ) -> std::io::Result<()> {
@@ -88,7 +89,8 @@ pub fn spawn_load(
                         scan(&*store, &queue)
                     }
                 };
-                let ms = started.elapsed().as_millis() as u64;
+                // From the start of the core, as the snapshot is built while the store opens.
+                let ms = opened.elapsed().as_millis() as u64;
                 metrics.queue_load_ms.store(ms, Ordering::Relaxed);
                 loaded
             }));

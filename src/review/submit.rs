@@ -102,9 +102,7 @@ impl ReviewCore {
             .store
             .task(a.task_id)?
             .ok_or(AppError::NotFound("task"))?;
-        let rubric = self
-            .registry
-            .version(PluginKind::Rubric, &a.rubric, &a.rubric_version)?;
+        let rubric = self.served_rubric(&a)?;
         let criteria = self.registry.criteria(&rubric, &task)?;
         let checked =
             rubric::check_answer_with(&self.registry.engine, &rubric, &task, &criteria, &answer)?;

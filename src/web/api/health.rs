@@ -98,7 +98,7 @@ pub async fn metrics(state: State) -> HttpResponse {
     );
     let _ = writeln!(
         out,
-        "# HELP assay_queue_load_milliseconds How long loading the hand-out index took at start.\n# TYPE assay_queue_load_milliseconds gauge\nassay_queue_load_milliseconds {}",
+        "# HELP assay_queue_load_milliseconds Milliseconds from the start of the review core until the hand-out index was loaded.\n# TYPE assay_queue_load_milliseconds gauge\nassay_queue_load_milliseconds {}",
         m.queue_load_ms.load(Relaxed)
     );
     state.metrics.render(&mut out);
