@@ -2,6 +2,7 @@
 //! and `chromium-driver`, installed by `.ci/run`). Screenshots of the main pages are written to
 //! `target/screenshots/` for people to look at.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -15,6 +16,9 @@ use crate::support::*;
 pub struct Browser {
     pub client: Client,
     driver: Child,
+    /// The browser's own profile folder: every Chromium process of this browser names it on
+    /// its command line, which is how `Drop` finds them all.
+    profile: tempfile::TempDir,
 }
 
 impl Browser {
@@ -23,10 +27,13 @@ impl Browser {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("free port");
+        let profile = tempfile::tempdir().expect("profile folder");
+        // Its own process group, so that ending the driver ends what it started.
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver is needed: apt-get install chromium chromium-driver");
         let mut caps = serde_json::Map::new();
@@ -34,6 +41,8 @@ impl Browser {
             "goog:chromeOptions".into(),
             json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                             "--disable-background-networking", "--disable-dev-shm-usage",
+                            "--disable-crash-reporter", "--no-first-run",
+                            format!("--user-data-dir={}", profile.path().display()),
                             "--window-size=1440,1000"]}),
         );
         let url = format!("http://127.0.0.1:{port}");
@@ -45,7 +54,13 @@ impl Browser {
                 .connect(&url)
                 .await
             {
-                Ok(client) => return Browser { client, driver },
+                Ok(client) => {
+                    return Browser {
+                        client,
+                        driver,
+                        profile,
+                    }
+                }
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -159,10 +174,43 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the driver, its process group, and every Chromium process that uses this browser's
+    /// profile (some leave the group), so a test run leaves no browser behind.
     fn drop(&mut self) {
+        let group = self.driver.id() as i32;
+        // SAFETY: sends a signal to the process group this browser started; no memory involved.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        let profile = self.profile.path().display().to_string();
+        for _ in 0..20 {
+            let left = processes_naming(&profile);
+            if left.is_empty() {
+                return;
+            }
+            for pid in left {
+                // SAFETY: as above, for one process found by its command line.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
+}
+
+/// Processes whose command line contains `needle` (live ones: zombies have none).
+fn processes_naming(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 const NOTHING_RAN: &str = "window.__pwned === undefined";
