@@ -216,15 +216,14 @@ mod tests {
     use crate::scripting::PluginKind;
 
     fn plugin(engine: &ScriptEngine, source: &str) -> Plugin {
-        Plugin {
-            name: "t".into(),
-            kind: PluginKind::Rubric,
-            file: "t.rhai".into(),
-            hash: "h".into(),
-            source: source.into(),
-            ast: engine.compile("t", "t.rhai", source).unwrap(),
-            loaded_at: 0,
-        }
+        Plugin::new(
+            "t",
+            PluginKind::Rubric,
+            "t.rhai".into(),
+            "h".into(),
+            source.into(),
+            engine.compile("t", "t.rhai", source).unwrap(),
+        )
     }
 
     #[test]

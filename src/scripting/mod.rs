@@ -1,6 +1,7 @@
 //! Rhai plugins: one hardened engine shared by every script, rubric and router contracts, and
 //! the registry of loaded versions.
 
+pub mod analysis;
 pub mod contract;
 pub mod engine;
 pub mod helpers;

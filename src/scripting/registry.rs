@@ -91,9 +91,34 @@ pub struct Plugin {
     pub source: String,
     pub ast: AST,
     pub loaded_at: i64,
+    /// Whether the rubric's `criteria(task)` reads its argument at all (see
+    /// `analysis::reads_parameter`); when it does not, one result serves every task.
+    pub criteria_reads_task: bool,
 }
 
 impl Plugin {
+    /// A compiled version, loaded now.
+    pub fn new(
+        name: &str,
+        kind: PluginKind,
+        file: String,
+        hash: String,
+        source: String,
+        ast: AST,
+    ) -> Self {
+        let criteria_reads_task = super::analysis::reads_parameter(&ast, "criteria", 1);
+        Self {
+            name: name.to_owned(),
+            kind,
+            file,
+            hash,
+            source,
+            ast,
+            loaded_at: crate::now_ms(),
+            criteria_reads_task,
+        }
+    }
+
     pub fn has_fn(&self, name: &str, arity: usize) -> bool {
         self.ast
             .iter_functions()
@@ -189,15 +214,8 @@ pub fn prepare(
     source: String,
 ) -> Result<(Plugin, usize), ScriptError> {
     let ast = engine.compile(name, file, &source)?;
-    let plugin = Plugin {
-        name: name.to_owned(),
-        kind,
-        file: file.to_owned(),
-        hash: content_hash(&source),
-        source,
-        ast,
-        loaded_at: crate::now_ms(),
-    };
+    let hash = content_hash(&source);
+    let plugin = Plugin::new(name, kind, file.to_owned(), hash, source, ast);
     for (function, arity) in kind.required() {
         if !plugin.has_fn(function, *arity) {
             return Err(ScriptError {
@@ -375,9 +393,17 @@ impl Registry {
 
     /// A task's criteria under a rubric version. Scripts see no clock, randomness or state, and
     /// a task's content never changes, so `criteria(task)` is a function of the version and the
-    /// task: each pair is computed once (the hand-out and the submit of a task both need it).
+    /// task: each pair is computed once (the hand-out and the submit of a task both need it),
+    /// and once per version when `criteria` never reads its `task`.
     pub fn criteria(&self, rubric: &Plugin, task: &Task) -> Result<Arc<[Criterion]>, ScriptError> {
-        let key = (version_key(&rubric.hash), task.id);
+        let key = (
+            version_key(&rubric.hash),
+            if rubric.criteria_reads_task {
+                task.id
+            } else {
+                0
+            },
+        );
         if let Some(found) = self.criteria.get(key) {
             return Ok(found);
         }
@@ -393,15 +419,14 @@ impl Registry {
         let file = format!("{name}@{}", stored.hash);
         let ast = self.engine.compile(name, &file, &stored.source).ok()?;
         tracing::warn!(kind = kind.as_str(), plugin = %name, version = %stored.hash, "serving the last stored version");
-        Some(Arc::new(Plugin {
-            name: name.to_owned(),
+        Some(Arc::new(Plugin::new(
+            name,
             kind,
             file,
-            hash: stored.hash,
-            source: stored.source,
+            stored.hash,
+            stored.source,
             ast,
-            loaded_at: crate::now_ms(),
-        }))
+        )))
     }
 
     /// The current version of a plugin, or why there is none.
@@ -461,15 +486,14 @@ impl Registry {
         let ast = self
             .engine
             .compile(name, &format!("{name}@{hash}"), &stored.source)?;
-        let plugin = Arc::new(Plugin {
-            name: name.to_owned(),
+        let plugin = Arc::new(Plugin::new(
+            name,
             kind,
-            file: format!("{name}@{hash}"),
-            hash: hash.to_owned(),
-            source: stored.source,
+            format!("{name}@{hash}"),
+            hash.to_owned(),
+            stored.source,
             ast,
-            loaded_at: crate::now_ms(),
-        });
+        ));
         self.by_hash
             .write()
             .unwrap_or_else(|p| p.into_inner())
