@@ -11,6 +11,21 @@ use crate::domain::*;
 use crate::store::keys;
 
 impl SledStore {
+    /// Replaces the record stored under `id`; `Missing(what)` when there is none.
+    fn replace_existing<T: serde::Serialize>(
+        &self,
+        tree: &Tree,
+        id: Id,
+        value: &T,
+        what: &'static str,
+    ) -> StoreResult<()> {
+        if tree.get(keys::id(id)).map_err(backend)?.is_none() {
+            return Err(StoreError::Missing(what));
+        }
+        tree.insert(keys::id(id), enc(value)?).map_err(backend)?;
+        Ok(())
+    }
+
     pub(super) fn remember(&self, user: &User) {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
         users.insert(user.id, user.clone());
@@ -188,19 +203,7 @@ impl Store for SledStore {
 
     fn update_user(&self, user: &User) -> StoreResult<()> {
         // Usernames never change, so the name index stays as it is.
-        if self
-            .t
-            .users
-            .get(keys::id(user.id))
-            .map_err(backend)?
-            .is_none()
-        {
-            return Err(StoreError::Missing("user"));
-        }
-        self.t
-            .users
-            .insert(keys::id(user.id), enc(user)?)
-            .map_err(backend)?;
+        self.replace_existing(&self.t.users, user.id, user, "user")?;
         self.remember(user);
         Ok(())
     }
@@ -261,20 +264,7 @@ impl Store for SledStore {
     }
 
     fn update_project(&self, project: &Project) -> StoreResult<()> {
-        if self
-            .t
-            .projects
-            .get(keys::id(project.id))
-            .map_err(backend)?
-            .is_none()
-        {
-            return Err(StoreError::Missing("project"));
-        }
-        self.t
-            .projects
-            .insert(keys::id(project.id), enc(project)?)
-            .map_err(backend)?;
-        Ok(())
+        self.replace_existing(&self.t.projects, project.id, project, "project")
     }
 
     fn project(&self, id: Id) -> StoreResult<Option<Project>> {
