@@ -86,6 +86,7 @@ pub enum ErrorCode {
     LeaseExpired,
     LeaseEnded,
     AlreadyReviewed,
+    LastAdmin,
     TooManyRequests,
     ScriptTimeout,
     ScriptError,
@@ -116,6 +117,7 @@ impl ErrorCode {
             Self::LeaseExpired => "lease_expired",
             Self::LeaseEnded => "lease_ended",
             Self::AlreadyReviewed => "already_reviewed",
+            Self::LastAdmin => "last_admin",
             Self::TooManyRequests => "too_many_requests",
             Self::ScriptTimeout => "script_timeout",
             Self::ScriptError => "script_error",
@@ -151,8 +153,9 @@ pub enum AppError {
     Conflict { code: ErrorCode, message: String },
     #[error("too many attempts, try again later")]
     TooManyRequests,
-    #[error("the request body is larger than the {0} MiB limit")]
-    PayloadTooLarge(u64),
+    /// The body passed its limit (said with its unit: "2048 KiB").
+    #[error("the request body is larger than the {0} limit")]
+    PayloadTooLarge(String),
     #[error("{0}")]
     Script(ScriptError),
     #[error("plugin `{name}` is not loaded: {reason}")]

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use super::{blocking, Core};
 use crate::auth::password;
 use crate::domain::{AuditAction, GlobalRole, Id, User};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorCode};
 use crate::store::Store;
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +138,17 @@ pub async fn update(state: &Core, actor: Id, id: Id, patch: UserPatch) -> AppRes
             }
             user.active = active;
         }
+        let was_admin = st
+            .store()
+            .user(id)?
+            .is_some_and(|u| u.active && u.role == GlobalRole::Admin);
+        let still_admin = user.active && user.role == GlobalRole::Admin;
+        if was_admin && !still_admin && !another_admin(st.store().as_ref(), id)? {
+            return Err(AppError::conflict(
+                ErrorCode::LastAdmin,
+                "this is the last active admin: make another admin first",
+            ));
+        }
         st.store().update_user(&user)?;
         st.audit(
             Some(actor),
@@ -150,6 +161,14 @@ pub async fn update(state: &Core, actor: Id, id: Id, patch: UserPatch) -> AppRes
     .await?;
     state.durable().await?;
     Ok(user)
+}
+
+/// Whether an active admin other than `id` exists.
+fn another_admin(store: &dyn Store, id: Id) -> AppResult<bool> {
+    Ok(store
+        .users()?
+        .iter()
+        .any(|u| u.id != id && u.active && u.role == GlobalRole::Admin))
 }
 
 /// Revokes every token of a user by bumping their generation.

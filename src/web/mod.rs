@@ -14,11 +14,11 @@ use crate::error::{AppError, ErrorCode};
 pub fn json_config(limit: usize) -> JsonConfig {
     JsonConfig::default()
         .limit(limit)
-        .error_handler(|err, _req| {
+        .error_handler(move |err, _req| {
             use actix_web::error::JsonPayloadError as E;
             let e = match &err {
                 E::OverflowKnownLength { .. } | E::Overflow { .. } => {
-                    AppError::bad_request(ErrorCode::PayloadTooLarge, err.to_string())
+                    AppError::PayloadTooLarge(format!("{} KiB", limit / 1024))
                 }
                 E::ContentType => AppError::bad_request(
                     ErrorCode::UnsupportedMediaType,

@@ -7,6 +7,7 @@ mod auth;
 mod browser;
 mod cli;
 mod crash;
+mod hardening;
 mod import_export;
 mod pages;
 mod review_loop;

@@ -7,13 +7,15 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: the hand-out index is loaded, the store answers and the flusher works.
+/// Readiness: the hand-out index is loaded and the store answers a read. Anonymous and cheap:
+/// it never writes or flushes (a flush per probe would let anyone make the disk work).
 pub async fn readyz(state: State) -> HttpResponse {
     if !state.is_ready() {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "loading"}));
     }
-    match state.durable().await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+    let store = state.store().clone();
+    match crate::review::blocking(move || Ok(store.user_count()?)).await {
+        Ok(_) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(e) => {
             tracing::error!(error = %e, "not ready");
             HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "unavailable"}))

@@ -35,7 +35,8 @@ pub async fn import(
         })?;
         received += chunk.len() as u64;
         if received > limit {
-            return Err(AppError::PayloadTooLarge(state.config.server.max_import_mb));
+            let limit = format!("{} MiB", state.config.server.max_import_mb);
+            return Err(AppError::PayloadTooLarge(limit));
         }
         writer.write_all(&chunk).await.map_err(AppError::internal)?;
     }

@@ -1,0 +1,93 @@
+//! Findings from probing the server from outside (issue "Security and operations"), each with a
+//! test that failed before its fix.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::support::*;
+
+/// An anonymous `/readyz` is a read: it never makes the store flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_never_flushes() {
+    let s = Server::start().await;
+    s.ready().await;
+    let before = s.metric("assay_group_flushes_total").await;
+    for _ in 0..20 {
+        let r = s
+            .client
+            .get(format!("{}/readyz", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert_eq!(s.metric("assay_group_flushes_total").await, before);
+}
+
+/// A JSON body over `server.max_json_kb` is refused with 413, not 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_limit_json_body_gets_413() {
+    let s = Server::start_with(Options {
+        env: vec![("ASSAY_SERVER__MAX_JSON_KB", "16".into())],
+        ..Default::default()
+    })
+    .await;
+    let big = json!({"username": "x".repeat(20_000), "password": "p"});
+    let (status, body) = s
+        .request(reqwest::Method::POST, None, "/api/v1/auth/login", Some(big))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["code"], "payload_too_large");
+    assert!(body["message"].as_str().unwrap().contains("16 KiB"));
+}
+
+/// The last active admin can be neither demoted nor deactivated, by itself or anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_admin_stays_an_admin() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let (_, me) = s.get(&admin, "/api/v1/auth/me").await;
+    let me = me["id"].as_u64().unwrap();
+    let path = format!("/api/v1/users/{me}");
+    let (status, body) = s
+        .request(
+            reqwest::Method::PATCH,
+            Some(&admin),
+            &path,
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "last_admin");
+
+    // With a second admin, the first may step down; then the second is the last one.
+    let (status, second) = s
+        .post(
+            &admin,
+            "/api/v1/users",
+            json!({"username": "second", "password": "second-password-1", "role": "admin"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let second_id = second["id"].as_u64().unwrap();
+    let (status, _) = s
+        .request(
+            reqwest::Method::PATCH,
+            Some(&admin),
+            &path,
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let token = s.login("second", "second-password-1").await;
+    let (status, body) = s
+        .request(
+            reqwest::Method::PATCH,
+            Some(&token),
+            &format!("/api/v1/users/{second_id}"),
+            Some(json!({"role": "member"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "last_admin");
+}
