@@ -25,11 +25,14 @@ pub fn verify(password: &str, phc: &str) -> bool {
 }
 
 /// A password policy every account shares.
+/// Longest password, in bytes.
+pub const MAX_BYTES: usize = 1024;
+
 pub fn check_policy(password: &str) -> Result<(), String> {
     if password.chars().count() < 8 {
         return Err("must be at least 8 characters long".into());
     }
-    if password.len() > 1024 {
+    if password.len() > MAX_BYTES {
         return Err("must be at most 1024 bytes long".into());
     }
     Ok(())

@@ -35,9 +35,21 @@ pub struct UserPatch {
     pub active: Option<bool>,
 }
 
+/// Longest username, in bytes.
+const MAX_USERNAME: usize = 64;
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn capped(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 fn check_username(name: &str) -> AppResult<()> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= MAX_USERNAME
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
@@ -223,22 +235,31 @@ pub async fn login(
     password: String,
 ) -> AppResult<(User, String, i64)> {
     let now = crate::now_ms();
+    // Whatever is typed is capped before it is kept anywhere (limiter, audit, log): a name or
+    // password longer than any that can be set cannot sign in, and is not looked up.
+    let impossible = username.len() > MAX_USERNAME || password.len() > password::MAX_BYTES;
+    let username = capped(&username, MAX_USERNAME);
     if !state.login_limiter.allowed(&username, now) {
         return Err(AppError::TooManyRequests);
     }
     let st = state.clone();
     let name = username.clone();
     let user = blocking(move || {
-        let user = st.store().user_by_name(&name)?;
+        let user = if impossible {
+            None
+        } else {
+            st.store().user_by_name(&name)?
+        };
         // Verify against a dummy hash when the user does not exist, so timing does not tell.
         let ok = match &user {
             Some(u) => password::verify(&password, &u.password_hash) && u.active,
+            None if impossible => false,
             None => {
                 password::verify(&password, DUMMY_HASH);
                 false
             }
         };
-        let detail = serde_json::json!({"username": name, "ok": ok});
+        let detail = serde_json::json!({"username": name, "ok": ok, "over_length": impossible});
         st.audit(
             user.as_ref().map(|u| u.id),
             AuditAction::Login,

@@ -91,3 +91,29 @@ async fn the_last_admin_stays_an_admin() {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["code"], "last_admin");
 }
+
+/// A login with a huge username stores and keeps only a capped copy of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_caps_what_it_keeps_of_a_huge_username() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let huge = "a".repeat(500_000);
+    let (status, _) = s
+        .request(
+            reqwest::Method::POST,
+            None,
+            "/api/v1/auth/login",
+            Some(json!({"username": huge, "password": "whatever-password"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, events) = s.get(&admin, "/api/v1/audit?limit=5").await;
+    assert_eq!(status, StatusCode::OK);
+    let text = events.to_string();
+    assert!(
+        text.len() < 10_000,
+        "the audit keeps {} bytes of it",
+        text.len()
+    );
+    assert!(text.contains("over_length"));
+}
