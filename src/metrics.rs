@@ -72,6 +72,32 @@ impl Metrics {
             "Answers the rubric refused.",
             self.invalid_answers.load(Relaxed),
         );
+        counter(
+            "assay_submit_batches_total",
+            "Submit batches committed, each one store transaction.",
+            self.commit_batches.load(Relaxed),
+        );
+        counter(
+            "assay_submit_batch_members_total",
+            "Submissions those batches carried; divided by the batches, submissions per transaction.",
+            self.commit_members.load(Relaxed),
+        );
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "assay_queue_loaded_from_snapshot",
+            "1 when the hand-out index came from the last clean stop's snapshot, 0 when it was scanned.",
+            self.queue_from_snapshot.load(Relaxed),
+        );
+        gauge(
+            "assay_queue_load_milliseconds",
+            "Milliseconds from the start of the review core until the hand-out index was loaded.",
+            self.queue_load_ms.load(Relaxed),
+        );
         let _ = writeln!(out, "# HELP assay_http_requests_total Requests by status class.\n# TYPE assay_http_requests_total counter");
         for (i, c) in self.requests_by_class.iter().enumerate() {
             let _ = writeln!(

@@ -318,7 +318,7 @@ impl Queue {
             .iter()
             .map(|a| (a.project_id, a.task_id, Lease::from(a)))
             .collect();
-        self.load_parts(open, leases);
+        self.install(Built::new(open, leases));
     }
 
     /// Every open task and active lease, for a snapshot: (statuses, (project, task, lease)).
@@ -343,11 +343,6 @@ impl Queue {
             }
         }
         (open, leases)
-    }
-
-    /// Like [`Queue::load`], with leases as (project, task, lease).
-    pub fn load_parts(&self, open: Vec<TaskStatus>, leases: Vec<(Id, Id, Lease)>) {
-        self.install(Built::new(open, leases));
     }
 
     /// Takes an index built apart (see [`Built`]) and lets lookups through.

@@ -17,7 +17,7 @@ pub fn snapshot_path(data: &Path) -> PathBuf {
 }
 
 /// A snapshot read and built into an index, waiting for the store's word.
-pub struct Prepared {
+pub struct BuiltSnapshot {
     mark: u64,
     built: Built,
     open: usize,
@@ -26,7 +26,7 @@ pub struct Prepared {
 
 /// Starts reading the snapshot file and building the index from it, while the store opens
 /// (which takes about as long).
-pub fn read_snapshot(data: &Path) -> std::io::Result<JoinHandle<Result<Prepared, String>>> {
+pub fn read_snapshot(data: &Path) -> std::io::Result<JoinHandle<Result<BuiltSnapshot, String>>> {
     let path = snapshot_path(data);
     std::thread::Builder::new()
         .name("assay-snapshot".into())
@@ -39,7 +39,7 @@ pub fn read_snapshot(data: &Path) -> std::io::Result<JoinHandle<Result<Prepared,
             let _ = std::fs::remove_file(&path);
             let Snapshot { mark, open, leases } = read?;
             let (open_count, lease_count) = (open.len(), leases.len());
-            Ok(Prepared {
+            Ok(BuiltSnapshot {
                 mark,
                 built: Built::new(open, leases),
                 open: open_count,
@@ -56,7 +56,7 @@ pub fn spawn_load(
     core: &Arc<ReviewCore>,
     opened: std::time::Instant,
     mark: Option<u64>,
-    snapshot: JoinHandle<Result<Prepared, String>>,
+    snapshot: JoinHandle<Result<BuiltSnapshot, String>>,
 ) -> std::io::Result<()> {
     let (store, queue, metrics) = (core.store.clone(), core.queue.clone(), core.metrics.clone());
     std::thread::Builder::new()

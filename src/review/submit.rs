@@ -74,7 +74,8 @@ impl ReviewCore {
         let recovered = stored.is_none();
         let a = match stored {
             Some(a) if a.status == AssignmentStatus::Submitted => {
-                return self.existing(&a).map(|s| Prepared::Stored(Box::new(s)))
+                return super::commit::existing(&*self.store, &a)
+                    .map(|s| Prepared::Stored(Box::new(s)))
             }
             Some(a) => a,
             // Lost in a crash before it reached the disk: the signed token vouches for it.
@@ -133,11 +134,6 @@ impl ReviewCore {
             submission,
             decision,
         })))
-    }
-
-    /// The submission an assignment already has.
-    fn existing(&self, a: &Assignment) -> AppResult<Submitted> {
-        super::commit::existing(&*self.store, a)
     }
 
     /// Asks the project's current router what a new submission means for its task.

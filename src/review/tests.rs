@@ -225,10 +225,10 @@ async fn skip_release_and_expiry_keep_index_and_store_in_step() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_submits_share_batches_and_keep_index_and_store_in_step() {
+async fn concurrent_submits_on_one_task_keep_index_and_store_in_step() {
     let f = fixture(3, 600).await;
     import(&f, 2).await;
-    // Three experts on the same task at once: their submits may share one batch, and each
+    // Three experts on the same task at once: whether or not their submits share a batch, each
     // builds on the task status the one before it leaves.
     let mut handouts = Vec::new();
     for i in 0..3 {

@@ -49,14 +49,7 @@ async fn the_last_admin_stays_an_admin() {
     let (_, me) = s.get(&admin, "/api/v1/auth/me").await;
     let me = me["id"].as_u64().unwrap();
     let path = format!("/api/v1/users/{me}");
-    let (status, body) = s
-        .request(
-            reqwest::Method::PATCH,
-            Some(&admin),
-            &path,
-            Some(json!({"role": "member"})),
-        )
-        .await;
+    let (status, body) = s.patch(&admin, &path, json!({"role": "member"})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["code"], "last_admin");
 
@@ -70,22 +63,14 @@ async fn the_last_admin_stays_an_admin() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{second}");
     let second_id = second["id"].as_u64().unwrap();
-    let (status, _) = s
-        .request(
-            reqwest::Method::PATCH,
-            Some(&admin),
-            &path,
-            Some(json!({"role": "member"})),
-        )
-        .await;
+    let (status, _) = s.patch(&admin, &path, json!({"role": "member"})).await;
     assert_eq!(status, StatusCode::OK);
     let token = s.login("second", "second-password-1").await;
     let (status, body) = s
-        .request(
-            reqwest::Method::PATCH,
-            Some(&token),
+        .patch(
+            &token,
             &format!("/api/v1/users/{second_id}"),
-            Some(json!({"role": "member"})),
+            json!({"role": "member"}),
         )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");

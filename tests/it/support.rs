@@ -245,6 +245,11 @@ impl Server {
             .await
     }
 
+    pub async fn patch(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.request(reqwest::Method::PATCH, Some(token), path, Some(body))
+            .await
+    }
+
     pub async fn put(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
         self.request(reqwest::Method::PUT, Some(token), path, Some(body))
             .await

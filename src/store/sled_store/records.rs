@@ -11,6 +11,23 @@ use crate::domain::*;
 use crate::store::keys;
 
 impl SledStore {
+    /// The (second id, role) pairs of a membership index under its first id.
+    fn roles_under(
+        &self,
+        tree: &Tree,
+        name: &'static str,
+        first: Id,
+    ) -> StoreResult<Vec<(Id, ProjectRole)>> {
+        let mut out = Vec::new();
+        for item in tree.scan_prefix(keys::id(first)) {
+            let (key, value) = item.map_err(backend)?;
+            if let Some(second) = keys::u64_at(&key, 8) {
+                out.push((second, dec(name, &value)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Replaces the record stored under `id`; `Missing(what)` when there is none.
     fn replace_existing<T: serde::Serialize>(
         &self,
@@ -302,25 +319,11 @@ impl Store for SledStore {
     }
 
     fn members(&self, project: Id) -> StoreResult<Vec<(Id, ProjectRole)>> {
-        let mut out = Vec::new();
-        for item in self.t.members_pu.scan_prefix(keys::id(project)) {
-            let (key, value) = item.map_err(backend)?;
-            if let Some(user) = keys::u64_at(&key, 8) {
-                out.push((user, dec("members_project_user", &value)?));
-            }
-        }
-        Ok(out)
+        self.roles_under(&self.t.members_pu, "members_project_user", project)
     }
 
     fn memberships(&self, user: Id) -> StoreResult<Vec<(Id, ProjectRole)>> {
-        let mut out = Vec::new();
-        for item in self.t.members_up.scan_prefix(keys::id(user)) {
-            let (key, value) = item.map_err(backend)?;
-            if let Some(project) = keys::u64_at(&key, 8) {
-                out.push((project, dec("members_user_project", &value)?));
-            }
-        }
-        Ok(out)
+        self.roles_under(&self.t.members_up, "members_user_project", user)
     }
 
     fn project_counts(&self, project: Id) -> StoreResult<ProjectCounts> {

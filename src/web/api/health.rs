@@ -80,29 +80,6 @@ pub async fn metrics(state: State) -> HttpResponse {
         "Writes that waited for a flush; divided by the flushes, writers per flush.",
         waits,
     );
-    let m = &state.metrics;
-    metric(
-        "assay_submit_batches_total",
-        "counter",
-        "Submit batches committed, each one store transaction.",
-        m.commit_batches.load(Relaxed),
-    );
-    metric(
-        "assay_submit_batch_members_total",
-        "counter",
-        "Submissions those batches carried; divided by the batches, submissions per transaction.",
-        m.commit_members.load(Relaxed),
-    );
-    let _ = writeln!(
-        out,
-        "# HELP assay_queue_loaded_from_snapshot 1 when the hand-out index came from the last clean stop's snapshot, 0 when it was scanned.\n# TYPE assay_queue_loaded_from_snapshot gauge\nassay_queue_loaded_from_snapshot {}",
-        m.queue_from_snapshot.load(Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP assay_queue_load_milliseconds Milliseconds from the start of the review core until the hand-out index was loaded.\n# TYPE assay_queue_load_milliseconds gauge\nassay_queue_load_milliseconds {}",
-        m.queue_load_ms.load(Relaxed)
-    );
     state.metrics.render(&mut out);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
