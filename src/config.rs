@@ -106,6 +106,10 @@ pub struct ScriptingConfig {
     pub max_variables: usize,
     /// Wall-clock limit of one script call, in milliseconds.
     pub timeout_ms: u64,
+    /// Memory one script call may allocate (net), in MiB.
+    pub max_memory_mb: usize,
+    /// Wall-clock limit of all of a plugin's `tests()` cases together, in milliseconds.
+    pub tests_budget_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -175,6 +179,8 @@ impl Default for ScriptingConfig {
             max_map_size: 10_000,
             max_variables: 1_000,
             timeout_ms: 1000,
+            max_memory_mb: 64,
+            tests_budget_ms: 10_000,
         }
     }
 }
@@ -291,8 +297,12 @@ impl Config {
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 32 {
             return bad("auth.secret must be at least 32 characters long");
         }
-        if self.scripting.timeout_ms == 0 || self.scripting.max_operations == 0 {
-            return bad("scripting.timeout_ms and scripting.max_operations must be at least 1");
+        if self.scripting.timeout_ms == 0
+            || self.scripting.max_operations == 0
+            || self.scripting.max_memory_mb == 0
+            || self.scripting.tests_budget_ms == 0
+        {
+            return bad("scripting.timeout_ms, max_operations, max_memory_mb and tests_budget_ms must be at least 1");
         }
         if self.server.max_import_mb == 0 || self.server.max_json_kb == 0 {
             return bad("server.max_import_mb and server.max_json_kb must be at least 1");

@@ -27,6 +27,7 @@ pub mod review;
 pub mod scripting;
 pub mod services;
 pub mod store;
+pub mod text;
 pub mod web;
 
 /// Milliseconds since the Unix epoch, the one clock every record uses.

@@ -8,8 +8,10 @@ mod bench;
 
 /// mimalloc: the review loop allocates and frees many small blocks on several threads; with
 /// glibc's allocator that was ~15 % of the server's CPU, and mimalloc raised loops/s by a third.
+/// Counted per thread, for the scripts' memory budget.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: assay::memory::Counting<mimalloc::MiMalloc> =
+    assay::memory::Counting(mimalloc::MiMalloc);
 
 fn main() -> ExitCode {
     let cli = assay::cli::Cli::parse();

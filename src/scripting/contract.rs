@@ -11,11 +11,16 @@ use super::rubric::{self, from_dynamic, Checked};
 use super::{router, Plugin, PluginKind, ScriptEngine, ScriptError};
 use crate::domain::{Routing, Task};
 
-/// Runs every case; returns how many passed, or the first failure.
+/// Runs every case, all within the engine's tests budget; returns how many passed, or the first
+/// failure.
 pub fn run_tests(engine: &ScriptEngine, plugin: &Plugin) -> Result<usize, ScriptError> {
     if !plugin.has_fn("tests", 0) {
         return Ok(0);
     }
+    engine.within_budget(engine.tests_budget, || run_cases(engine, plugin))
+}
+
+fn run_cases(engine: &ScriptEngine, plugin: &Plugin) -> Result<usize, ScriptError> {
     let out = engine.call(plugin, "tests", ())?;
     let fail = |i: usize, m: String| {
         ScriptError::contract(plugin, "tests", format!("case {}: {m}", i + 1))

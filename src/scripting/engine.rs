@@ -1,9 +1,14 @@
 //! The one Rhai engine every plugin runs in, hardened: only the packages scripts need, no
-//! `eval`, no module imports from disk, no clock, every size and depth limited, and a wall-clock
-//! deadline enforced through `on_progress` (an operation limit alone does not bound time).
-//! Rhai is built with `no_module`, so `import` does not exist and scripts cannot load files.
+//! `eval`, no module imports from disk, no clock, every size and depth limited, and each call
+//! bounded in wall-clock time and in memory through `on_progress` (an operation limit alone
+//! bounds neither). Rhai is built with `no_module`, so `import` does not exist and scripts
+//! cannot load files. Functions that could build an oversized value in one step are replaced by
+//! checked ones (`bounded.rs`), and `print`/`debug` are truncated and rate-limited per plugin.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rhai::packages::{
@@ -15,18 +20,113 @@ use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, FuncArgs, Position, Sc
 use super::{Plugin, ScriptError};
 use crate::config::ScriptingConfig;
 
+/// The limits of the script call running on this thread.
+#[derive(Clone, Copy)]
+struct Running {
+    deadline: Instant,
+    /// Whether `deadline` is the total budget of several calls (`tests()`), not this call's.
+    budget_ends_first: bool,
+    /// The thread's allocation count when the call began (`memory::thread_held`).
+    held_at_start: isize,
+}
+
 thread_local! {
-    /// Deadline of the script call running on this thread, if any.
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    static RUNNING: Cell<Option<Running>> = const { Cell::new(None) };
+    /// A deadline over several calls, set by `ScriptEngine::within_budget`.
+    static BUDGET: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Name of the plugin running on this thread, for `print` and `debug`.
-    static RUNNING: RefCell<String> = const { RefCell::new(String::new()) };
+    static PLUGIN: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Why `on_progress` stopped a call (the token of `ErrorTerminated`).
+const STOP_TIMEOUT: &str = "timeout";
+const STOP_BUDGET: &str = "budget";
+const STOP_MEMORY: &str = "memory";
+
+/// Whether the running call is past its deadline: helpers that loop call it, so no native
+/// function outlives the deadline by much.
+pub fn past_deadline() -> Result<(), Box<EvalAltResult>> {
+    match RUNNING.get() {
+        Some(r) if Instant::now() >= r.deadline => Err(Box::new(EvalAltResult::ErrorTerminated(
+            Dynamic::from(if r.budget_ends_first {
+                STOP_BUDGET
+            } else {
+                STOP_TIMEOUT
+            }),
+            Position::NONE,
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The longest line a script may print; the rest is cut.
+const MAX_PRINT_BYTES: usize = 1024;
+/// Lines a plugin may print per second; more are counted and reported as dropped.
+const PRINTS_PER_SECOND: u32 = 20;
+
+/// Per-plugin print allowance: a fixed one-second window.
+#[derive(Default)]
+struct PrintLimiter {
+    windows: Mutex<HashMap<String, PrintWindow>>,
+    dropped: AtomicU64,
+}
+
+struct PrintWindow {
+    started: Instant,
+    printed: u32,
+    dropped: u64,
+}
+
+impl PrintLimiter {
+    /// Whether `plugin` may print now; when a new window opens, how many lines the last dropped.
+    fn admit(&self, plugin: &str) -> (bool, u64) {
+        let Ok(mut windows) = self.windows.lock() else {
+            return (false, 0);
+        };
+        let now = Instant::now();
+        let window = windows.entry(plugin.to_owned()).or_insert(PrintWindow {
+            started: now,
+            printed: 0,
+            dropped: 0,
+        });
+        let mut reported = 0;
+        if now.duration_since(window.started) >= Duration::from_secs(1) {
+            reported = std::mem::take(&mut window.dropped);
+            window.started = now;
+            window.printed = 0;
+        }
+        if window.printed < PRINTS_PER_SECOND {
+            window.printed += 1;
+            (true, reported)
+        } else {
+            window.dropped += 1;
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            (false, reported)
+        }
+    }
+
+    fn log(&self, text: &str, write: impl FnOnce(&str, &str)) {
+        PLUGIN.with_borrow(|plugin| {
+            let (admitted, dropped) = self.admit(plugin);
+            if dropped > 0 {
+                tracing::warn!(plugin = %plugin, "print: {dropped} lines dropped (over {PRINTS_PER_SECOND} per second)");
+            }
+            if admitted {
+                write(plugin, crate::text::truncate(text, MAX_PRINT_BYTES));
+            }
+        })
+    }
 }
 
 pub struct ScriptEngine {
     engine: Engine,
     timeout: Duration,
+    max_memory_mb: usize,
+    /// The total wall-clock time of a plugin's `tests()` cases.
+    pub tests_budget: Duration,
     /// Calls that failed (errors, time-outs), for `/metrics`.
-    pub failures: std::sync::atomic::AtomicU64,
+    pub failures: AtomicU64,
+    prints: Arc<PrintLimiter>,
 }
 
 impl ScriptEngine {
@@ -54,30 +154,51 @@ impl ScriptEngine {
             .set_max_map_size(limits.max_map_size)
             .set_max_variables(limits.max_variables)
             .disable_symbol("eval");
-        engine.on_progress(|ops| {
+        let max_memory = (limits.max_memory_mb as isize).saturating_mul(1 << 20);
+        engine.on_progress(move |ops| {
+            let running = RUNNING.get()?;
+            if crate::memory::thread_held().wrapping_sub(running.held_at_start) > max_memory {
+                return Some(Dynamic::from(STOP_MEMORY));
+            }
             // Reading the clock on every operation would be costly; every 256th is enough.
-            if ops % 256 != 0 {
-                return None;
+            if ops % 256 == 0 && Instant::now() >= running.deadline {
+                let why = if running.budget_ends_first {
+                    STOP_BUDGET
+                } else {
+                    STOP_TIMEOUT
+                };
+                return Some(Dynamic::from(why));
             }
-            match DEADLINE.get() {
-                Some(deadline) if Instant::now() >= deadline => Some(Dynamic::from("timeout")),
-                _ => None,
-            }
+            None
         });
-        engine.on_print(|text| {
-            RUNNING.with_borrow(|plugin| tracing::info!(plugin = %plugin, "print: {text}"))
+        let prints = Arc::new(PrintLimiter::default());
+        let (printer, debugger) = (prints.clone(), prints.clone());
+        engine.on_print(move |text| {
+            printer.log(
+                text,
+                |plugin, text| tracing::info!(plugin = %plugin, "print: {text}"),
+            )
         });
-        engine.on_debug(|text, source, pos| {
-            RUNNING.with_borrow(|plugin| {
+        engine.on_debug(move |text, source, pos| {
+            debugger.log(text, |plugin, text| {
                 tracing::debug!(plugin = %plugin, source = source.unwrap_or(""), position = %pos, "debug: {text}")
             })
         });
+        super::bounded::register(&mut engine);
         super::helpers::register(&mut engine);
         Self {
             engine,
             timeout: Duration::from_millis(limits.timeout_ms),
+            max_memory_mb: limits.max_memory_mb,
+            tests_budget: Duration::from_millis(limits.tests_budget_ms),
             failures: Default::default(),
+            prints,
         }
+    }
+
+    /// Lines of `print`/`debug` dropped for going over the per-plugin rate.
+    pub fn prints_dropped(&self) -> u64 {
+        self.prints.dropped.load(Ordering::Relaxed)
     }
 
     /// Compiles a script; errors carry file:line:col.
@@ -98,6 +219,15 @@ impl ScriptEngine {
         Ok(ast)
     }
 
+    /// Runs `f` with one deadline over every script call it makes (on this thread), besides
+    /// each call's own: a plugin's `tests()` cases together get `budget`.
+    pub fn within_budget<R>(&self, budget: Duration, f: impl FnOnce() -> R) -> R {
+        let outer = BUDGET.replace(Some(Instant::now() + budget));
+        let out = f();
+        BUDGET.set(outer);
+        out
+    }
+
     /// Calls a script function with a fresh scope, under the deadline. Top-level statements are
     /// not re-run (`eval_ast(false)`).
     pub fn call(
@@ -106,7 +236,7 @@ impl ScriptEngine {
         function: &str,
         args: impl FuncArgs,
     ) -> Result<Dynamic, ScriptError> {
-        let _guard = RunningGuard::enter(&plugin.name, Instant::now() + self.timeout);
+        let _guard = RunningGuard::enter(&plugin.name, self.timeout);
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(false);
         self.engine
             .call_fn_with_options::<Dynamic>(
@@ -117,8 +247,7 @@ impl ScriptEngine {
                 args,
             )
             .map_err(|e| {
-                self.failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 self.describe(plugin, function, *e)
             })
     }
@@ -140,6 +269,17 @@ impl ScriptEngine {
         };
         let (line, column) = position(pos);
         let (message, timed_out) = match &err {
+            EvalAltResult::ErrorTerminated(why, ..) if why.to_string() == STOP_MEMORY => (
+                format!(
+                    "allocated more than the {} MB memory limit",
+                    self.max_memory_mb
+                ),
+                false,
+            ),
+            EvalAltResult::ErrorTerminated(why, ..) if why.to_string() == STOP_BUDGET => (
+                "ran past the total time budget of its tests() cases".to_owned(),
+                true,
+            ),
             EvalAltResult::ErrorTerminated(..) => (
                 format!(
                     "ran longer than the {} ms time limit",
@@ -175,23 +315,34 @@ impl ScriptEngine {
     }
 }
 
-/// Sets the thread's deadline and plugin name for one call and clears them afterwards.
-struct RunningGuard;
+/// Sets the thread's limits and plugin name for one call and restores the previous ones after.
+struct RunningGuard {
+    outer: Option<Running>,
+}
 
 impl RunningGuard {
-    fn enter(plugin: &str, deadline: Instant) -> Self {
-        DEADLINE.set(Some(deadline));
-        RUNNING.with_borrow_mut(|name| {
+    fn enter(plugin: &str, timeout: Duration) -> Self {
+        let own = Instant::now() + timeout;
+        let (deadline, budget_ends_first) = match BUDGET.get() {
+            Some(budget) if budget < own => (budget, true),
+            _ => (own, false),
+        };
+        let outer = RUNNING.replace(Some(Running {
+            deadline,
+            budget_ends_first,
+            held_at_start: crate::memory::thread_held(),
+        }));
+        PLUGIN.with_borrow_mut(|name| {
             name.clear();
             name.push_str(plugin);
         });
-        RunningGuard
+        RunningGuard { outer }
     }
 }
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        DEADLINE.set(None);
+        RUNNING.set(self.outer);
     }
 }
 

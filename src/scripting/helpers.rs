@@ -1,6 +1,6 @@
 //! Functions every script may call, beyond Rhai's own string, array, map and math functions.
-//! All of them run in time bounded by their inputs (which the engine's size limits bound), so
-//! none can be used to get around the deadline.
+//! All of them run in time linear in their inputs (which the engine's size limits bound), or
+//! check the deadline as they go, so none can be used to get around it.
 //!
 //! | function | returns |
 //! |---|---|
@@ -13,7 +13,10 @@
 
 use std::time::Duration;
 
-use rhai::{Array, Dynamic, Engine, Map};
+use aho_corasick::AhoCorasick;
+use rhai::{Array, Dynamic, Engine, EvalAltResult, ImmutableString, Map};
+
+use super::engine::past_deadline;
 use similar::{ChangeTag, TextDiff};
 
 /// A diff of very long texts gives up and approximates rather than run long.
@@ -72,36 +75,88 @@ pub fn similarity(old: &str, new: &str) -> f64 {
     f64::from(word_diff(old, new).ratio())
 }
 
-/// `*` matches any run of characters, `?` exactly one. Linear in practice (greedy with one
-/// backtrack point), never worse than |s|·|pattern|.
-pub fn glob_match(s: &str, pattern: &str) -> bool {
-    let (s, p): (Vec<char>, Vec<char>) = (s.chars().collect(), pattern.chars().collect());
-    let (mut i, mut j) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while i < s.len() {
-        if j < p.len() && (p[j] == '?' || p[j] == s[i]) {
-            i += 1;
-            j += 1;
-        } else if j < p.len() && p[j] == '*' {
-            star = Some((j, i));
-            j += 1;
-        } else if let Some((sj, si)) = star {
-            j = sj + 1;
-            i = si + 1;
-            star = Some((sj, si + 1));
-        } else {
-            return false;
+/// `*` matches any run of characters, `?` exactly one. The pattern is cut at each `*`; the
+/// first piece must match at the start, the last at the end, and the ones between are found
+/// left to right, each once: linear for pieces without `?` (the standard library's search),
+/// and checked against the deadline otherwise.
+pub fn glob_match(s: &str, pattern: &str) -> Result<bool, Box<EvalAltResult>> {
+    let pieces: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = match pieces.as_slice() {
+        [only] => return Ok(match_at(s, 0, only) == Some(s.len())),
+        [first, .., last] => (*first, *last),
+        [] => return Ok(s.is_empty()),
+    };
+    let Some(mut at) = match_at(s, 0, first) else {
+        return Ok(false);
+    };
+    let Some(tail) = s
+        .char_indices()
+        .rev()
+        .nth(last.chars().count().wrapping_sub(1))
+        .map(|(i, _)| i)
+        .or((last.is_empty()).then_some(s.len()))
+    else {
+        return Ok(false);
+    };
+    if tail < at || match_at(s, tail, last) != Some(s.len()) {
+        return Ok(false);
+    }
+    for piece in &pieces[1..pieces.len() - 1] {
+        match find_from(&s[..tail], at, piece)? {
+            Some(end) => at = end,
+            None => return Ok(false),
         }
     }
-    p[j..].iter().all(|&c| c == '*')
+    Ok(true)
 }
 
-pub fn contains_any(s: &str, words: Array) -> bool {
-    let lower = s.to_lowercase();
-    words
+/// Where `piece` (`?` = any one character) ends when matched at byte `start` of `s`.
+fn match_at(s: &str, start: usize, piece: &str) -> Option<usize> {
+    let mut rest = s[start..].char_indices();
+    for p in piece.chars() {
+        let (_, c) = rest.next()?;
+        if p != '?' && p != c {
+            return None;
+        }
+    }
+    Some(rest.next().map_or(s.len(), |(i, _)| start + i))
+}
+
+/// Where the leftmost match of `piece` at or after byte `from` ends.
+fn find_from(s: &str, from: usize, piece: &str) -> Result<Option<usize>, Box<EvalAltResult>> {
+    if !piece.contains('?') {
+        return Ok(s[from..].find(piece).map(|i| from + i + piece.len()));
+    }
+    for (n, (i, _)) in s[from..].char_indices().enumerate() {
+        if n % 1024 == 0 {
+            past_deadline()?;
+        }
+        if let Some(end) = match_at(s, from + i, piece) {
+            return Ok(Some(end));
+        }
+    }
+    Ok(None)
+}
+
+/// One pass over `s` for all words (Aho-Corasick), so many words cost no more than one.
+pub fn contains_any(s: &str, words: Array) -> Result<bool, Box<EvalAltResult>> {
+    past_deadline()?;
+    let words: Vec<String> = words
         .iter()
-        .filter_map(|w| w.clone().into_string().ok())
-        .any(|w| !w.is_empty() && lower.contains(&w.to_lowercase()))
+        .filter_map(|w| w.read_lock::<ImmutableString>().map(|w| w.to_lowercase()))
+        .filter(|w| !w.is_empty())
+        .collect();
+    if words.is_empty() {
+        return Ok(false);
+    }
+    let matcher = AhoCorasick::new(&words).map_err(|e| {
+        Box::new(EvalAltResult::ErrorRuntime(
+            Dynamic::from(format!("contains_any: {e}")),
+            rhai::Position::NONE,
+        ))
+    })?;
+    past_deadline()?;
+    Ok(matcher.is_match(&s.to_lowercase()))
 }
 
 #[cfg(test)]
@@ -110,12 +165,23 @@ mod tests {
 
     #[test]
     fn glob_matches_stars_and_question_marks() {
-        assert!(glob_match("gpt-4o-mini", "gpt-*"));
-        assert!(glob_match("abc", "a?c"));
-        assert!(glob_match("", "*"));
-        assert!(!glob_match("abc", "a?"));
-        assert!(glob_match("aaaaaaaaaaaaaaaaaaab", "*a*a*a*a*b"));
-        assert!(!glob_match("aaaaaaaaaaaaaaaaaaaa", "*a*a*a*a*b"));
+        let glob = |s: &str, p: &str| glob_match(s, p).unwrap();
+        assert!(glob("gpt-4o-mini", "gpt-*"));
+        assert!(glob("abc", "a?c"));
+        assert!(glob("", "*"));
+        assert!(glob("", ""));
+        assert!(!glob("a", ""));
+        assert!(!glob("abc", "a?"));
+        assert!(glob("aaaaaaaaaaaaaaaaaaab", "*a*a*a*a*b"));
+        assert!(!glob("aaaaaaaaaaaaaaaaaaaa", "*a*a*a*a*b"));
+        assert!(glob("héllo wörld", "h?llo*w?rld"));
+        assert!(glob("abcabc", "*abc"));
+        assert!(!glob("ab", "a*b*b"));
+        assert!(glob("aXbYb", "a*b*b"));
+        assert!(glob("ab", "a**b"));
+        assert!(!glob("ab", "ab?*"));
+        assert!(glob("abc", "?*?"));
+        assert!(!glob("a", "?*?"));
     }
 
     #[test]
@@ -132,7 +198,8 @@ mod tests {
 
     #[test]
     fn contains_any_ignores_case() {
-        assert!(contains_any("See a DOCTOR", vec![Dynamic::from("doctor")]));
-        assert!(!contains_any("fine", vec![Dynamic::from("")]));
+        assert!(contains_any("See a DOCTOR", vec![Dynamic::from("doctor")]).unwrap());
+        assert!(!contains_any("fine", vec![Dynamic::from("")]).unwrap());
+        assert!(contains_any("x Ärzt", vec![Dynamic::from(1), Dynamic::from("äRZT")]).unwrap());
     }
 }

@@ -2,6 +2,7 @@
 //! the registry of loaded versions.
 
 pub mod analysis;
+pub mod bounded;
 pub mod contract;
 pub mod engine;
 pub mod helpers;

@@ -38,15 +38,6 @@ pub struct UserPatch {
 /// Longest username, in bytes.
 const MAX_USERNAME: usize = 64;
 
-/// At most `max` bytes of `s`, cut at a character boundary.
-fn capped(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
-
 fn check_username(name: &str) -> AppResult<()> {
     let ok = !name.is_empty()
         && name.len() <= MAX_USERNAME
@@ -238,7 +229,7 @@ pub async fn login(
     // Whatever is typed is capped before it is kept anywhere (limiter, audit, log): a name or
     // password longer than any that can be set cannot sign in, and is not looked up.
     let impossible = username.len() > MAX_USERNAME || password.len() > password::MAX_BYTES;
-    let username = capped(&username, MAX_USERNAME);
+    let username = crate::text::truncate(&username, MAX_USERNAME).to_owned();
     if !state.login_limiter.allowed(&username, now) {
         return Err(AppError::TooManyRequests);
     }

@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod crash;
 mod hardening;
+mod hostile;
 mod import_export;
 mod pages;
 mod review_loop;

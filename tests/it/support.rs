@@ -138,6 +138,21 @@ impl Server {
         panic!("the server did not become healthy");
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// A `/proc/{pid}/status` figure of the server in KiB, e.g. `VmRSS` or `VmHWM` (the peak).
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+
     /// Kills the process with SIGKILL (no chance to clean up).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

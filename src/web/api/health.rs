@@ -67,6 +67,12 @@ pub async fn metrics(state: State) -> HttpResponse {
         "Script calls that failed or timed out.",
         r.engine.failures.load(Relaxed),
     );
+    metric(
+        "assay_script_prints_dropped_total",
+        "counter",
+        "Lines scripts printed over their rate limit (not logged).",
+        r.engine.prints_dropped(),
+    );
     let (flushes, waits) = state.flush_counts();
     metric(
         "assay_group_flushes_total",
