@@ -25,8 +25,14 @@ pub struct ServerConfig {
     pub bind: String,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
-    /// Threads for blocking work (storage, scripts, password hashing).
+    /// Threads for storage work.
     pub blocking_threads: usize,
+    /// Threads for work that runs scripts (hand-out, submit checks, imports, reroutes).
+    pub script_threads: usize,
+    /// Of those, how many one project may hold at once, so a slow rubric cannot take them all.
+    pub script_threads_per_project: usize,
+    /// Threads for password hashing (logins, password changes).
+    pub hashing_threads: usize,
     /// Largest accepted request body for imports, in MiB.
     pub max_import_mb: u64,
     /// Largest accepted JSON body for everything else, in KiB.
@@ -118,6 +124,9 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             workers: 0,
             blocking_threads: 4,
+            script_threads: 4,
+            script_threads_per_project: 2,
+            hashing_threads: 2,
             max_import_mb: 1024,
             max_json_kb: 2048,
         }

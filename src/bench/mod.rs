@@ -4,10 +4,11 @@
 //! duplicate hand-outs, and the server's CPU and peak memory. Loopback only; bounded in time.
 //!
 //! It is part of the `assay` binary, not of the server library: one module per scenario
-//! (`review_loop`, `pages`, `reload`; import and export are measured here), plus the server
+//! (`review_loop`, `pages`, `reload`, `isolation`; import and export are measured here), plus the server
 //! under test (`target`), HTTP helpers (`http`) and the report (`report`).
 
 mod http;
+mod isolation;
 mod pages;
 mod reload;
 mod report;
@@ -21,11 +22,21 @@ use serde_json::json;
 
 use assay::cli::bench_args::BenchArgs;
 use http::*;
+use isolation::*;
 use pages::*;
 use reload::*;
 use report::*;
 use review_loop::*;
 use target::*;
+
+/// Settings the bench's own server gets for a scenario.
+fn server_env(scenario: &str) -> Vec<(&'static str, &'static str)> {
+    match scenario {
+        // The stalled rubric must run into the wall-clock limit, not the operation count.
+        "isolation" => vec![("ASSAY_SCRIPTING__MAX_OPERATIONS", "1000000000000")],
+        _ => Vec::new(),
+    }
+}
 
 pub(crate) const ADMIN_PASSWORD: &str = "bench-admin-password";
 
@@ -37,7 +48,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
             child: None,
             _dir: None,
         },
-        None => start_server()?,
+        None => start_server(&server_env(&args.scenario))?,
     };
     let url = target.url.clone();
     let api = format!("{url}/api/v1");
@@ -91,37 +102,7 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         ..Default::default()
     };
 
-    // Import.
-    let file = generated_tasks(args.tasks)?;
-    let bytes = file.as_file().metadata().map_err(|e| e.to_string())?.len();
-    let upload = tokio::fs::File::open(file.path())
-        .await
-        .map_err(|e| e.to_string())?;
-    let body =
-        reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(upload, 1 << 20));
-    let started = Instant::now();
-    let res = client
-        .post(format!("{api}/projects/{pid}/tasks"))
-        .bearer_auth(&admin)
-        .header(reqwest::header::CONTENT_LENGTH, bytes)
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if res.status().as_u16() != 201 {
-        return Err(format!(
-            "import failed: {}",
-            res.text().await.unwrap_or_default()
-        ));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    report.import = Some(Rate {
-        items: args.tasks as u64,
-        seconds: secs,
-        tasks_per_s: args.tasks as f64 / secs,
-        mb_per_s: bytes as f64 / 1e6 / secs,
-    });
-    drop(file);
+    report.import = Some(import_generated(&client, &api, &admin, pid, args.tasks).await?);
 
     if args.scenario == "pages" {
         report.pages = Some(run_pages(&client, &url, &api, &admin, pid, &run_id).await?);
@@ -136,17 +117,31 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 .await
             })
         });
-        run_loop(
-            &args,
-            &client,
-            &api,
-            &admin,
-            pid,
-            &run_id,
-            &target,
-            &mut report,
-        )
-        .await?;
+        if args.scenario == "isolation" {
+            run_isolation(
+                &args,
+                &client,
+                &api,
+                &admin,
+                pid,
+                &run_id,
+                &target,
+                &mut report,
+            )
+            .await?;
+        } else {
+            run_loop(
+                &args,
+                &client,
+                &api,
+                &admin,
+                pid,
+                &run_id,
+                &target,
+                &mut report,
+            )
+            .await?;
+        }
         if let Some(r) = reloader {
             report.reload = Some(r.await.map_err(|e| e.to_string())??);
         }

@@ -49,6 +49,19 @@ pub(crate) struct Report {
     pub(crate) writers_per_flush: Option<f64>,
     /// pages: server time per page (the `Server-Timing` header) and time seen by the client.
     pub(crate) pages: Option<std::collections::BTreeMap<&'static str, PageTiming>>,
+    /// isolation: the loop alone against the loop beside a project stalled by its scripts.
+    pub(crate) isolation: Option<Isolation>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Isolation {
+    pub(crate) alone_loops_per_s: f64,
+    pub(crate) alone_p99_ms: f64,
+    pub(crate) with_stalled_p99_ms: f64,
+    /// `with_stalled_p99_ms / alone_p99_ms`; the goal is at most 2.
+    pub(crate) ratio: f64,
+    pub(crate) stalled_experts: usize,
+    pub(crate) stalled_calls: u64,
 }
 
 #[derive(Serialize)]
@@ -129,6 +142,12 @@ pub(crate) fn print_report(r: &Report, as_json: bool) {
         println!(
             "reload   {} saves, save-to-live p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, missed {}",
             rl.saves, l.p50, l.p99, l.max, rl.missed
+        );
+    }
+    if let Some(i) = &r.isolation {
+        println!(
+            "isolation  loop p99 alone {:.2} ms ({:.0} loops/s), beside {} stalled experts {:.2} ms: {:.2}x ({} stalled calls)",
+            i.alone_p99_ms, i.alone_loops_per_s, i.stalled_experts, i.with_stalled_p99_ms, i.ratio, i.stalled_calls
         );
     }
     if let Some(c) = r.server_cpu_percent {

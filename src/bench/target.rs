@@ -32,7 +32,7 @@ impl Target {
     }
 }
 
-pub(crate) fn start_server() -> Result<Target, String> {
+pub(crate) fn start_server(env: &[(&str, &str)]) -> Result<Target, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let here = std::env::current_dir().map_err(|e| e.to_string())?;
@@ -53,6 +53,7 @@ pub(crate) fn start_server() -> Result<Target, String> {
         .env("ASSAY_SERVER__BIND", "127.0.0.1:0")
         .env("ASSAY_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

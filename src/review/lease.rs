@@ -86,7 +86,8 @@ impl ReviewCore {
     pub async fn next(self: &Arc<Self>, user: User, project: Id) -> AppResult<Option<Handout>> {
         self.ready().await;
         let core = self.clone();
-        blocking(move || core.next_blocking(&user, project)).await
+        self.in_project(project, move || core.next_blocking(&user, project))
+            .await
     }
 
     fn next_blocking(&self, user: &User, project: Id) -> AppResult<Option<Handout>> {

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use lease::{AssignmentView, Handout, TaskView};
-pub use pool::blocking;
+pub use pool::{blocking, hashing};
 pub use submit::Submitted;
 pub use tasks::{ImportReport, RerouteReport};
 
@@ -50,6 +50,8 @@ pub struct ReviewCore {
     pub keys: Arc<Keys>,
     pub login_limiter: Arc<LoginLimiter>,
     pub metrics: Arc<Metrics>,
+    /// Each project's share of the script pool.
+    gates: pool::ProjectGates,
     /// Set by `shutdown`: timers stop changing state.
     stopping: AtomicBool,
 }
@@ -59,8 +61,7 @@ impl ReviewCore {
     /// background: the core answers at once, and whatever needs the index waits for it).
     pub fn open(config: Config) -> Result<Arc<Self>, String> {
         let started = std::time::Instant::now();
-        pool::init(config.server.blocking_threads)
-            .map_err(|e| format!("cannot start the blocking pool: {e}"))?;
+        pool::init(&config.server).map_err(|e| format!("cannot start the thread pools: {e}"))?;
         let data = &config.storage.data;
         std::fs::create_dir_all(data)
             .map_err(|e| format!("cannot create data folder {}: {e}", data.display()))?;
@@ -98,6 +99,7 @@ impl ReviewCore {
             metrics.clone(),
         )
         .map_err(|e| format!("cannot start the committer: {e}"))?;
+        let gates = pool::ProjectGates::new(config.server.script_threads_per_project);
         let core = Arc::new(Self {
             config: Arc::new(config),
             store,
@@ -107,6 +109,7 @@ impl ReviewCore {
             registry,
             keys: Arc::new(keys),
             login_limiter: Arc::new(login_limiter),
+            gates,
             metrics,
             stopping: AtomicBool::new(false),
         });
@@ -120,6 +123,17 @@ impl ReviewCore {
     /// core's methods only.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Runs work for a project that may call its scripts: on the script pool, within the
+    /// project's share of it (waiting for a turn holds no thread).
+    pub async fn in_project<R, F>(&self, project: Id, f: F) -> AppResult<R>
+    where
+        F: FnOnce() -> AppResult<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let permit = self.gates.enter(project).await?;
+        pool::scripted(&permit, f).await
     }
 
     /// Whether the hand-out index has loaded (`/readyz`).

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::commit::Pending;
 use super::lease::lease_error;
-use super::{blocking, ReviewCore};
+use super::ReviewCore;
 use crate::domain::*;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::metrics::Metrics;
@@ -43,7 +43,13 @@ impl ReviewCore {
     ) -> AppResult<Submitted> {
         self.ready().await;
         let core = self.clone();
-        let prepared = blocking(move || core.prepare_submit(&user, id, &token, answer)).await;
+        // The project's share of the script pool; a bad token is refused inside, under any gate.
+        let project = self.keys.verify_assignment(&token).map_or(0, |c| c.pid);
+        let prepared = self
+            .in_project(project, move || {
+                core.prepare_submit(&user, id, &token, answer)
+            })
+            .await;
         let result = match prepared {
             // A retry waits for the same guarantee as the first call: the submission on disk.
             Ok(Prepared::Stored(done)) => self.durable().await.map(|()| *done),

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use super::{blocking, ReviewCore};
+use super::ReviewCore;
 use crate::domain::{AuditAction, Id, NewTask, Project, Routing, TaskState};
 use crate::error::{AppError, AppResult, ErrorCode, RecordError};
 use crate::import::{read_records, RawRecord};
@@ -195,7 +195,7 @@ impl ReviewCore {
     pub async fn reroute(self: &Arc<Self>, actor: Id, project: Id) -> AppResult<RerouteReport> {
         self.ready().await;
         let st = self.clone();
-        let report = blocking(move || {
+        let report = self.in_project(project, move || {
         let project = st.store.project(project)?.ok_or(AppError::NotFound("project"))?;
         let plugin = st.registry.current(PluginKind::Router, &project.router)?;
         let q = st.queue.project(project.id);

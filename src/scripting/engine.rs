@@ -28,7 +28,20 @@ struct Running {
     budget_ends_first: bool,
     /// The thread's allocation count when the call began (`memory::thread_held`).
     held_at_start: isize,
+    /// When the call last paused to leave the CPU to others (see `LONG_CALL`); at first, when
+    /// it began.
+    paused_at: Instant,
+    /// Whether the call has run past `LONG_CALL`.
+    long: bool,
 }
+
+/// A call running longer than this is throttled: it runs `THROTTLE_RUN` and then sleeps
+/// `THROTTLE_PAUSE`, so a script looping until its deadline uses a fifth of a core, not a whole
+/// one, and cannot take the CPU from other projects' quick calls. Ordinary calls take
+/// microseconds and never get here.
+const LONG_CALL: Duration = Duration::from_millis(20);
+const THROTTLE_RUN: Duration = Duration::from_millis(1);
+const THROTTLE_PAUSE: Duration = Duration::from_millis(4);
 
 thread_local! {
     static RUNNING: Cell<Option<Running>> = const { Cell::new(None) };
@@ -161,13 +174,26 @@ impl ScriptEngine {
                 return Some(Dynamic::from(STOP_MEMORY));
             }
             // Reading the clock on every operation would be costly; every 256th is enough.
-            if ops % 256 == 0 && Instant::now() >= running.deadline {
+            if ops % 256 != 0 {
+                return None;
+            }
+            let now = Instant::now();
+            if now >= running.deadline {
                 let why = if running.budget_ends_first {
                     STOP_BUDGET
                 } else {
                     STOP_TIMEOUT
                 };
                 return Some(Dynamic::from(why));
+            }
+            let ran = now.duration_since(running.paused_at);
+            if ran >= THROTTLE_RUN && (running.long || ran >= LONG_CALL) {
+                std::thread::sleep(THROTTLE_PAUSE.min(running.deadline - now));
+                RUNNING.set(Some(Running {
+                    paused_at: Instant::now(),
+                    long: true,
+                    ..running
+                }));
             }
             None
         });
@@ -331,6 +357,8 @@ impl RunningGuard {
             deadline,
             budget_ends_first,
             held_at_start: crate::memory::thread_held(),
+            paused_at: Instant::now(),
+            long: false,
         }));
         PLUGIN.with_borrow_mut(|name| {
             name.clear();

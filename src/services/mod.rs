@@ -5,7 +5,7 @@
 pub mod projects;
 pub mod users;
 
-pub use crate::review::{blocking, ReviewCore};
+pub use crate::review::{blocking, hashing, ReviewCore};
 
 /// The handle every service takes.
 pub type Core = std::sync::Arc<ReviewCore>;

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{blocking, Core};
+use super::{blocking, hashing, Core};
 use crate::auth::password;
 use crate::domain::{AuditAction, GlobalRole, Id, User};
 use crate::error::{AppError, AppResult, ErrorCode};
@@ -100,7 +100,7 @@ pub fn create_blocking(store: &dyn Store, new: NewUser) -> AppResult<User> {
 
 pub async fn create(state: &Core, actor: Id, new: NewUser) -> AppResult<User> {
     let st = state.clone();
-    let user = blocking(move || {
+    let user = hashing(move || {
         let user = create_blocking(st.store().as_ref(), new)?;
         st.audit(
             Some(actor),
@@ -117,7 +117,7 @@ pub async fn create(state: &Core, actor: Id, new: NewUser) -> AppResult<User> {
 
 pub async fn update(state: &Core, actor: Id, id: Id, patch: UserPatch) -> AppResult<User> {
     let st = state.clone();
-    let user = blocking(move || {
+    let user = hashing(move || {
         let mut user = st.store().user(id)?.ok_or(AppError::NotFound("user"))?;
         if let Some(p) = &patch.password {
             password::check_policy(p).map_err(|m| AppError::field("password", m))?;
@@ -235,7 +235,7 @@ pub async fn login(
     }
     let st = state.clone();
     let name = username.clone();
-    let user = blocking(move || {
+    let user = hashing(move || {
         let user = if impossible {
             None
         } else {

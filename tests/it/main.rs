@@ -10,6 +10,7 @@ mod crash;
 mod hardening;
 mod hostile;
 mod import_export;
+mod isolation;
 mod pages;
 mod review_loop;
 mod scripts;

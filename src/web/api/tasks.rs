@@ -44,12 +44,13 @@ pub async fn import(
     state.ready().await;
     let st = state.clone();
     let actor = admin.0.id;
-    let report = blocking(move || {
-        let report = st.import_file(&project, &path, actor);
-        drop(path); // removes the spool file
-        report
-    })
-    .await?;
+    let report = state
+        .in_project(project.id, move || {
+            let report = st.import_file(&project, &path, actor);
+            drop(path); // removes the spool file
+            report
+        })
+        .await?;
     state.durable().await?;
     Ok(HttpResponse::Created().json(report))
 }

@@ -41,7 +41,7 @@ pub async fn submissions(
     let project = overseen(&state, &session, id.into_inner()).await?;
     let st = state.clone();
     let (pid, after) = (project.id, q.after);
-    let items = blocking(move || {
+    let items = state.in_project(pid, move || {
         let subs = st.store().submissions_page(pid, after, PAGE)?;
         let mut out = Vec::with_capacity(subs.len());
         for s in &subs {
