@@ -73,6 +73,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     "/projects/{id}/reroute",
                     web::post().to(api::projects::reroute),
                 )
+                .route("/projects/{id}/broken", web::get().to(api::tasks::broken))
+                .route(
+                    "/projects/{id}/broken/retry",
+                    web::post().to(api::tasks::retry_broken),
+                )
                 .route("/projects/{id}/tasks", web::post().to(api::tasks::import))
                 .route("/projects/{id}/tasks", web::get().to(api::tasks::list))
                 .route("/projects/{id}/export", web::get().to(api::export::export))

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub submissions: AtomicU64,
     pub submission_replays: AtomicU64,
     pub invalid_answers: AtomicU64,
+    /// Tasks set aside because their form could not be built.
+    pub quarantined: AtomicU64,
     /// Submit batches committed, and the submissions they carried.
     pub commit_batches: AtomicU64,
     pub commit_members: AtomicU64,
@@ -71,6 +73,11 @@ impl Metrics {
             "assay_invalid_answers_total",
             "Answers the rubric refused.",
             self.invalid_answers.load(Relaxed),
+        );
+        counter(
+            "assay_tasks_quarantined_total",
+            "Tasks set aside because their rubric failed on them.",
+            self.quarantined.load(Relaxed),
         );
         counter(
             "assay_submit_batches_total",

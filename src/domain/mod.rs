@@ -86,6 +86,21 @@ pub enum TaskState {
     InQa,
     Complete,
     Archived,
+    /// Quarantined: its form could not be built (see [`BrokenTask`]); not handed out until an
+    /// admin retries it or a new rubric version comes.
+    Broken,
+}
+
+/// Why a task was quarantined.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BrokenTask {
+    pub task_id: Id,
+    pub project_id: Id,
+    /// The script error, with its plugin, function and position (capped).
+    pub error: String,
+    pub rubric: String,
+    pub rubric_version: String,
+    pub at: i64,
 }
 
 /// An imported item. Its content never changes after import; the mutable part lives in
@@ -217,6 +232,8 @@ pub struct ProjectCounts {
     pub in_qa: u64,
     pub complete: u64,
     pub archived: u64,
+    #[serde(default)]
+    pub broken: u64,
     pub submissions: u64,
 }
 
@@ -272,6 +289,10 @@ pub enum AuditAction {
     TaskRelease,
     #[serde(rename = "task.submit")]
     TaskSubmit,
+    #[serde(rename = "task.quarantine")]
+    TaskQuarantine,
+    #[serde(rename = "task.retry")]
+    TaskRetry,
     #[serde(rename = "lease.expire")]
     LeaseExpire,
     #[serde(rename = "plugin.load")]

@@ -1,33 +1,42 @@
 //! The plugin registry's archive, over the store and the audit log.
 
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
 use crate::domain::{AuditAction, AuditEvent, PluginKind, PluginVersion};
 use crate::scripting::registry::VersionArchive;
 use crate::scripting::ScriptError;
 use crate::store::Store;
 
-pub struct StoreArchive(pub Arc<dyn Store>);
+pub struct StoreArchive {
+    pub store: Arc<dyn Store>,
+    /// Rubrics whose new version went live, for the core to retry their quarantined tasks.
+    pub rubric_live: Mutex<mpsc::Sender<(String, String)>>,
+}
 
 impl VersionArchive for StoreArchive {
     fn record(&self, version: &PluginVersion) -> Result<(), String> {
-        self.0
+        self.store
             .put_plugin_version(version)
-            .and_then(|_| self.0.flush())
+            .and_then(|_| self.store.flush())
             .map_err(|e| e.to_string())
     }
 
     fn version(&self, hash: &str) -> Result<Option<PluginVersion>, String> {
-        self.0.plugin_version(hash).map_err(|e| e.to_string())
+        self.store.plugin_version(hash).map_err(|e| e.to_string())
     }
 
     fn versions(&self, kind: PluginKind, name: &str) -> Result<Vec<PluginVersion>, String> {
-        self.0
+        self.store
             .plugin_versions(kind, name)
             .map_err(|e| e.to_string())
     }
 
     fn loaded(&self, kind: PluginKind, name: &str, outcome: Result<&str, (&str, &ScriptError)>) {
+        if let (PluginKind::Rubric, Ok(hash)) = (kind, &outcome) {
+            if let Ok(live) = self.rubric_live.lock() {
+                let _ = live.send((name.to_owned(), (*hash).to_owned()));
+            }
+        }
         let (action, detail) = match outcome {
             Ok(hash) => (
                 AuditAction::PluginLoad,
@@ -45,7 +54,7 @@ impl VersionArchive for StoreArchive {
             object: format!("{}:{name}", kind.as_str()),
             detail,
         };
-        if let Err(e) = self.0.append_audit(&event) {
+        if let Err(e) = self.store.append_audit(&event) {
             tracing::error!(error = %e, "could not audit a plugin load");
         }
     }

@@ -48,6 +48,12 @@ pub(super) fn lease_error(code: ErrorCode, message: &str) -> AppError {
     AppError::conflict(code, message)
 }
 
+/// The longest error kept with a quarantined task.
+const MAX_ERROR_BYTES: usize = 2048;
+
+/// Tasks one `next` may quarantine before it answers with the error.
+const MAX_QUARANTINED_PER_NEXT: usize = 3;
+
 /// Candidates a router's `pick` chooses among.
 const PICK_WINDOW: usize = 32;
 
@@ -92,41 +98,42 @@ impl ReviewCore {
 
     fn next_blocking(&self, user: &User, project: Id) -> AppResult<Option<Handout>> {
         let (project, _) = access_blocking(self, user, project)?;
-        let now = crate::now_ms();
-        let q = self.queue.project(project.id);
-        let held = Queue::lock(&q).held_by(user.id, now);
-        let held = match held {
-            Some((_, aid)) => self
+        let mut quarantined = 0;
+        let mut last_error = None;
+        let (assignment, task, criteria) = loop {
+            let now = crate::now_ms();
+            let Some(assignment) = self.held_or_new(&project, user, now)? else {
+                // Nothing else to serve: say why the last task was set aside, not just "done".
+                return match last_error {
+                    Some(error) => Err(AppError::Script(error)),
+                    None => Ok(None),
+                };
+            };
+            let task = self
                 .store
-                .assignment(aid)?
-                .filter(|a| a.status == AssignmentStatus::Active),
-            None => None,
-        };
-        let assignment = match held {
-            Some(a) => a,
-            None => match self.lease_next(&project, user, now)? {
-                Some(a) => a,
-                None => return Ok(None),
-            },
-        };
-        let task = self
-            .store
-            .task(assignment.task_id)?
-            .ok_or(AppError::NotFound("task"))?;
-        let criteria = self
-            .served_rubric(&assignment)
-            .and_then(|r| Ok(self.registry.criteria(&r, &task)?));
-        let criteria = match criteria {
-            Ok(c) => c,
-            Err(e) => {
-                // The expert cannot work on a task whose form cannot be built: give it back.
-                self.end_lease(
-                    user,
-                    &assignment,
-                    AssignmentStatus::Released,
-                    Some("rubric error".into()),
-                )?;
-                return Err(e);
+                .task(assignment.task_id)?
+                .ok_or(AppError::NotFound("task"))?;
+            let rubric = match self.served_rubric(&assignment) {
+                Ok(rubric) => rubric,
+                Err(e) => {
+                    // No form without the rubric: give the task back for later.
+                    let reason = Some("rubric unavailable".into());
+                    self.end_lease(user, &assignment, AssignmentStatus::Released, reason)?;
+                    return Err(e);
+                }
+            };
+            match self.registry.criteria(&rubric, &task) {
+                Ok(criteria) => break (assignment, task, criteria),
+                Err(error) => {
+                    // This task's form cannot be built: set it aside and serve the next one, a
+                    // few times at most per request (each failure may have taken the deadline).
+                    self.quarantine(&assignment, &error)?;
+                    quarantined += 1;
+                    if quarantined == MAX_QUARANTINED_PER_NEXT {
+                        return Err(error.into());
+                    }
+                    last_error = Some(error);
+                }
             }
         };
         let token = self
@@ -157,6 +164,70 @@ impl ReviewCore {
         }))
     }
 
+    /// The expert's live lease in the project, or a new one.
+    fn held_or_new(
+        &self,
+        project: &Project,
+        user: &User,
+        now: i64,
+    ) -> AppResult<Option<Assignment>> {
+        let q = self.queue.project(project.id);
+        let held = Queue::lock(&q).held_by(user.id, now);
+        if let Some((_, aid)) = held {
+            let live = self
+                .store
+                .assignment(aid)?
+                .filter(|a| a.status == AssignmentStatus::Active);
+            if live.is_some() {
+                return Ok(live);
+            }
+        }
+        self.lease_next(project, user, now)
+    }
+
+    /// Ends a lease whose task's form failed to build and moves the task to `Broken`, with
+    /// the error kept for admins (`broken_tasks`).
+    fn quarantine(&self, a: &Assignment, error: &crate::error::ScriptError) -> AppResult<()> {
+        let q = self.queue.project(a.project_id);
+        let mut queue = Queue::lock(&q);
+        let mut status = match queue.slot(a.task_id) {
+            Some(slot) => slot.status.clone(),
+            None => self
+                .store
+                .task_status(a.task_id)?
+                .ok_or(AppError::NotFound("task"))?,
+        };
+        status.state = TaskState::Broken;
+        let mut ended = a.clone();
+        ended.status = AssignmentStatus::Released;
+        ended.reason = Some("task quarantined".into());
+        let broken = BrokenTask {
+            task_id: a.task_id,
+            project_id: a.project_id,
+            error: crate::text::truncate(&error.to_string(), MAX_ERROR_BYTES).to_owned(),
+            rubric: a.rubric.clone(),
+            rubric_version: a.rubric_version.clone(),
+            at: crate::now_ms(),
+        };
+        match self.store.quarantine(&ended, &status, &broken) {
+            Ok(()) => {}
+            // Ended meanwhile (expiry): the task goes back to the queue as it would anyway.
+            Err(StoreError::AssignmentEnded(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        queue.remove_lease(a.task_id, a.id);
+        queue.set_status(status);
+        drop(queue);
+        Metrics::count(&self.metrics.quarantined);
+        self.audit(
+            None,
+            AuditAction::TaskQuarantine,
+            format!("task:{}", a.task_id),
+            serde_json::json!({"error": broken.error, "rubric_version": broken.rubric_version}),
+        );
+        Ok(())
+    }
+
     /// The rubric version a lease was served under (every answer is checked against it).
     pub(super) fn served_rubric(&self, a: &Assignment) -> AppResult<Arc<Plugin>> {
         self.registry
@@ -176,7 +247,14 @@ impl ReviewCore {
         // The script runs without the lock, so a slow `pick` never holds up other experts; its
         // choice is checked again under the lock below.
         let choice = if router.has_fn("pick", 2) {
-            self.scripted_pick(&router, user, project.id, now)?
+            // A failing `pick` must not stall the project: the default order serves instead.
+            match self.scripted_pick(&router, user, project.id, now) {
+                Err(AppError::Script(e)) => {
+                    tracing::warn!(error = %e, "router pick failed; serving in queue order");
+                    Choice::Default
+                }
+                other => other?,
+            }
         } else {
             Choice::Default
         };

@@ -81,7 +81,11 @@ impl ReviewCore {
             .map_err(|e| format!("cannot start the flusher: {e}"))?;
         let flusher = Arc::new(flusher);
 
-        let archive = Arc::new(archive::StoreArchive(store.clone()));
+        let (rubric_live, live_rubrics) = std::sync::mpsc::channel();
+        let archive = Arc::new(archive::StoreArchive {
+            store: store.clone(),
+            rubric_live: std::sync::Mutex::new(rubric_live),
+        });
         let registry = Arc::new(Registry::new(ScriptEngine::new(&config.scripting), archive));
         registry.load_dir(PluginKind::Rubric, &config.plugins.rubrics);
         registry.load_dir(PluginKind::Router, &config.plugins.plugins);
@@ -115,6 +119,8 @@ impl ReviewCore {
         });
         startup::spawn_load(&core, started, mark, snapshot)
             .map_err(|e| format!("cannot start loading the queue: {e}"))?;
+        tasks::spawn_retry_on_new_rubrics(&core, live_rubrics)
+            .map_err(|e| format!("cannot start the quarantine retrier: {e}"))?;
         Ok(core)
     }
 

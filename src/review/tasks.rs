@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::ReviewCore;
-use crate::domain::{AuditAction, Id, NewTask, Project, Routing, TaskState};
+use crate::domain::{AuditAction, BrokenTask, Id, NewTask, Project, Routing, TaskState};
 use crate::error::{AppError, AppResult, ErrorCode, RecordError};
 use crate::import::{read_records, RawRecord};
 use crate::queue::Queue;
@@ -237,4 +237,87 @@ impl ReviewCore {
         self.durable().await?;
         Ok(report)
     }
+}
+
+impl ReviewCore {
+    /// A project's quarantined tasks, with why each was set aside.
+    pub fn broken_tasks(&self, project: Id) -> AppResult<Vec<BrokenTask>> {
+        Ok(self.store.broken_tasks(project)?)
+    }
+
+    /// Puts quarantined tasks back in the queue (all of the project's when `tasks` is `None`);
+    /// returns how many. All or none.
+    pub fn retry_broken(
+        &self,
+        actor: Option<Id>,
+        project: Id,
+        tasks: Option<&[Id]>,
+    ) -> AppResult<usize> {
+        let q = self.queue.project(project);
+        let mut queue = Queue::lock(&q);
+        let reopened = self.store.reopen_broken(project, tasks)?;
+        for status in &reopened {
+            queue.set_status(status.clone());
+        }
+        drop(queue);
+        if !reopened.is_empty() {
+            let ids: Vec<Id> = reopened.iter().map(|s| s.task_id).collect();
+            self.audit(
+                actor,
+                AuditAction::TaskRetry,
+                format!("project:{project}"),
+                serde_json::json!({"tasks": ids}),
+            );
+        }
+        Ok(reopened.len())
+    }
+
+    /// Retries the tasks a rubric broke under another version than `version`, in every project
+    /// that uses the rubric.
+    fn retry_for_rubric(&self, rubric: &str, version: &str) -> AppResult<usize> {
+        let mut reopened = 0;
+        for project in self.store.projects()? {
+            if project.rubric != rubric {
+                continue;
+            }
+            let stale: Vec<Id> = self
+                .store
+                .broken_tasks(project.id)?
+                .into_iter()
+                .filter(|b| b.rubric_version != version)
+                .map(|b| b.task_id)
+                .collect();
+            if !stale.is_empty() {
+                reopened += self.retry_broken(None, project.id, Some(&stale))?;
+            }
+        }
+        Ok(reopened)
+    }
+}
+
+/// Each new rubric version that goes live gets another try at the tasks older versions broke.
+/// Runs on its own thread, after the hand-out index has loaded.
+pub(super) fn spawn_retry_on_new_rubrics(
+    core: &Arc<ReviewCore>,
+    live: std::sync::mpsc::Receiver<(String, String)>,
+) -> std::io::Result<()> {
+    let core = Arc::downgrade(core);
+    std::thread::Builder::new()
+        .name("assay-retrier".into())
+        .spawn(move || {
+            while let Ok((rubric, version)) = live.recv() {
+                let Some(core) = core.upgrade() else { return };
+                while !core.is_ready() {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                match core.retry_for_rubric(&rubric, &version) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(rubric, version, tasks = n, "quarantined tasks retried")
+                    }
+                    Err(e) => tracing::warn!(rubric, error = %e, "cannot retry quarantined tasks"),
+                }
+            }
+        })
+        .map(|_| ())
 }

@@ -107,6 +107,19 @@ pub trait Store: Send + Sync + 'static {
     /// Ends an active assignment (skip, release, expiry) and optionally updates its task.
     /// Fails with `AssignmentEnded` when it was ended already.
     fn end_assignment(&self, ended: &Assignment, status: Option<&TaskStatus>) -> StoreResult<()>;
+    /// Ends an active assignment (released) and quarantines its task: the task leaves the
+    /// queue in state `Broken`, with `broken` recording why. One transaction.
+    fn quarantine(
+        &self,
+        ended: &Assignment,
+        status: &TaskStatus,
+        broken: &BrokenTask,
+    ) -> StoreResult<()>;
+    /// A project's quarantined tasks, in task order.
+    fn broken_tasks(&self, project: Id) -> StoreResult<Vec<BrokenTask>>;
+    /// Puts quarantined tasks back in the queue, all or none; `None` means all of the
+    /// project's. Tasks that are not broken are passed over. Returns the reopened statuses.
+    fn reopen_broken(&self, project: Id, tasks: Option<&[Id]>) -> StoreResult<Vec<TaskStatus>>;
     /// Active assignments whose lease ends at or before `now`, oldest first.
     fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>>;
     /// Every active assignment, for rebuilding the in-memory queue. Also drops index entries a

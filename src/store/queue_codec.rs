@@ -22,6 +22,7 @@ fn state_byte(s: TaskState) -> u8 {
         TaskState::InQa => 1,
         TaskState::Complete => 2,
         TaskState::Archived => 3,
+        TaskState::Broken => 4,
     }
 }
 
@@ -118,6 +119,7 @@ pub fn decode(project: Id, task: Id, bytes: &[u8]) -> Option<TaskStatus> {
         1 => TaskState::InQa,
         2 => TaskState::Complete,
         3 => TaskState::Archived,
+        4 => TaskState::Broken,
         _ => return None,
     };
     let reviews = u32::from_be_bytes(r.take()?);

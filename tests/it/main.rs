@@ -12,6 +12,7 @@ mod hostile;
 mod import_export;
 mod isolation;
 mod pages;
+mod quarantine;
 mod review_loop;
 mod scripts;
 mod startup;

@@ -78,6 +78,8 @@ struct Trees {
     plugins: Tree,
     plugins_by_name: Tree,
     audit: Tree,
+    /// Quarantined tasks: (project, task) → `BrokenTask`.
+    broken: Tree,
 }
 
 pub struct SledStore {

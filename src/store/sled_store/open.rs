@@ -60,6 +60,7 @@ impl SledStore {
             plugins: tree("plugins_hash")?,
             plugins_by_name: tree("plugins_kind_name_time")?,
             audit: tree("audit_time_id")?,
+            broken: tree("broken_project_task")?,
         };
         let sync_file = if fsync {
             File::open(path.join("db")).ok().map(Mutex::new)

@@ -331,6 +331,7 @@ impl Store for SledStore {
             tasks: self.counter(project, "tasks")?,
             open: self.counter(project, "open")?,
             in_qa: self.counter(project, "in_qa")?,
+            broken: self.counter(project, "broken")?,
             complete: self.counter(project, "complete")?,
             archived: self.counter(project, "archived")?,
             submissions: self.counter(project, "submissions")?,
@@ -510,6 +511,93 @@ impl Store for SledStore {
                     tx_transition(counters, queue, status, old.map(|s| s.state))?;
                 }
                 Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    fn quarantine(
+        &self,
+        ended: &Assignment,
+        status: &TaskStatus,
+        broken: &BrokenTask,
+    ) -> StoreResult<()> {
+        let t = &self.t;
+        (
+            &t.assignments,
+            &t.leases,
+            &t.taskstatus,
+            &t.queue,
+            &t.counters,
+            &t.broken,
+        )
+            .transaction(
+                |(assignments, leases, statuses, queue, counters, quarantined)| {
+                    let id = keys::id(ended.id);
+                    if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &id)? {
+                        if old.status != AssignmentStatus::Active {
+                            return Err(abort(StoreError::AssignmentEnded(old)));
+                        }
+                    }
+                    leases.remove(&id)?;
+                    tx_put(assignments, &id, ended)?;
+                    let key = keys::id(status.task_id);
+                    let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                    tx_put(statuses, &key, status)?;
+                    tx_transition(counters, queue, status, old.map(|s| s.state))?;
+                    tx_put(
+                        quarantined,
+                        &keys::pair(broken.project_id, broken.task_id),
+                        broken,
+                    )?;
+                    Ok(())
+                },
+            )
+            .map_err(from_tx)
+    }
+
+    fn broken_tasks(&self, project: Id) -> StoreResult<Vec<BrokenTask>> {
+        self.t
+            .broken
+            .scan_prefix(keys::id(project))
+            .values()
+            .map(|v| dec("broken_project_task", &v.map_err(backend)?))
+            .collect()
+    }
+
+    fn reopen_broken(&self, project: Id, tasks: Option<&[Id]>) -> StoreResult<Vec<TaskStatus>> {
+        let wanted: Vec<Id> = match tasks {
+            Some(ids) => ids.to_vec(),
+            None => self
+                .broken_tasks(project)?
+                .iter()
+                .map(|b| b.task_id)
+                .collect(),
+        };
+        let t = &self.t;
+        (&t.taskstatus, &t.queue, &t.counters, &t.broken)
+            .transaction(|(statuses, queue, counters, quarantined)| {
+                let mut reopened = Vec::new();
+                let mut deltas = CounterDeltas::default();
+                for &task in &wanted {
+                    let key = keys::pair(project, task);
+                    if quarantined.remove(key.as_slice())?.is_none() {
+                        continue;
+                    }
+                    let skey = keys::id(task);
+                    let Some(mut status) = tx_get::<TaskStatus>(statuses, "taskstatus_id", &skey)?
+                    else {
+                        continue;
+                    };
+                    if status.state != TaskState::Broken {
+                        continue;
+                    }
+                    status.state = TaskState::Open;
+                    tx_put(statuses, &skey, &status)?;
+                    tx_transition_counted(&mut deltas, queue, &status, Some(TaskState::Broken))?;
+                    reopened.push(status);
+                }
+                deltas.apply(counters)?;
+                Ok(reopened)
             })
             .map_err(from_tx)
     }

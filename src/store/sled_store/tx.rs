@@ -90,6 +90,7 @@ pub(super) fn state_counter(state: TaskState) -> &'static str {
         TaskState::InQa => "in_qa",
         TaskState::Complete => "complete",
         TaskState::Archived => "archived",
+        TaskState::Broken => "broken",
     }
 }
 

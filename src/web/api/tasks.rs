@@ -138,3 +138,61 @@ pub async fn submissions(
     .await?;
     Ok(HttpResponse::Ok().json(list))
 }
+
+/// `GET /projects/{id}/broken`: quarantined tasks and why (leads and admins).
+pub async fn broken(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<HttpResponse> {
+    let project = overseen(&state, &caller, id.into_inner()).await?;
+    let st = state.clone();
+    let list = blocking(move || st.broken_tasks(project)).await?;
+    Ok(HttpResponse::Ok().json(list))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBroken {
+    /// Task ids; all of the project's quarantined tasks when left out.
+    tasks: Option<Vec<Id>>,
+}
+
+/// `POST /projects/{id}/broken/retry`: puts quarantined tasks back in the queue, all or none.
+pub async fn retry_broken(
+    state: State,
+    caller: Caller,
+    id: web::Path<Id>,
+    body: web::Bytes,
+) -> AppResult<HttpResponse> {
+    let project = overseen(&state, &caller, id.into_inner()).await?;
+    // An empty body retries everything; anything else must say which tasks.
+    let tasks = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<RetryBroken>(&body)
+            .map_err(|e| {
+                AppError::bad_request(crate::error::ErrorCode::InvalidBody, e.to_string())
+            })?
+            .tasks
+    };
+    if tasks.as_ref().is_some_and(|t| t.len() > MAX_RETRY) {
+        return Err(AppError::field(
+            "tasks",
+            format!("at most {MAX_RETRY} task ids at once; leave it out to retry all"),
+        ));
+    }
+    let (st, actor) = (state.clone(), caller.0.id);
+    let reopened =
+        blocking(move || st.retry_broken(Some(actor), project, tasks.as_deref())).await?;
+    state.durable().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "reopened": reopened })))
+}
+
+/// Most task ids one retry may name.
+const MAX_RETRY: usize = 10_000;
+
+/// The project, when the caller may oversee it (a lead of it, or an admin).
+async fn overseen(state: &State, caller: &Caller, project: Id) -> AppResult<Id> {
+    let (project, access) = projects::access(&state.core, &caller.0, project).await?;
+    if !access.can_oversee() {
+        return Err(AppError::Forbidden("only the project's leads and admins"));
+    }
+    Ok(project.id)
+}

@@ -1,0 +1,130 @@
+//! A task whose form cannot be built is set aside, not served in a loop.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const FRAGILE: &str = r#"fn criteria(task) {
+    if task.data.poison == true { throw "cannot build a form for this task"; }
+    [#{ id: "ok", kind: "boolean", label: "OK?" }]
+}
+"#;
+
+const MENDED: &str = r#"fn criteria(task) {
+    // Mended: poison is fine now.
+    [#{ id: "ok", kind: "boolean", label: "OK?" }]
+}
+"#;
+
+fn tasks() -> String {
+    let mut lines = vec![json!({"external_id": "poison", "data": {"poison": true}}).to_string()];
+    for i in 0..20 {
+        lines.push(json!({"external_id": format!("good-{i}"), "data": {"text": i}}).to_string());
+    }
+    lines.join("\n")
+}
+
+async fn answer(s: &Server, expert: &str, next: &Value) -> StatusCode {
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    s.post(
+        expert,
+        &format!("/api/v1/assignments/{aid}/submit"),
+        json!({"token": next["assignment"]["token"], "answer": {"ok": true}}),
+    )
+    .await
+    .0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_breaks_its_rubric_is_quarantined_and_retried() {
+    let s = Server::start_with(Options {
+        rubrics: vec![("fragile", FRAGILE.into())],
+        env: vec![],
+    })
+    .await;
+    let admin = s.admin().await;
+    let (eid, expert) = s.expert(&admin, "worker", &[]).await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "fragile", "rubric": "fragile", "reviews_per_task": 1}),
+        )
+        .await;
+    s.add_member(&admin, p, eid, "expert").await;
+    assert_eq!(s.upload(&admin, p, &tasks()).await.0, StatusCode::CREATED);
+
+    // The poisoned task comes first in the queue; the expert gets the good ones all the same.
+    for _ in 0..20 {
+        let (status, next) = s.next(&expert, p).await;
+        assert_eq!(status, StatusCode::OK, "{next}");
+        assert_ne!(next["task"]["external_id"], "poison");
+        assert_eq!(answer(&s, &expert, &next).await, StatusCode::CREATED);
+    }
+    assert_eq!(s.next(&expert, p).await.0, StatusCode::NO_CONTENT);
+    let stats = s.stats(&admin, p).await;
+    assert_eq!(
+        (stats["broken"].as_u64(), stats["complete"].as_u64()),
+        (Some(1), Some(20)),
+        "{stats}"
+    );
+
+    // Leads and admins see why; experts may not look.
+    let (status, broken) = s.get(&admin, &format!("/api/v1/projects/{p}/broken")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(broken.as_array().unwrap().len(), 1, "{broken}");
+    assert!(
+        broken[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot build a form"),
+        "{broken}"
+    );
+    assert_eq!(broken[0]["rubric"], "fragile");
+    let poison = broken[0]["task_id"].as_u64().unwrap();
+    assert_eq!(
+        s.get(&expert, &format!("/api/v1/projects/{p}/broken"))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+
+    // A retry by hand puts it back; it breaks again under the same rubric, and says so.
+    let (status, body) = s
+        .post(
+            &admin,
+            &format!("/api/v1/projects/{p}/broken/retry"),
+            json!({"tasks": [poison]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["reopened"].as_u64()),
+        (StatusCode::OK, Some(1)),
+        "{body}"
+    );
+    let (status, body) = s.next(&expert, p).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["code"], "script_error");
+    assert_eq!(s.stats(&admin, p).await["broken"], 1);
+
+    // A new rubric version retries it on its own, and it is served.
+    std::fs::write(s.rubric_dir().join("fragile.rhai"), MENDED).unwrap();
+    let mut reopened = false;
+    for _ in 0..200 {
+        if s.stats(&admin, p).await["broken"] == 0 {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reopened,
+        "the new rubric version did not retry the quarantined task"
+    );
+    let (status, next) = s.next(&expert, p).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_eq!(next["task"]["external_id"], "poison");
+    assert_eq!(answer(&s, &expert, &next).await, StatusCode::CREATED);
+}
