@@ -77,7 +77,16 @@ impl ReviewCore {
             match rec {
                 Ok(r) => match router::route(engine, &router, project, &task_json(&r)) {
                     Ok(routing) => routings.push(routing),
-                    Err(e) => script_error = Some(e),
+                    Err(e) => {
+                        let mut what = format!("record {}", pos.record);
+                        if let Some(line) = pos.line {
+                            what.push_str(&format!(", line {line}"));
+                        }
+                        if let Some(x) = &r.external_id {
+                            what.push_str(&format!(", external_id {x:?}"));
+                        }
+                        script_error = Some(e.about(what));
+                    }
                 },
                 Err(message) => {
                     bad += 1;
@@ -203,33 +212,40 @@ impl ReviewCore {
             let queue = Queue::lock(&q);
             queue.open_tasks()
         };
-        let mut report = RerouteReport { rerouted: 0, completed: 0, router_version: plugin.hash.clone() };
-        for chunk in open.chunks(500) {
-            // Route without the lock (scripts may be slow), then apply to the current status.
-            let mut decided = Vec::with_capacity(chunk.len());
-            for &id in chunk {
-                let Some(task) = st.store.task(id)? else { continue };
-                let routing = router::route(&st.registry.engine, &plugin, &project, &rubric::task_value(&task))?;
-                decided.push((id, routing));
-            }
-            let mut queue = Queue::lock(&q);
-            for (id, routing) in decided {
-                let Some(slot) = queue.slot(id) else { continue };
-                let mut status = slot.status.clone();
-                status.pool = routing.pool;
-                status.reviews = routing.reviews;
-                status.priority = routing.priority;
-                status.estimate_minutes = routing.estimate_minutes;
-                status.router_version = routing.router_version;
-                if status.done_by.len() >= status.reviews as usize {
-                    status.state = TaskState::Complete;
-                    report.completed += 1;
-                }
-                st.store.put_task_status(&status)?;
-                queue.set_status(status);
-                report.rerouted += 1;
-            }
+        // Route every open task first, without the lock (scripts may be slow): a failure
+        // names its task and changes nothing.
+        let mut decided = Vec::with_capacity(open.len());
+        for &id in &open {
+            let Some(task) = st.store.task(id)? else { continue };
+            let routing = router::route(&st.registry.engine, &plugin, &project, &rubric::task_value(&task))
+                .map_err(|e| e.about(task_label(&task)))?;
+            decided.push((id, routing));
         }
+        // Then apply it all at once to the tasks' current status (leases and reviews may have
+        // moved meanwhile), in one transaction under the lock.
+        let mut report = RerouteReport { rerouted: 0, completed: 0, router_version: plugin.hash.clone() };
+        let mut queue = Queue::lock(&q);
+        let mut changed = Vec::with_capacity(decided.len());
+        for (id, routing) in decided {
+            let Some(slot) = queue.slot(id) else { continue };
+            let mut status = slot.status.clone();
+            status.pool = routing.pool;
+            status.reviews = routing.reviews;
+            status.priority = routing.priority;
+            status.estimate_minutes = routing.estimate_minutes;
+            status.router_version = routing.router_version;
+            if status.done_by.len() >= status.reviews as usize {
+                status.state = TaskState::Complete;
+                report.completed += 1;
+            }
+            changed.push(status);
+        }
+        st.store.put_task_statuses(&changed)?;
+        report.rerouted = changed.len() as u64;
+        for status in changed {
+            queue.set_status(status);
+        }
+        drop(queue);
         st.audit(Some(actor), AuditAction::ProjectReroute, format!("project:{}", project.id), serde_json::json!({"rerouted": report.rerouted, "router_version": report.router_version}));
         Ok(report)
     })
@@ -292,6 +308,14 @@ impl ReviewCore {
             }
         }
         Ok(reopened)
+    }
+}
+
+/// How an error names a task: its id, and its external id when it has one.
+fn task_label(task: &crate::domain::Task) -> String {
+    match &task.external_id {
+        Some(x) => format!("task {} (external_id {x:?})", task.id),
+        None => format!("task {}", task.id),
     }
 }
 

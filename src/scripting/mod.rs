@@ -17,6 +17,12 @@ pub use registry::{Plugin, PluginKind, Registry};
 pub use crate::error::ScriptError;
 
 impl ScriptError {
+    /// The same error, saying which record or task the script was working on.
+    pub fn about(mut self, what: impl std::fmt::Display) -> Self {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+
     /// An error about what a script returned (no source position).
     pub fn contract(plugin: &Plugin, function: &str, message: impl Into<String>) -> Self {
         Self {

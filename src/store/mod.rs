@@ -93,8 +93,9 @@ pub trait Store: Send + Sync + 'static {
     fn task_json(&self, id: Id) -> StoreResult<Option<Vec<u8>>>;
     fn task_status(&self, id: Id) -> StoreResult<Option<TaskStatus>>;
     fn tasks_page(&self, project: Id, after: Option<Id>, limit: usize) -> StoreResult<Vec<Task>>;
-    /// Replaces a task's routing and progress, keeping state counters and the queue index in step.
-    fn put_task_status(&self, status: &TaskStatus) -> StoreResult<()>;
+    /// Replaces tasks' routing and progress, keeping state counters and the queue index in
+    /// step: all of them in one transaction, or none.
+    fn put_task_statuses(&self, statuses: &[TaskStatus]) -> StoreResult<()>;
     /// Every task that is waiting for reviews, for rebuilding the in-memory queue.
     fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>>;
 

@@ -128,3 +128,97 @@ async fn a_task_that_breaks_its_rubric_is_quarantined_and_retried() {
     assert_eq!(next["task"]["external_id"], "poison");
     assert_eq!(answer(&s, &expert, &next).await, StatusCode::CREATED);
 }
+
+/// The router of `reroute_is_all_or_nothing`, first routing everything, then failing on one task.
+const STEADY: &str = "fn route(task) { #{ reviews: 1 } }\n";
+const PICKY: &str = r#"fn route(task) {
+    if task.external_id == "t-600" { throw "no route for this one"; }
+    #{ reviews: 3 }
+}
+"#;
+
+/// Polls the plugin list until `name` serves the version of `source`.
+async fn wait_for_plugin(s: &Server, admin: &str, name: &str, source: &str) {
+    let version = assay::scripting::registry::content_hash(source);
+    for _ in 0..200 {
+        let (_, plugins) = s.get(admin, "/api/v1/plugins").await;
+        let live = plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == name && p["version"] == version.as_str());
+        if live {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("plugin {name} never went live");
+}
+
+async fn reviews_asked(s: &Server, admin: &str, p: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (_, page) = s
+            .get(
+                admin,
+                &format!("/api/v1/projects/{p}/tasks?limit=1000{after}"),
+            )
+            .await;
+        let page = page.as_array().unwrap().clone();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(
+            page.iter()
+                .map(|t| t["status"]["reviews"].as_u64().unwrap()),
+        );
+        after = format!("&after={}", page.last().unwrap()["task"]["id"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reroute_is_all_or_nothing_and_names_the_failing_task() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let router = s.dir.path().join("plugins").join("steady.rhai");
+    std::fs::write(&router, STEADY).unwrap();
+    wait_for_plugin(&s, &admin, "steady", STEADY).await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "reroute", "rubric": "pairwise_preference", "router": "steady"}),
+        )
+        .await;
+    let upload: Vec<String> = (0..1200)
+        .map(|i| {
+            json!({"external_id": format!("t-{i}"), "data": {"prompt": i, "responses": ["a", "b"]}})
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        s.upload(&admin, p, &upload.join("\n")).await.0,
+        StatusCode::CREATED
+    );
+
+    std::fs::write(&router, PICKY).unwrap();
+    wait_for_plugin(&s, &admin, "steady", PICKY).await;
+    let (status, body) = s
+        .post(&admin, &format!("/api/v1/projects/{p}/reroute"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["code"], "script_error");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"t-600\"") && message.contains("no route"),
+        "{body}"
+    );
+    assert_eq!(body["script"]["line"], 2, "{body}");
+    // Nothing changed: every task still asks for one review.
+    let reviews = reviews_asked(&s, &admin, p).await;
+    assert_eq!(reviews.len(), 1200);
+    assert!(
+        reviews.iter().all(|&r| r == 1),
+        "a failed reroute changed some tasks"
+    );
+}

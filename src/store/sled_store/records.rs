@@ -432,17 +432,21 @@ impl Store for SledStore {
         )
     }
 
-    fn put_task_status(&self, status: &TaskStatus) -> StoreResult<()> {
+    fn put_task_statuses(&self, all: &[TaskStatus]) -> StoreResult<()> {
         let t = &self.t;
         (&t.taskstatus, &t.queue, &t.counters)
             .transaction(|(statuses, queue, counters)| {
-                let key = keys::id(status.task_id);
-                let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
-                let Some(old) = old else {
-                    return Err(abort(StoreError::Missing("task")));
-                };
-                tx_put(statuses, &key, status)?;
-                tx_transition(counters, queue, status, Some(old.state))
+                let mut deltas = CounterDeltas::default();
+                for status in all {
+                    let key = keys::id(status.task_id);
+                    let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                    let Some(old) = old else {
+                        return Err(abort(StoreError::Missing("task")));
+                    };
+                    tx_put(statuses, &key, status)?;
+                    tx_transition_counted(&mut deltas, queue, status, Some(old.state))?;
+                }
+                deltas.apply(counters)
             })
             .map_err(from_tx)
     }
