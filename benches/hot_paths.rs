@@ -120,7 +120,7 @@ fn handout(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = SledStore::open(dir.path(), true).unwrap();
     let created = store
-        .import_tasks(1, (0..20_000).map(status).collect())
+        .import_batch(1, (0..20_000).map(status).collect())
         .unwrap()
         .created;
     let mut queue = ProjectQueue::default();
@@ -151,7 +151,7 @@ fn submit(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let s = store
-                    .import_tasks(1, vec![status(rand_id())])
+                    .import_batch(1, vec![status(rand_id())])
                     .unwrap()
                     .created
                     .remove(0);

@@ -76,6 +76,15 @@ impl ReviewCore {
         let store: Arc<dyn Store> = Arc::new(sled);
         // Taken before anything can change the store: see `snapshot.rs`.
         let mark = store.take_snapshot_mark().map_err(|e| e.to_string())?;
+        // What a crash left of imports: removed before the queue is read.
+        let removed = store.clean_imports().map_err(|e| e.to_string())?;
+        if removed > 0 {
+            tracing::warn!(
+                tasks = removed,
+                "removed the tasks of an interrupted import"
+            );
+        }
+        tasks::clean_spool(data);
         let flush_store = store.clone();
         let flusher = GroupFlusher::start(move || flush_store.flush().map_err(|e| e.to_string()))
             .map_err(|e| format!("cannot start the flusher: {e}"))?;

@@ -129,26 +129,74 @@ impl ReviewCore {
 
         let checked_ms = started.elapsed().as_millis() as u64;
 
-        // Pass 2: write in batches, in upload order.
-        let mut report = ImportReport {
-            records,
-            imported: 0,
-            duplicates: 0,
+        // Pass 2: write in batches, in upload order, staged: nothing shows until all of it
+        // is written and published in one step; a failure (or a crash) leaves nothing.
+        let import = st.store.begin_import(project.id)?;
+        let mut created = Vec::new();
+        let written = self.write_staged(project, import, path, routings, &mut created);
+        let report = match written {
+            Ok(duplicates) => {
+                st.store
+                    .publish_import(project.id, import, created.len() as u64)?;
+                let q = st.queue.project(project.id);
+                let mut queue = Queue::lock(&q);
+                for status in created.drain(..) {
+                    queue.set_status(status);
+                }
+                ImportReport {
+                    records,
+                    imported: records - duplicates,
+                    duplicates,
+                }
+            }
+            Err(e) => {
+                if let Err(cleanup) = st.store.abandon_import(import) {
+                    // Start-up removes it then.
+                    tracing::warn!(error = %cleanup, "cannot remove a failed import yet");
+                }
+                return Err(e);
+            }
         };
+        drop(created);
+        crate::memory::give_back();
+        tracing::info!(
+            project = project.id,
+            records = report.records,
+            imported = report.imported,
+            checked_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "import written"
+        );
+        st.audit(
+        Some(actor),
+        AuditAction::TasksImport,
+        format!("project:{}", project.id),
+        serde_json::json!({"records": report.records, "imported": report.imported, "duplicates": report.duplicates}),
+    );
+        Ok(report)
+    }
+
+    /// Pass 2 of an import: writes the checked records under `import`, collecting the created
+    /// statuses; returns how many were duplicates.
+    fn write_staged(
+        &self,
+        project: &Project,
+        import: Id,
+        path: &Path,
+        routings: Vec<Routing>,
+        created: &mut Vec<crate::domain::TaskStatus>,
+    ) -> AppResult<u64> {
         let mut routings = routings.into_iter();
         let mut batch = Vec::with_capacity(BATCH);
+        let mut duplicates = 0;
         let mut failure = None;
-        let q = st.queue.project(project.id);
-        let flush_batch = |batch: &mut Vec<NewTask>, report: &mut ImportReport| -> AppResult<()> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let written = st.store.import_tasks(project.id, std::mem::take(batch))?;
-            report.imported += written.created.len() as u64;
-            report.duplicates += written.duplicates;
-            let mut queue = Queue::lock(&q);
-            for status in written.created {
-                queue.set_status(status);
+        let mut write = |batch: &mut Vec<NewTask>| -> AppResult<()> {
+            if !batch.is_empty() {
+                let written = self
+                    .store
+                    .import_tasks(project.id, import, std::mem::take(batch))?;
+                duplicates += written.duplicates;
+                created.extend(written.created);
             }
             Ok(())
         };
@@ -170,7 +218,7 @@ impl ReviewCore {
                 routing,
             });
             if batch.len() >= BATCH {
-                if let Err(e) = flush_batch(&mut batch, &mut report) {
+                if let Err(e) = write(&mut batch) {
                     failure = Some(e);
                 }
             }
@@ -179,23 +227,8 @@ impl ReviewCore {
         if let Some(e) = failure {
             return Err(e);
         }
-        flush_batch(&mut batch, &mut report)?;
-        crate::memory::give_back();
-        tracing::info!(
-            project = project.id,
-            records = report.records,
-            imported = report.imported,
-            checked_ms,
-            ms = started.elapsed().as_millis() as u64,
-            "import written"
-        );
-        st.audit(
-        Some(actor),
-        AuditAction::TasksImport,
-        format!("project:{}", project.id),
-        serde_json::json!({"records": report.records, "imported": report.imported, "duplicates": report.duplicates}),
-    );
-        Ok(report)
+        write(&mut batch)?;
+        Ok(duplicates)
     }
 
     /// Applies the project's current router to every open task. Progress (who has reviewed, who
@@ -344,4 +377,17 @@ pub(super) fn spawn_retry_on_new_rubrics(
             }
         })
         .map(|_| ())
+}
+
+/// Removes upload files an interrupted import left in `data/spool` (a running import's file is
+/// removed when it ends; a killed process leaves it).
+pub(super) fn clean_spool(data: &Path) {
+    let Ok(entries) = std::fs::read_dir(data.join("spool")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Err(e) = std::fs::remove_file(entry.path()) {
+            tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a spooled upload");
+        }
+    }
 }

@@ -87,7 +87,37 @@ pub trait Store: Send + Sync + 'static {
 
     // Tasks
     /// Writes a batch atomically; records whose `external_id` exists already are skipped.
-    fn import_tasks(&self, project: Id, batch: Vec<NewTask>) -> StoreResult<ImportedBatch>;
+    /// Starts a staged import: what its batches write stays invisible (uncounted, not handed
+    /// out) until `publish_import`, and is removed by `abandon_import` or, after a crash, by
+    /// `clean_imports` at start-up.
+    fn begin_import(&self, project: Id) -> StoreResult<Id>;
+    /// Writes one batch of a staged import; `external_id`s already in the project are skipped.
+    fn import_tasks(
+        &self,
+        project: Id,
+        import: Id,
+        batch: Vec<NewTask>,
+    ) -> StoreResult<ImportedBatch>;
+    /// Makes a staged import's `created` tasks count, in one transaction.
+    fn publish_import(&self, project: Id, import: Id, created: u64) -> StoreResult<()>;
+    /// Removes what an unpublished import wrote; returns how many tasks.
+    fn abandon_import(&self, import: Id) -> StoreResult<u64>;
+    /// At start-up, before the queue is read: removes what interrupted imports wrote.
+    fn clean_imports(&self) -> StoreResult<u64>;
+    /// One batch imported and published at once.
+    fn import_batch(&self, project: Id, batch: Vec<NewTask>) -> StoreResult<ImportedBatch> {
+        let import = self.begin_import(project)?;
+        match self.import_tasks(project, import, batch) {
+            Ok(done) => {
+                self.publish_import(project, import, done.created.len() as u64)?;
+                Ok(done)
+            }
+            Err(e) => {
+                let _ = self.abandon_import(import);
+                Err(e)
+            }
+        }
+    }
     fn task(&self, id: Id) -> StoreResult<Option<Task>>;
     /// A task as its stored JSON text (a serialized [`Task`]), for streaming it out unparsed.
     fn task_json(&self, id: Id) -> StoreResult<Option<Vec<u8>>>;

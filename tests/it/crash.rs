@@ -196,3 +196,84 @@ async fn a_stored_lease_is_restored_after_a_restart() {
     assert_eq!(again["assignment"]["id"], first["assignment"]["id"]);
     assert_eq!(again["task"]["id"], first["task"]["id"]);
 }
+
+/// An import killed at any point shows all of its tasks after the restart, or none, and leaves
+/// no spooled upload behind. The first import runs to the end and times the rest. 40,000 tasks
+/// keep the suite short; `ASSAY_IMPORT_KILL_TASKS=200000` runs the full-size check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_an_import_leaves_all_of_it_or_none() {
+    let tasks_env = std::env::var("ASSAY_IMPORT_KILL_TASKS").ok();
+    let size = tasks_env.and_then(|v| v.parse().ok()).unwrap_or(40_000u64);
+    let body: String = (0..size)
+        .map(|i| format!("{{\"external_id\":\"k{i}\",\"data\":{{\"prompt\":\"p{i}\"}}}}\n"))
+        .collect();
+    let mut s = Server::start_with(Options {
+        rubrics: vec![],
+        env: vec![("ASSAY_SERVER__MAX_IMPORT_MB", "256".into())],
+    })
+    .await;
+    let admin = s.admin().await;
+    let first = s.project(&admin, pairwise_project("whole", 1)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(s.upload(&admin, first, &body).await.0, StatusCode::CREATED);
+    let whole = started.elapsed();
+    let (mut none, mut all) = (0, 0);
+    for cycle in 0..10 {
+        let admin = s.admin().await;
+        let p = s
+            .project(&admin, pairwise_project(&format!("kill{cycle}"), 1))
+            .await;
+        let upload = {
+            let (client, url, admin, body) =
+                (s.client.clone(), s.url.clone(), admin.clone(), body.clone());
+            tokio::spawn(async move {
+                client
+                    .post(format!("{url}/api/v1/projects/{p}/tasks"))
+                    .bearer_auth(admin)
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        };
+        // Anywhere from the upload's first bytes to just past the end of the write.
+        let at = whole.mul_f64(rand::random::<f64>() * 1.1);
+        tokio::time::sleep(at).await;
+        s.kill();
+        let _ = upload.await;
+        s.start_again().await;
+        s.ready().await;
+        let admin = s.admin().await;
+        let stats = s.stats(&admin, p).await;
+        let tasks = stats["tasks"].as_u64().unwrap();
+        assert!(
+            tasks == 0 || tasks == size,
+            "cycle {cycle}: {tasks} tasks after the kill"
+        );
+        assert_eq!(
+            stats["open"].as_u64(),
+            Some(tasks),
+            "cycle {cycle}: {stats}"
+        );
+        let (_, listed) = s
+            .get(&admin, &format!("/api/v1/projects/{p}/tasks?limit=5"))
+            .await;
+        assert_eq!(
+            listed.as_array().unwrap().is_empty(),
+            tasks == 0,
+            "cycle {cycle}"
+        );
+        if tasks == 0 {
+            none += 1
+        } else {
+            all += 1
+        }
+        let spool = s.data_dir().join("spool");
+        let left = std::fs::read_dir(&spool).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "cycle {cycle}: the spool keeps {left} files");
+    }
+    eprintln!("import killed 10 times (a whole import took {whole:?}): {none} left nothing, {all} left everything");
+    // The project imported before the kills is whole.
+    let admin = s.admin().await;
+    assert_eq!(s.stats(&admin, first).await["tasks"].as_u64(), Some(size));
+}

@@ -57,7 +57,7 @@ fn store_with_task(
     let s = open(dir);
     let p = s.create_project(project("p")).unwrap();
     let t = s
-        .import_tasks(p.id, vec![new_task(ext, reviews)])
+        .import_batch(p.id, vec![new_task(ext, reviews)])
         .unwrap()
         .created
         .remove(0);
@@ -172,7 +172,7 @@ fn import_counts_and_skips_known_external_ids() {
     let p = s.create_project(project("p")).unwrap();
     let other = s.create_project(project("o")).unwrap();
     let first = s
-        .import_tasks(
+        .import_batch(
             p.id,
             vec![
                 new_task(Some("a"), 2),
@@ -183,12 +183,12 @@ fn import_counts_and_skips_known_external_ids() {
         .unwrap();
     assert_eq!((first.created.len(), first.duplicates), (3, 0));
     let again = s
-        .import_tasks(p.id, vec![new_task(Some("a"), 2), new_task(Some("c"), 2)])
+        .import_batch(p.id, vec![new_task(Some("a"), 2), new_task(Some("c"), 2)])
         .unwrap();
     assert_eq!((again.created.len(), again.duplicates), (1, 1));
     // External ids are per project.
     assert_eq!(
-        s.import_tasks(other.id, vec![new_task(Some("a"), 1)])
+        s.import_batch(other.id, vec![new_task(Some("a"), 1)])
             .unwrap()
             .created
             .len(),
@@ -300,7 +300,7 @@ fn submissions_commit_atomically_once() {
 
     // A submission whose lease record was lost (crash) commits too.
     let t2 = s
-        .import_tasks(p.id, vec![new_task(None, 1)])
+        .import_batch(p.id, vec![new_task(None, 1)])
         .unwrap()
         .created
         .remove(0);
@@ -331,7 +331,7 @@ fn a_batch_commits_whole_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let (s, p, t) = store_with_task(dir.path(), None, 2);
     let t2 = s
-        .import_tasks(p.id, vec![new_task(None, 1)])
+        .import_batch(p.id, vec![new_task(None, 1)])
         .unwrap()
         .created
         .remove(0);

@@ -13,7 +13,7 @@
 //! | `members_user_project`   | user id ++ project id                 | ProjectRole          |
 //! | `tasks_id`               | task id                               | Task                 |
 //! | `taskstatus_id`          | task id                               | TaskStatus           |
-//! | `tasks_project_task`     | project id ++ task id                 | empty                |
+//! | `tasks_project_task`     | project id ++ task id                 | import id (or empty) |
 //! | `tasks_project_external` | project id ++ external id bytes       | task id              |
 //! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (binary, `queue_codec`) |
 //! | `assignments_id`         | assignment id                         | Assignment           |
@@ -26,6 +26,12 @@
 //! | `plugins_hash`           | content hash (hex)                    | PluginVersion        |
 //! | `plugins_kind_name_time` | kind 0x00 name 0x00 first-seen time ++ hash | empty          |
 //! | `audit_time_id`          | time ++ event id                      | AuditEvent           |
+//! | `broken_project_task`    | project id ++ task id (quarantined)   | BrokenTask           |
+//! | `imports_id`             | import id (begun, not yet published)  | import record        |
+//!
+//! An import's tasks name it in `tasks_project_task`; while its `imports_id` record exists they
+//! are uncounted, unlisted and not in the hand-out index, and start-up removes them
+//! (`staging.rs`): an import shows all at once or, after a crash, not at all.
 //!
 //! Ids and times are big-endian u64 (times offset by 2^63, see `keys::time`). Ids come from
 //! sled's monotonic `generate_id`. Secondary indexes are written in the same transaction as
@@ -45,6 +51,7 @@
 
 mod open;
 mod records;
+mod staging;
 mod tx;
 
 use std::fs::File;
@@ -80,6 +87,8 @@ struct Trees {
     audit: Tree,
     /// Quarantined tasks: (project, task) → `BrokenTask`.
     broken: Tree,
+    /// Imports begun and not yet published: import id → its record (`staging.rs`).
+    imports: Tree,
 }
 
 pub struct SledStore {

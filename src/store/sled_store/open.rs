@@ -61,6 +61,7 @@ impl SledStore {
             plugins_by_name: tree("plugins_kind_name_time")?,
             audit: tree("audit_time_id")?,
             broken: tree("broken_project_task")?,
+            imports: tree("imports_id")?,
         };
         let sync_file = if fsync {
             File::open(path.join("db")).ok().map(Mutex::new)

@@ -338,7 +338,28 @@ impl Store for SledStore {
         })
     }
 
-    fn import_tasks(&self, project: Id, batch: Vec<NewTask>) -> StoreResult<ImportedBatch> {
+    fn begin_import(&self, project: Id) -> StoreResult<Id> {
+        self.begin_staged_import(project)
+    }
+
+    fn publish_import(&self, project: Id, import: Id, created: u64) -> StoreResult<()> {
+        self.publish_staged_import(project, import, created)
+    }
+
+    fn abandon_import(&self, import: Id) -> StoreResult<u64> {
+        self.abandon_staged_import(import)
+    }
+
+    fn clean_imports(&self) -> StoreResult<u64> {
+        self.clean_staged_imports()
+    }
+
+    fn import_tasks(
+        &self,
+        project: Id,
+        import: Id,
+        batch: Vec<NewTask>,
+    ) -> StoreResult<ImportedBatch> {
         let now = crate::now_ms();
         // Ids are taken before the transaction so the closure stays pure if sled retries it.
         let mut prepared = Vec::with_capacity(batch.len());
@@ -370,37 +391,36 @@ impl Store for SledStore {
             prepared.push((enc(&task)?, task.external_id, status));
         }
         let t = &self.t;
+        let import_key = keys::id(import);
         (
             &t.tasks,
             &t.taskstatus,
             &t.tasks_project,
             &t.tasks_external,
             &t.queue,
-            &t.counters,
         )
-            .transaction(
-                |(tasks, statuses, by_project, by_external, queue, counters)| {
-                    let mut out = ImportedBatch::default();
-                    for (task_bytes, external_id, status) in &prepared {
-                        let id = keys::id(status.task_id);
-                        if let Some(ext) = external_id {
-                            let ext_key = keys::with_suffix(project, ext.as_bytes());
-                            if by_external.get(&ext_key)?.is_some() {
-                                out.duplicates += 1;
-                                continue;
-                            }
-                            by_external.insert(ext_key, &id)?;
+            .transaction(|(tasks, statuses, by_project, by_external, queue)| {
+                let mut out = ImportedBatch::default();
+                for (task_bytes, external_id, status) in &prepared {
+                    let id = keys::id(status.task_id);
+                    if let Some(ext) = external_id {
+                        let ext_key = keys::with_suffix(project, ext.as_bytes());
+                        if by_external.get(&ext_key)?.is_some() {
+                            out.duplicates += 1;
+                            continue;
                         }
-                        tasks.insert(&id, task_bytes.as_slice())?;
-                        tx_put(statuses, &id, status)?;
-                        by_project.insert(&keys::pair(project, status.task_id), &[])?;
-                        tx_transition(counters, queue, status, None)?;
-                        out.created.push(status.clone());
+                        by_external.insert(ext_key, &id)?;
                     }
-                    tx_count(counters, project, "tasks", out.created.len() as i64)?;
-                    Ok(out)
-                },
-            )
+                    tasks.insert(&id, task_bytes.as_slice())?;
+                    tx_put(statuses, &id, status)?;
+                    // The entry names the import: hidden until it is published.
+                    by_project.insert(&keys::pair(project, status.task_id), &import_key)?;
+                    // Counted when the import is published.
+                    tx_transition_counted(&mut CounterDeltas::default(), queue, status, None)?;
+                    out.created.push(status.clone());
+                }
+                Ok(out)
+            })
             .map_err(from_tx)
     }
 
@@ -422,14 +442,23 @@ impl Store for SledStore {
     }
 
     fn tasks_page(&self, project: Id, after: Option<Id>, limit: usize) -> StoreResult<Vec<Task>> {
-        self.by_index(
-            &self.t.tasks_project,
-            project,
-            after,
-            limit,
-            &self.t.tasks,
-            "tasks_id",
-        )
+        let start = keys::pair(project, after.map(|a| a.saturating_add(1)).unwrap_or(0));
+        let end = keys::pair(project, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.t.tasks_project.range(start..=end) {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, import) = item.map_err(backend)?;
+            // An import shows all at once: tasks of one still being written are left out.
+            if self.hidden_by_import(&import)? {
+                continue;
+            }
+            if let Some(id) = keys::u64_at(&key, 8) {
+                out.extend(self.task(id)?);
+            }
+        }
+        Ok(out)
     }
 
     fn put_task_statuses(&self, all: &[TaskStatus]) -> StoreResult<()> {
