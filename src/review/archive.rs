@@ -17,12 +17,24 @@ impl VersionArchive for StoreArchive {
     fn record(&self, version: &PluginVersion) -> Result<(), String> {
         self.store
             .put_plugin_version(version)
+            .and_then(|_| {
+                self.store
+                    .set_served_plugin(version.kind, &version.name, &version.hash)
+            })
             .and_then(|_| self.store.flush())
             .map_err(|e| e.to_string())
     }
 
     fn version(&self, hash: &str) -> Result<Option<PluginVersion>, String> {
         self.store.plugin_version(hash).map_err(|e| e.to_string())
+    }
+
+    fn last_served(&self, kind: PluginKind, name: &str) -> Result<Option<PluginVersion>, String> {
+        match self.store.served_plugin(kind, name) {
+            Ok(Some(hash)) => self.version(&hash),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn versions(&self, kind: PluginKind, name: &str) -> Result<Vec<PluginVersion>, String> {

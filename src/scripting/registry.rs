@@ -68,6 +68,8 @@ pub trait VersionArchive: Send + Sync {
     fn version(&self, hash: &str) -> Result<Option<PluginVersion>, String>;
     /// Every stored version of one plugin, oldest first.
     fn versions(&self, kind: PluginKind, name: &str) -> Result<Vec<PluginVersion>, String>;
+    /// The version that served last (`record` notes it), which a broken file falls back to.
+    fn last_served(&self, kind: PluginKind, name: &str) -> Result<Option<PluginVersion>, String>;
     /// A load was attempted: `Ok(hash)` now serves, or `Err((attempted hash, why not))`.
     fn loaded(&self, kind: PluginKind, name: &str, outcome: Result<&str, (&str, &ScriptError)>);
 }
@@ -290,8 +292,15 @@ impl Registry {
         let present: Vec<String> = files.iter().map(|f| name_of(f)).collect();
         for path in files {
             let name = name_of(&path);
-            let Ok(source) = std::fs::read_to_string(&path) else {
-                continue;
+            let source = match std::fs::read_to_string(&path) {
+                Ok(source) => source,
+                Err(e) => {
+                    // Not UTF-8, or not readable: an error an admin sees, like a syntax error.
+                    if let Some(error) = self.unreadable_file(kind, &name, &path, e) {
+                        report.failed.push(error);
+                    }
+                    continue;
+                }
             };
             let hash = content_hash(&source);
             let unchanged = {
@@ -328,6 +337,34 @@ impl Registry {
             tracing::warn!(kind = kind.as_str(), dir = %dir.display(), "plugin folder not found");
         }
         self.rescan(kind, dir).failed
+    }
+
+    /// Records that a plugin file cannot be read; the previous version keeps serving. `None`
+    /// when this failure was reported already.
+    fn unreadable_file(
+        &self,
+        kind: PluginKind,
+        name: &str,
+        path: &Path,
+        e: std::io::Error,
+    ) -> Option<ScriptError> {
+        let error = unreadable(path, e);
+        let attempt = format!("unreadable:{}", error.message);
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.entry((kind, name.to_owned())).or_default();
+        if entry.attempted.as_deref() == Some(attempt.as_str()) && !entry.deleted {
+            return None;
+        }
+        tracing::error!(kind = kind.as_str(), plugin = %name, error = %error, "plugin file unreadable; the previous version keeps serving");
+        entry.file = path.display().to_string();
+        entry.attempted = Some(attempt);
+        entry.deleted = false;
+        entry.error = Some(error.clone());
+        self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        if entry.current.is_none() {
+            entry.current = self.last_stored(kind, name);
+        }
+        Some(error)
     }
 
     /// Prepares a new version and swaps it in; on failure the previous version stays current
@@ -413,9 +450,13 @@ impl Registry {
         Ok(computed)
     }
 
-    /// The newest stored version of a plugin, compiled.
+    /// The version of a plugin that served last (before this process), compiled; the newest
+    /// stored one when none is noted.
     fn last_stored(&self, kind: PluginKind, name: &str) -> Option<Arc<Plugin>> {
-        let stored = self.archive.versions(kind, name).ok()?.pop()?;
+        let stored = match self.archive.last_served(kind, name) {
+            Ok(Some(v)) => v,
+            _ => self.archive.versions(kind, name).ok()?.pop()?,
+        };
         let file = format!("{name}@{}", stored.hash);
         let ast = self.engine.compile(name, &file, &stored.source).ok()?;
         tracing::warn!(kind = kind.as_str(), plugin = %name, version = %stored.hash, "serving the last stored version");

@@ -45,6 +45,12 @@ fn check(state: &Core, p: &Project) -> AppResult<()> {
     if p.name.trim().is_empty() || p.name.len() > 200 {
         return Err(AppError::field("name", "must be 1-200 characters"));
     }
+    if p.name.chars().any(char::is_control) {
+        return Err(AppError::field(
+            "name",
+            "must not contain control characters (NUL, line breaks, tabs…)",
+        ));
+    }
     if p.instructions.len() > 200_000 {
         return Err(AppError::field(
             "instructions",

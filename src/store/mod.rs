@@ -203,6 +203,10 @@ pub trait Store: Send + Sync + 'static {
     fn plugin_version(&self, hash: &str) -> StoreResult<Option<PluginVersion>>;
     /// Every stored version of one plugin, oldest first.
     fn plugin_versions(&self, kind: PluginKind, name: &str) -> StoreResult<Vec<PluginVersion>>;
+    /// Notes the version of a plugin that serves now.
+    fn set_served_plugin(&self, kind: PluginKind, name: &str, hash: &str) -> StoreResult<()>;
+    /// The version of a plugin that served last.
+    fn served_plugin(&self, kind: PluginKind, name: &str) -> StoreResult<Option<String>>;
     fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
     /// Most recent first.
     fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;

@@ -13,6 +13,7 @@ mod import_export;
 mod isolation;
 mod pages;
 mod quarantine;
+mod resilience;
 mod review_loop;
 mod scripts;
 mod startup;

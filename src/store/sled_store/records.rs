@@ -843,6 +843,22 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn set_served_plugin(&self, kind: PluginKind, name: &str, hash: &str) -> StoreResult<()> {
+        let key = [b"served\0".as_slice(), &plugin_prefix(kind.as_str(), name)].concat();
+        self.t.meta.insert(key, hash.as_bytes()).map_err(backend)?;
+        Ok(())
+    }
+
+    fn served_plugin(&self, kind: PluginKind, name: &str) -> StoreResult<Option<String>> {
+        let key = [b"served\0".as_slice(), &plugin_prefix(kind.as_str(), name)].concat();
+        Ok(self
+            .t
+            .meta
+            .get(key)
+            .map_err(backend)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
     fn plugin_version(&self, hash: &str) -> StoreResult<Option<PluginVersion>> {
         self.get(&self.t.plugins, "plugins_hash", hash.as_bytes())
     }
