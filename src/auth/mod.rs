@@ -40,6 +40,14 @@ pub fn load_or_create_secret(configured: &str, data_dir: &Path) -> Result<Vec<u8
         }
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if text.trim().is_empty() {
+            return Err(format!(
+                "{} is empty (was the server stopped while it was first written?); delete it and \
+                 a new one is made at the next start (everyone signs in again), or set \
+                 auth.secret",
+                path.display()
+            ));
+        }
         let secret = hex::decode(text.trim())
             .map_err(|_| format!("{} does not hold a hex secret", path.display()))?;
         if secret.len() < 32 {

@@ -116,27 +116,34 @@ pub fn start(
     let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
         let _entered = span.enter();
+        let mut buf = Vec::with_capacity(CHUNK + 4096);
         let result = match format {
-            Format::Jsonl => produce(&state, project.id, &tx),
-            _ => produce_by_task(&state, &project, format, &tx),
+            Format::Jsonl => produce(&state, project.id, &mut buf, &tx),
+            _ => produce_by_task(&state, &project, format, &mut buf, &tx),
         };
+        // Whole records written before a failure still go out, then the failure.
+        if !buf.is_empty() {
+            let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+        }
         if let Err(e) = result {
             tracing::error!(error = %e, project = project.id, "export failed");
-            // The client sees a truncated body; the error is in the log.
+            // Before any output the client gets the error as the response; after, as the
+            // export's last record.
             let _ = tx.blocking_send(Err(e));
         }
     });
     rx
 }
 
+/// Streams every submission as one JSON line; `buf` holds what is not sent yet.
 fn produce(
     st: &AppState,
     project: Id,
+    buf: &mut Vec<u8>,
     tx: &mpsc::Sender<Result<Bytes, AppError>>,
 ) -> Result<(), AppError> {
     let mut names: HashMap<Id, String> = HashMap::new();
     let mut after = None;
-    let mut buf = Vec::with_capacity(CHUNK + 4096);
     // Reviews of one task tend to be close together: a few recent tasks stay at hand.
     let mut tasks: std::collections::VecDeque<(Id, Vec<u8>)> = Default::default();
     let corrupt =
@@ -189,21 +196,12 @@ fn produce(
                 submitted_at: s.submitted_at,
                 active_seconds: s.active_seconds,
             };
-            serde_json::to_writer(&mut buf, &record).map_err(AppError::internal)?;
+            serde_json::to_writer(&mut *buf, &record).map_err(AppError::internal)?;
             buf.push(b'\n');
-            if buf.len() >= CHUNK {
-                let chunk = Bytes::from(std::mem::replace(
-                    &mut buf,
-                    Vec::with_capacity(CHUNK + 4096),
-                ));
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return Ok(()); // the client went away
-                }
+            if !send_if_full(buf, tx) {
+                return Ok(()); // the client went away
             }
         }
-    }
-    if !buf.is_empty() {
-        let _ = tx.blocking_send(Ok(Bytes::from(buf)));
     }
     Ok(())
 }
@@ -241,11 +239,11 @@ fn produce_by_task(
     st: &AppState,
     project: &Project,
     format: Format,
+    buf: &mut Vec<u8>,
     tx: &mpsc::Sender<Result<Bytes, AppError>>,
 ) -> Result<(), AppError> {
     let plugin = check(st, project, format)?;
     let mut after = None;
-    let mut buf = Vec::with_capacity(CHUNK + 4096);
     loop {
         let page = st.store().tasks_page(project.id, after, PAGE)?;
         let Some(last) = page.last() else { break };
@@ -261,16 +259,13 @@ fn produce_by_task(
                 _ => sft(st, &plugin, task, &subs)?,
             };
             for r in records {
-                serde_json::to_writer(&mut buf, &r).map_err(AppError::internal)?;
+                serde_json::to_writer(&mut *buf, &r).map_err(AppError::internal)?;
                 buf.push(b'\n');
             }
-            if !send_if_full(&mut buf, tx) {
+            if !send_if_full(buf, tx) {
                 return Ok(());
             }
         }
-    }
-    if !buf.is_empty() {
-        let _ = tx.blocking_send(Ok(Bytes::from(buf)));
     }
     Ok(())
 }

@@ -37,24 +37,31 @@ impl ResponseError for AppError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let request_id = crate::web::request_id::current();
-        self.log(&request_id);
-        let errors = match self {
-            Self::InvalidAnswer(list) => serde_json::to_value(list).ok(),
-            Self::InvalidField(e) => serde_json::to_value([e]).ok(),
-            Self::ImportRejected { errors, .. } => serde_json::to_value(errors).ok(),
-            _ => None,
-        };
-        let script = match self {
-            Self::Script(e) => Some(e),
-            _ => None,
-        };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
-            code: self.code().as_str(),
-            message: self.to_string(),
-            request_id,
-            errors,
-            script,
-        })
+        HttpResponse::build(self.status_code()).json(error_body(self))
     }
+}
+
+/// The one body of every error (logged once, here): also the trailer record of an export that
+/// fails after it began streaming.
+pub fn error_body(error: &AppError) -> serde_json::Value {
+    let request_id = crate::web::request_id::current();
+    error.log(&request_id);
+    let errors = match error {
+        AppError::InvalidAnswer(list) => serde_json::to_value(list).ok(),
+        AppError::InvalidField(e) => serde_json::to_value([e]).ok(),
+        AppError::ImportRejected { errors, .. } => serde_json::to_value(errors).ok(),
+        _ => None,
+    };
+    let script = match error {
+        AppError::Script(e) => Some(e),
+        _ => None,
+    };
+    serde_json::to_value(ErrorBody {
+        code: error.code().as_str(),
+        message: error.to_string(),
+        request_id,
+        errors,
+        script,
+    })
+    .unwrap_or_default()
 }

@@ -110,3 +110,127 @@ async fn control_characters_are_refused_in_names() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["errors"][0]["field"], "username", "{body}");
 }
+
+/// `assay serve` on a data folder, expected to refuse to start: its stderr.
+fn refused_start(data: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assay"))
+        .current_dir(std::env::temp_dir())
+        .arg("serve")
+        .env("ASSAY_STORAGE__DATA", data)
+        .env("ASSAY_SERVER__BIND", "127.0.0.1:0")
+        .env("ASSAY_PLUGINS__WATCH", "false")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the server started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_failures_say_what_to_do() {
+    // A database another server holds.
+    let s = Server::start().await;
+    let data = s.data_dir();
+    let err = tokio::task::spawn_blocking(move || refused_start(&data))
+        .await
+        .unwrap();
+    assert!(err.contains("in use by another assay process"), "{err}");
+    // An empty secret file (a crash while it was first written).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret.key"), "").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            dir.path().join("secret.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let data = dir.path().to_owned();
+    let err = tokio::task::spawn_blocking(move || refused_start(&data))
+        .await
+        .unwrap();
+    assert!(
+        err.contains("is empty") && err.contains("delete it"),
+        "{err}"
+    );
+}
+
+const EXPORTER: &str = r#"fn criteria(task) { [#{ id: "ok", kind: "boolean", label: "OK?" }] }
+fn export_records(task, submissions) {
+    if task.external_id == "t-0" && task.data.fail_first == true { throw "cannot export the first"; }
+    if task.external_id == "t-150" { throw "cannot export this one"; }
+    let pad = "x";
+    pad.pad(2000, "x");
+    [#{ id: task.external_id, pad: pad }]
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_fails_says_so_and_is_never_silently_cut() {
+    let s = Server::start_with(Options {
+        rubrics: vec![("exporter", EXPORTER.into())],
+        env: vec![],
+    })
+    .await;
+    let admin = s.admin().await;
+    let (eid, expert) = s.expert(&admin, "exp", &[]).await;
+    let mut projects = Vec::new();
+    for (name, fail_first) in [("late", false), ("early", true)] {
+        let p = s
+            .project(
+                &admin,
+                json!({"name": name, "rubric": "exporter", "reviews_per_task": 1}),
+            )
+            .await;
+        s.add_member(&admin, p, eid, "expert").await;
+        let tasks: Vec<String> = (0..200)
+            .map(|i| {
+                json!({"external_id": format!("t-{i}"), "data": {"fail_first": fail_first}})
+                    .to_string()
+            })
+            .collect();
+        s.upload(&admin, p, &tasks.join("\n")).await;
+        for _ in 0..200 {
+            let (status, _) = s.review_next(&expert, p, json!({"ok": true})).await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        projects.push(p);
+    }
+    // Failing after 150 records (more than one chunk streamed): the body ends with the error.
+    let res = s
+        .client
+        .get(format!(
+            "{}/api/v1/projects/{}/export?format=records",
+            s.url, projects[0]
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.text().await.unwrap();
+    let lines: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 151, "150 records and the trailer");
+    let trailer = &lines[150]["error"];
+    assert_eq!(trailer["code"], "script_error", "{trailer}");
+    assert!(
+        trailer["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot export this one"),
+        "{trailer}"
+    );
+    // Failing on the first record: an error response, not an empty 200.
+    let (status, body) = s
+        .get(
+            &admin,
+            &format!("/api/v1/projects/{}/export?format=records", projects[1]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["script"]["function"], "export_records", "{body}");
+}

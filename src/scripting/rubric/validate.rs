@@ -194,6 +194,21 @@ fn check_value(c: &Criterion, field: &str, data: &Value, v: &Value, out: &mut Ve
             };
             for (i, span) in list.iter().enumerate() {
                 let at = format!("{field}[{i}]");
+                // Only what a span is: nothing else rides along into storage and exports.
+                let Some(keys) = span.as_object() else {
+                    out.push(FieldError::new(at, "must be an object {start, end, label}"));
+                    continue;
+                };
+                if let Some(extra) = keys.keys().find(|k| !SPAN_KEYS.contains(&k.as_str())) {
+                    out.push(FieldError::new(
+                        at,
+                        format!(
+                            "unknown key `{}`; a span has only start, end and label",
+                            crate::text::truncate(extra, 64)
+                        ),
+                    ));
+                    continue;
+                }
                 let start = span.get("start").and_then(as_integer);
                 let end = span.get("end").and_then(as_integer);
                 let label = span.get("label").and_then(Value::as_str);
@@ -258,6 +273,9 @@ fn as_integer(v: &Value) -> Option<i64> {
         _ => None,
     }
 }
+
+/// The keys of a span answer.
+const SPAN_KEYS: [&str; 3] = ["start", "end", "label"];
 
 #[cfg(test)]
 mod tests {
@@ -367,7 +385,14 @@ mod tests {
         let c = crit(json!({"id":"s","kind":"spans","target":"t","labels":["x"]}));
         let data = json!({"t": "ééé"});
         assert!(errors(&c, data.clone(), json!([{"start":0,"end":3,"label":"x"}])).is_empty());
-        assert!(!errors(&c, data, json!([{"start":0,"end":4,"label":"x"}])).is_empty());
+        assert!(!errors(&c, data.clone(), json!([{"start":0,"end":4,"label":"x"}])).is_empty());
+        let extra = errors(
+            &c,
+            data.clone(),
+            json!([{"start":0,"end":1,"label":"x","note":"y"}]),
+        );
+        assert!(extra[0].contains("unknown key `note`"), "{extra:?}");
+        assert!(!errors(&c, data, json!(["0..1"])).is_empty());
     }
 
     #[test]

@@ -29,7 +29,11 @@ impl SledStore {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                // sled wraps the lock failure in an error of its own kind, naming it.
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
                     StoreError::Backend(format!(
                         "the database in {} is in use by another assay process",
                         path.display()

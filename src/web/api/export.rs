@@ -1,4 +1,5 @@
 use actix_web::{web, HttpResponse};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -8,6 +9,7 @@ use crate::domain::AuditAction;
 use crate::domain::Id;
 use crate::error::{AppError, AppResult};
 use crate::services::projects;
+use crate::web::error::error_body;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +49,26 @@ pub async fn export(
         Ok(())
     })
     .await?;
-    let rx = crate::export::start(state.get_ref().clone(), project.clone(), format);
+    let mut rx = crate::export::start(state.get_ref().clone(), project.clone(), format);
+    // A failure before the first chunk is an ordinary error response; one after it ends the
+    // body with a trailer record `{"error": {...}}`, so a cut export never looks complete.
+    let first = match rx.recv().await {
+        Some(Ok(chunk)) => Some(chunk),
+        Some(Err(e)) => return Err(e),
+        None => None,
+    };
+    let rest = ReceiverStream::new(rx).map(|item| {
+        Ok::<_, actix_web::Error>(match item {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                let mut line = serde_json::to_vec(&serde_json::json!({ "error": error_body(&e) }))
+                    .unwrap_or_default();
+                line.push(b'\n');
+                bytes::Bytes::from(line)
+            }
+        })
+    });
+    let body = futures_util::stream::iter(first.map(Ok)).chain(rest);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header((
@@ -57,5 +78,5 @@ pub async fn export(
                 project.id
             ),
         ))
-        .streaming(ReceiverStream::new(rx)))
+        .streaming(body))
 }
