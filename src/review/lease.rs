@@ -516,6 +516,8 @@ impl ReviewCore {
 
     /// Ends every lease whose time is up (the expire transition). Returns how many were ended.
     pub fn sweep(&self) -> AppResult<usize> {
+        // The last moment the server was known up, for the downtime grace after a restart.
+        self.store.set_alive_at(crate::now_ms())?;
         let mut ended = 0;
         loop {
             if self.is_stopping() {

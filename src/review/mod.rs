@@ -85,6 +85,7 @@ impl ReviewCore {
             );
         }
         tasks::clean_spool(data);
+        let resumed = startup::resume_leases(store.as_ref())?;
         let flush_store = store.clone();
         let flusher = GroupFlusher::start(move || flush_store.flush().map_err(|e| e.to_string()))
             .map_err(|e| format!("cannot start the flusher: {e}"))?;
@@ -126,7 +127,7 @@ impl ReviewCore {
             metrics,
             stopping: AtomicBool::new(false),
         });
-        startup::spawn_load(&core, started, mark, snapshot)
+        startup::spawn_load(&core, started, mark, snapshot, resumed)
             .map_err(|e| format!("cannot start loading the queue: {e}"))?;
         tasks::spawn_retry_on_new_rubrics(&core, live_rubrics)
             .map_err(|e| format!("cannot start the quarantine retrier: {e}"))?;
@@ -269,6 +270,9 @@ impl ReviewCore {
             return;
         }
         self.committer.stop();
+        if let Err(e) = self.store.set_alive_at(crate::now_ms()) {
+            tracing::warn!(error = %e, "cannot note the stop time");
+        }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final flush failed");
             return;

@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 
 use super::snapshot::{self, Snapshot};
 use super::ReviewCore;
-use crate::queue::{Built, Queue};
+use crate::domain::{Assignment, Id};
+use crate::queue::{Built, Lease, Queue};
 use crate::store::{Store, StoreError};
 
 pub fn snapshot_path(data: &Path) -> PathBuf {
@@ -57,6 +58,7 @@ pub fn spawn_load(
     opened: std::time::Instant,
     mark: Option<u64>,
     snapshot: JoinHandle<Result<BuiltSnapshot, String>>,
+    resumed: Vec<Assignment>,
 ) -> std::io::Result<()> {
     let (store, queue, metrics) = (core.store.clone(), core.queue.clone(), core.metrics.clone());
     std::thread::Builder::new()
@@ -89,6 +91,10 @@ pub fn spawn_load(
                         scan(&*store, &queue)
                     }
                 };
+                // Leases the downtime extended: a snapshot holds their old expiry.
+                for a in &resumed {
+                    Queue::lock(&queue.project(a.project_id)).add_lease(a.task_id, Lease::from(a));
+                }
                 // From the start of the core, as the snapshot is built while the store opens.
                 let ms = opened.elapsed().as_millis() as u64;
                 metrics.queue_load_ms.store(ms, Ordering::Relaxed);
@@ -158,4 +164,44 @@ pub fn save_snapshot(core: &ReviewCore) {
             tracing::warn!(error = %e, "could not write the queue snapshot; the next start scans");
         }
     }
+}
+
+/// Leases do not run out while the server is down: every lease still live when it was last
+/// known up (`alive_at`) gets the downtime back, up to one lease length of its project. Runs
+/// before the hand-out index loads; returns the leases it extended, for the index to follow
+/// (a snapshot holds their old expiry).
+pub fn resume_leases(store: &dyn Store) -> Result<Vec<Assignment>, String> {
+    let now = crate::now_ms();
+    let Some(alive_at) = store.alive_at().map_err(|e| e.to_string())? else {
+        return Ok(Vec::new());
+    };
+    let downtime = now - alive_at;
+    if downtime <= 0 {
+        return Ok(Vec::new());
+    }
+    let lease_ms: std::collections::HashMap<Id, i64> = store
+        .projects()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|p| (p.id, p.lease_seconds as i64 * 1000))
+        .collect();
+    let mut extended = Vec::new();
+    for mut a in store.active_assignments().map_err(|e| e.to_string())? {
+        if a.expires_at <= alive_at {
+            continue; // it had run out before the server went down
+        }
+        let cap = lease_ms.get(&a.project_id).copied().unwrap_or(0);
+        a.expires_at += downtime.min(cap);
+        store.put_assignment(&a).map_err(|e| e.to_string())?;
+        extended.push(a);
+    }
+    if !extended.is_empty() {
+        tracing::info!(
+            leases = extended.len(),
+            downtime_ms = downtime,
+            "leases extended by the downtime"
+        );
+    }
+    store.set_alive_at(now).map_err(|e| e.to_string())?;
+    Ok(extended)
 }

@@ -234,6 +234,9 @@ pub fn prepare(
             });
         }
     }
+    if kind == PluginKind::Rubric {
+        super::rubric::probe_criteria(engine, &plugin)?;
+    }
     let cases = super::contract::run_tests(engine, &plugin)?;
     Ok((plugin, cases))
 }

@@ -203,6 +203,9 @@ pub trait Store: Send + Sync + 'static {
     fn plugin_version(&self, hash: &str) -> StoreResult<Option<PluginVersion>>;
     /// Every stored version of one plugin, oldest first.
     fn plugin_versions(&self, kind: PluginKind, name: &str) -> StoreResult<Vec<PluginVersion>>;
+    /// Notes that the server is up at `at` (ms); read back at start to measure the downtime.
+    fn set_alive_at(&self, at: i64) -> StoreResult<()>;
+    fn alive_at(&self) -> StoreResult<Option<i64>>;
     /// Notes the version of a plugin that serves now.
     fn set_served_plugin(&self, kind: PluginKind, name: &str, hash: &str) -> StoreResult<()>;
     /// The version of a plugin that served last.

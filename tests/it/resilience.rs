@@ -234,3 +234,46 @@ async fn an_export_that_fails_says_so_and_is_never_silently_cut() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert_eq!(body["script"]["function"], "export_records", "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downtime_does_not_eat_leases() {
+    let mut s = Server::start().await;
+    let admin = s.admin().await;
+    let (eid, expert) = s.expert(&admin, "patient", &[]).await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "short", "rubric": "pairwise_preference", "lease_seconds": 6}),
+        )
+        .await;
+    s.add_member(&admin, p, eid, "expert").await;
+    s.upload(&admin, p, &pairwise_tasks("d", 2)).await;
+    let (status, next) = s.next(&expert, p).await;
+    assert_eq!(status, StatusCode::OK);
+    // A hand-out is not flushed on its own; any later durable write takes the lease to disk.
+    s.expert(&admin, "bystander", &[]).await;
+    // The server is down for longer than the lease has left.
+    s.kill();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    s.start_again().await;
+    s.ready().await;
+    // The lease is still the expert's: the page's heartbeat keeps it, and the answer lands.
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    let token = next["assignment"]["token"].clone();
+    let (status, body) = s
+        .post(
+            &expert,
+            &format!("/api/v1/assignments/{aid}/heartbeat"),
+            json!({"token": token}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = s
+        .post(
+            &expert,
+            &format!("/api/v1/assignments/{aid}/submit"),
+            json!({"token": token, "answer": pairwise_answer()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

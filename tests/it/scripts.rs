@@ -134,7 +134,8 @@ async fn hostile_rubrics_get_clear_errors_and_the_server_keeps_serving() {
         ("huge", "script_error", None, "size limit"),
         ("runtime", "script_error", Some(3), "missing_method"),
         ("syntax", "plugin_unavailable", None, "syntax.rhai:2:"),
-        ("badshape", "script_error", None, "min < max"),
+        // A criteria list of the wrong shape is refused at load, by a probe call.
+        ("badshape", "plugin_unavailable", None, "min < max"),
     ] {
         let p = project_with(&s, &admin, eid, rubric).await;
         let (status, body) = s.next(&expert, p).await;

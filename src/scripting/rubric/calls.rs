@@ -46,6 +46,25 @@ pub fn criteria(
     parse_criteria(rubric, from_dynamic(rubric, "criteria", &out)?)
 }
 
+/// Calls `criteria` on a task with no content, at load: a result of the wrong shape is refused
+/// then, not at every hand-out. A throw is let pass (the rubric may need the task's content).
+pub fn probe_criteria(engine: &ScriptEngine, rubric: &Plugin) -> Result<(), ScriptError> {
+    let probe = serde_json::json!({"id": 0, "data": {}, "meta": {}});
+    let Ok(out) = engine.call(
+        rubric,
+        "criteria",
+        (to_dynamic(rubric, "criteria", &probe)?,),
+    ) else {
+        return Ok(());
+    };
+    parse_criteria(rubric, from_dynamic(rubric, "criteria", &out)?)
+        .map(|_| ())
+        .map_err(|e| ScriptError {
+            message: format!("on a task with no content: {}", e.message),
+            ..e
+        })
+}
+
 /// The outcome of checking an answer.
 pub enum Checked {
     Valid { scores: Value },

@@ -843,6 +843,24 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn set_alive_at(&self, at: i64) -> StoreResult<()> {
+        self.t
+            .meta
+            .insert(b"alive_at", &at.to_be_bytes())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn alive_at(&self) -> StoreResult<Option<i64>> {
+        Ok(self
+            .t
+            .meta
+            .get(b"alive_at")
+            .map_err(backend)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(i64::from_be_bytes))
+    }
+
     fn set_served_plugin(&self, kind: PluginKind, name: &str, hash: &str) -> StoreResult<()> {
         let key = [b"served\0".as_slice(), &plugin_prefix(kind.as_str(), name)].concat();
         self.t.meta.insert(key, hash.as_bytes()).map_err(backend)?;
