@@ -162,6 +162,9 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
         // Tests and scripts read this line to learn the port when binding to port 0.
         println!("assay listening on http://{addr}");
     }
+    if let Some(addr) = server.addrs().first().copied() {
+        crate::watchdog::spawn(core.clone(), addr)?;
+    }
     let served = server.run().await;
     // Stopped (SIGTERM / SIGINT): commit what is queued, flush, and leave a snapshot of the
     // hand-out index for the next start.

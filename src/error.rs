@@ -91,6 +91,7 @@ pub enum ErrorCode {
     ScriptTimeout,
     ScriptError,
     PluginUnavailable,
+    StorageFull,
     Internal,
 }
 
@@ -122,6 +123,7 @@ impl ErrorCode {
             Self::ScriptTimeout => "script_timeout",
             Self::ScriptError => "script_error",
             Self::PluginUnavailable => "plugin_unavailable",
+            Self::StorageFull => "storage_full",
             Self::Internal => "internal",
         }
     }
@@ -160,9 +162,39 @@ pub enum AppError {
     Script(ScriptError),
     #[error("plugin `{name}` is not loaded: {reason}")]
     PluginUnavailable { name: String, reason: String },
+    /// The disk holding the data is full: nothing was saved.
+    #[error("the server's storage is full, so nothing was saved; try again once space is freed")]
+    StorageFull(String),
     /// Storage, I/O and other failures of the server itself. The cause is logged, not shown.
     #[error("internal error")]
     Internal(String),
+}
+
+/// The latest storage failure the process saw: storage state of the process, like its pools,
+/// not of any one request. Set wherever a disk-full error is classified, cleared by the storage
+/// watchdog once writes work again.
+pub mod storage_health {
+    use std::sync::Mutex;
+
+    static FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+    pub fn failed(cause: &str) {
+        let cause = crate::text::truncate(cause, 512).to_owned();
+        *FAILURE.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause);
+    }
+
+    pub fn recovered() {
+        *FAILURE.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn failure() -> Option<String> {
+        FAILURE.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Whether an I/O error's text says the disk (or the quota) is full: ENOSPC, EDQUOT.
+pub fn is_disk_full(text: &str) -> bool {
+    text.contains("os error 28") || text.contains("os error 122") || text.contains("No space left")
 }
 
 pub type AppResult<T> = Result<T, AppError>;
@@ -186,12 +218,26 @@ impl AppError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         Self::Internal(cause.to_string())
     }
+    /// A storage failure: `StorageFull` when the disk is full (noted for `/healthz` and the
+    /// storage watchdog), else `Internal`.
+    pub fn storage(cause: impl std::fmt::Display) -> Self {
+        let cause = cause.to_string();
+        if is_disk_full(&cause) {
+            storage_health::failed(&cause);
+            Self::StorageFull(cause)
+        } else {
+            Self::Internal(cause)
+        }
+    }
 
     /// Whether the server, not the client, is at fault.
     pub fn is_server_error(&self) -> bool {
         matches!(
             self,
-            Self::Script(_) | Self::PluginUnavailable { .. } | Self::Internal(_)
+            Self::Script(_)
+                | Self::PluginUnavailable { .. }
+                | Self::StorageFull(_)
+                | Self::Internal(_)
         )
     }
 
@@ -199,7 +245,7 @@ impl AppError {
     /// debug level (they are the client's business).
     pub fn log(&self, request_id: &str) {
         match self {
-            Self::Internal(cause) => {
+            Self::Internal(cause) | Self::StorageFull(cause) => {
                 tracing::error!(request_id = %request_id, cause = %cause, "request failed")
             }
             Self::Script(e) => {
@@ -227,6 +273,7 @@ impl AppError {
             Self::Script(e) if e.timed_out => ErrorCode::ScriptTimeout,
             Self::Script(_) => ErrorCode::ScriptError,
             Self::PluginUnavailable { .. } => ErrorCode::PluginUnavailable,
+            Self::StorageFull(_) => ErrorCode::StorageFull,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -238,7 +285,7 @@ impl From<crate::store::StoreError> for AppError {
             crate::store::StoreError::Conflict(what) => {
                 AppError::conflict(ErrorCode::AlreadyExists, format!("{what} already exists"))
             }
-            other => AppError::Internal(other.to_string()),
+            other => AppError::storage(other),
         }
     }
 }

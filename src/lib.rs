@@ -28,6 +28,7 @@ pub mod scripting;
 pub mod services;
 pub mod store;
 pub mod text;
+pub mod watchdog;
 pub mod web;
 
 /// Milliseconds since the Unix epoch, the one clock every record uses.

@@ -276,7 +276,7 @@ impl Batcher<'_> {
         };
         for (reply, result) in answers {
             let result = match (&flushed, result) {
-                (Err(e), Ok(_)) => Err(AppError::internal(format!("flush failed: {e}"))),
+                (Err(e), Ok(_)) => Err(AppError::storage(format!("flush failed: {e}"))),
                 (_, result) => result,
             };
             let _ = reply.send(result);

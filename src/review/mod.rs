@@ -191,7 +191,25 @@ impl ReviewCore {
         self.flusher
             .wait()
             .await
-            .map_err(|e| AppError::internal(format!("flush failed: {e}")))
+            .map_err(|e| AppError::storage(format!("flush failed: {e}")))
+    }
+
+    /// Why storage is failing: the latest flush failed, or a write found the disk full
+    /// (`/healthz`, the storage watchdog).
+    pub fn storage_failure(&self) -> Option<String> {
+        self.flusher
+            .last_failure()
+            .or_else(crate::error::storage_health::failure)
+    }
+
+    /// Writes and flushes once, now, from a plain thread: whether storage works again.
+    pub fn storage_works(&self) -> bool {
+        let works = self.store.set_alive_at(crate::now_ms()).is_ok()
+            && self.flusher.wait_blocking().is_ok();
+        if works {
+            crate::error::storage_health::recovered();
+        }
+        works
     }
 
     /// Flushes run and durable writes they covered, for `/metrics`.

@@ -93,6 +93,15 @@ impl GroupFlusher {
         })
     }
 
+    /// The error of the latest flush, if it failed (storage is failing now).
+    pub fn last_failure(&self) -> Option<String> {
+        self.progress
+            .borrow()
+            .failed
+            .as_ref()
+            .map(|(_, e)| e.clone())
+    }
+
     /// Flushes run, and writes they made durable (each `wait` is one): their ratio is how well
     /// writers share flushes.
     pub fn counts(&self) -> (u64, u64) {

@@ -7,6 +7,7 @@ mod auth;
 mod browser;
 mod cli;
 mod crash;
+mod full_disk;
 mod hardening;
 mod hostile;
 mod import_export;

@@ -2,9 +2,21 @@ use actix_web::HttpResponse;
 
 use super::State;
 
-/// Liveness: the process answers.
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+/// Liveness: the process answers, and whether its storage works (503 `degraded` when the
+/// latest flush failed, e.g. a full disk; the server recovers on its own once it works again).
+pub async fn healthz(state: State) -> HttpResponse {
+    match state.storage_failure() {
+        None => HttpResponse::Ok().json(serde_json::json!({"status": "ok"})),
+        Some(e) => {
+            let storage = if crate::error::is_disk_full(&e) {
+                "full"
+            } else {
+                "failing"
+            };
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"status": "degraded", "storage": storage}))
+        }
+    }
 }
 
 /// Readiness: the hand-out index is loaded and the store answers a read. Anonymous and cheap:

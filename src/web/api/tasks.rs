@@ -22,8 +22,8 @@ pub async fn import(
     let limit = state.config.server.max_import_mb * 1024 * 1024;
     let spool_dir = state.config.storage.data.join("spool");
     let spool = blocking(move || {
-        std::fs::create_dir_all(&spool_dir).map_err(AppError::internal)?;
-        tempfile::NamedTempFile::new_in(&spool_dir).map_err(AppError::internal)
+        std::fs::create_dir_all(&spool_dir).map_err(AppError::storage)?;
+        tempfile::NamedTempFile::new_in(&spool_dir).map_err(AppError::storage)
     })
     .await?;
     let (file, path) = spool.into_parts();
@@ -38,9 +38,9 @@ pub async fn import(
             let limit = format!("{} MiB", state.config.server.max_import_mb);
             return Err(AppError::PayloadTooLarge(limit));
         }
-        writer.write_all(&chunk).await.map_err(AppError::internal)?;
+        writer.write_all(&chunk).await.map_err(AppError::storage)?;
     }
-    writer.flush().await.map_err(AppError::internal)?;
+    writer.flush().await.map_err(AppError::storage)?;
     state.ready().await;
     let st = state.clone();
     let actor = admin.0.id;
