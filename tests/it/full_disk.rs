@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
 
 use crate::support::*;
 
@@ -44,8 +43,7 @@ fn fill(dir: &Path) -> PathBuf {
     let mut f = std::fs::File::create(&path).unwrap();
     let block = vec![0u8; 1 << 16];
     while f.write_all(&block).is_ok() {}
-    let mut byte = [0u8; 1];
-    while f.write_all(&mut byte).is_ok() {}
+    while f.write_all(&[0u8]).is_ok() {}
     let _ = f.sync_all();
     path
 }
