@@ -27,6 +27,7 @@ impl std::ops::Deref for AppState {
 /// Opens the review core (store, plugins, hand-out index, keys) and loads the page templates.
 pub fn build_state(config: Config) -> Result<AppState, String> {
     let templates = Arc::new(Templates::load(&config.plugins.templates));
+    crate::web::pages::markdown::allow_images_from(config.content.image_origins.clone());
     let core = ReviewCore::open(config)?;
     Ok(AppState { core, templates })
 }

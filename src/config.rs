@@ -16,6 +16,16 @@ pub struct Config {
     pub queue: QueueConfig,
     pub auth: AuthConfig,
     pub scripting: ScriptingConfig,
+    pub content: ContentConfig,
+}
+
+/// How task content reaches pages.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContentConfig {
+    /// URL prefixes task content may load images from (e.g. "https://cdn.example.com/");
+    /// besides these only `data:image/` URLs are shown.
+    pub image_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

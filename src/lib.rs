@@ -22,6 +22,8 @@ pub mod export;
 pub mod import;
 pub mod memory;
 pub mod metrics;
+#[cfg(test)]
+mod properties;
 pub mod queue;
 pub mod review;
 pub mod scripting;
