@@ -4,9 +4,10 @@
 //! duplicate hand-outs, and the server's CPU and peak memory. Loopback only; bounded in time.
 //!
 //! It is part of the `assay` binary, not of the server library: one module per scenario
-//! (`review_loop`, `pages`, `reload`, `isolation`; import and export are measured here), plus the server
+//! (`review_loop`, `pages`, `reload`, `isolation`, `crash`; import and export are measured here), plus the server
 //! under test (`target`), HTTP helpers (`http`) and the report (`report`).
 
+mod crash;
 mod http;
 mod isolation;
 mod pages;
@@ -21,6 +22,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use assay::cli::bench_args::BenchArgs;
+use crash::*;
 use http::*;
 use isolation::*;
 use pages::*;
@@ -41,12 +43,28 @@ fn server_env(scenario: &str) -> Vec<(&'static str, &'static str)> {
 pub(crate) const ADMIN_PASSWORD: &str = "bench-admin-password";
 
 pub async fn run(args: BenchArgs) -> Result<(), String> {
+    if args.scenario == "crash" {
+        if args.url.is_some() {
+            return Err("the crash scenario kills its own server; it takes no --url".into());
+        }
+        let mut report = Report {
+            scenario: args.scenario.clone(),
+            experts: args.experts,
+            tasks: args.tasks,
+            reviews: 2,
+            ..Default::default()
+        };
+        run_crash(&args, &mut report).await?;
+        print_report(&report, args.json);
+        return Ok(());
+    }
     let target = match &args.url {
         Some(url) => Target {
             url: url.clone(),
             rubrics: args.rubrics.clone(),
             child: None,
             _dir: None,
+            env: Vec::new(),
         },
         None => start_server(&server_env(&args.scenario))?,
     };

@@ -51,6 +51,26 @@ pub(crate) struct Report {
     pub(crate) pages: Option<std::collections::BTreeMap<&'static str, PageTiming>>,
     /// isolation: the loop alone against the loop beside a project stalled by its scripts.
     pub(crate) isolation: Option<Isolation>,
+    /// crash: what SIGKILL under load broke (all zero when nothing did).
+    pub(crate) crash: Option<Crash>,
+}
+
+#[derive(Serialize, Default)]
+pub(crate) struct Crash {
+    pub(crate) cycles: u64,
+    pub(crate) acknowledged: u64,
+    /// Acknowledged submissions missing after the last restart (a loss stays missing).
+    pub(crate) lost: u64,
+    /// Tasks with more submissions than reviews asked, at the last check.
+    pub(crate) over_reviewed: u64,
+    /// (task, expert) pairs with two submissions, at the last check.
+    pub(crate) duplicate_reviews: u64,
+    /// Checks that found an import partly applied.
+    pub(crate) half_imports: u64,
+    /// Imports that completed before a kill, at the last check.
+    pub(crate) imports_whole: u64,
+    /// From the kill to `/readyz` answering again.
+    pub(crate) restart_ms: Latency,
 }
 
 #[derive(Serialize)]
@@ -111,7 +131,7 @@ pub(crate) fn print_report(r: &Report, as_json: bool) {
                 t.server_ms.p50, t.server_ms.p95, t.client_ms.p50, t.requests
             );
         }
-    } else if r.scenario != "import" {
+    } else if r.scenario != "import" && r.crash.is_none() {
         println!(
             "loop     {} loops, {:.0} loops/s, duplicates {}",
             r.loops, r.loops_per_s, r.duplicates
@@ -142,6 +162,12 @@ pub(crate) fn print_report(r: &Report, as_json: bool) {
         println!(
             "reload   {} saves, save-to-live p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, missed {}",
             rl.saves, l.p50, l.p99, l.max, rl.missed
+        );
+    }
+    if let Some(c) = &r.crash {
+        println!(
+            "crash    {} SIGKILLs, {} acknowledged submissions: {} lost, {} tasks over their reviews, {} double reviews, {} half imports ({} whole); restart to ready p50 {:.0} ms, max {:.0} ms",
+            c.cycles, c.acknowledged, c.lost, c.over_reviewed, c.duplicate_reviews, c.half_imports, c.imports_whole, c.restart_ms.p50, c.restart_ms.max
         );
     }
     if let Some(i) = &r.isolation {

@@ -15,6 +15,8 @@ pub(crate) struct Target {
     pub(crate) rubrics: Option<PathBuf>,
     pub(crate) child: Option<Child>,
     pub(crate) _dir: Option<tempfile::TempDir>,
+    /// Extra settings the server was started with, for a restart.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Drop for Target {
@@ -34,7 +36,6 @@ impl Target {
 
 pub(crate) fn start_server(env: &[(&str, &str)]) -> Result<Target, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let here = std::env::current_dir().map_err(|e| e.to_string())?;
     // A copy of the rubrics, so the reload scenario can rewrite one without touching the repo.
     let rubrics = dir.path().join("rubrics");
@@ -44,11 +45,54 @@ pub(crate) fn start_server(env: &[(&str, &str)]) -> Result<Target, String> {
             let _ = std::fs::copy(e.path(), rubrics.join(e.file_name()));
         }
     }
+    let (child, url) = spawn_server(dir.path(), &rubrics, env)?;
+    Ok(Target {
+        url,
+        rubrics: Some(rubrics),
+        child: Some(child),
+        _dir: Some(dir),
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    })
+}
+
+impl Target {
+    /// Kills the server with SIGKILL and starts it again on the same data (a new port).
+    pub(crate) fn kill_and_restart(&mut self) -> Result<(), String> {
+        let (Some(dir), Some(rubrics)) = (&self._dir, &self.rubrics) else {
+            return Err("only the bench's own server can be restarted".into());
+        };
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (child, url) = spawn_server(dir.path(), rubrics, &env)?;
+        self.child = Some(child);
+        self.url = url;
+        Ok(())
+    }
+}
+
+/// Starts `assay serve` on a folder; returns the process and its URL once it listens.
+fn spawn_server(
+    dir: &std::path::Path,
+    rubrics: &std::path::Path,
+    env: &[(&str, &str)],
+) -> Result<(Child, String), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let here = std::env::current_dir().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .arg("serve")
-        .current_dir(dir.path())
-        .env("ASSAY_STORAGE__DATA", dir.path().join("data"))
-        .env("ASSAY_PLUGINS__RUBRICS", &rubrics)
+        .current_dir(dir)
+        .env("ASSAY_STORAGE__DATA", dir.join("data"))
+        .env("ASSAY_PLUGINS__RUBRICS", rubrics)
         .env("ASSAY_PLUGINS__PLUGINS", here.join("plugins"))
         .env("ASSAY_SERVER__BIND", "127.0.0.1:0")
         .env("ASSAY_ADMIN_PASSWORD", ADMIN_PASSWORD)
@@ -74,12 +118,7 @@ pub(crate) fn start_server(env: &[(&str, &str)]) -> Result<Target, String> {
     let url = rx
         .recv_timeout(Duration::from_secs(60))
         .map_err(|_| "the server did not start")?;
-    Ok(Target {
-        url,
-        rubrics: Some(rubrics),
-        child: Some(child),
-        _dir: Some(dir),
-    })
+    Ok((child, url))
 }
 
 /// ~2.3 KB per task: a prompt and two responses.

@@ -11,7 +11,7 @@ pub struct BenchArgs {
     /// Admin token for --url (or ASSAY_PASSWORD to log in as admin).
     #[arg(long, env = "ASSAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export", "reload", "pages", "isolation"])]
+    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export", "reload", "pages", "isolation", "crash"])]
     pub scenario: String,
     /// reload: the server's rubric folder (needed with --url; the bench's own server uses a copy).
     #[arg(long)]
@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Measured seconds.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// crash: how many times the server is killed.
+    #[arg(long, default_value_t = 100)]
+    pub cycles: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

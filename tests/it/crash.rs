@@ -277,3 +277,38 @@ async fn sigkill_during_an_import_leaves_all_of_it_or_none() {
     let admin = s.admin().await;
     assert_eq!(s.stats(&admin, first).await["tasks"].as_u64(), Some(size));
 }
+
+/// `assay bench --scenario crash`: ten SIGKILLs under load, with an import, a rubric reload and
+/// an export running alongside each; after every restart nothing acknowledged is missing, no
+/// task is over its reviews, nobody reviewed a task twice, and no import is half applied.
+#[test]
+fn the_crash_loop_breaks_none_of_the_rules() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_assay"))
+        .current_dir(repo())
+        .args([
+            "bench",
+            "--scenario",
+            "crash",
+            "--cycles",
+            "10",
+            "--experts",
+            "4",
+            "--tasks",
+            "800",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let crash = &report["crash"];
+    assert_eq!(crash["cycles"], 10, "{report}");
+    assert!(crash["acknowledged"].as_u64().unwrap() > 0, "{report}");
+    for rule in ["lost", "over_reviewed", "duplicate_reviews", "half_imports"] {
+        assert_eq!(crash[rule], 0, "{rule}: {report}");
+    }
+}
