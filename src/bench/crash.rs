@@ -21,7 +21,7 @@ use assay::cli::bench_args::BenchArgs;
 /// Reviews each task of the loop project asks for.
 const REVIEWS: u32 = 2;
 /// Tasks per import started in a cycle: each one shows whole or not at all.
-const IMPORT_SIZE: usize = 2_000;
+const IMPORT_SIZE: usize = 20_000;
 
 pub(crate) async fn run_crash(args: &BenchArgs, report: &mut Report) -> Result<(), String> {
     let mut target = start_server(&[])?;
@@ -99,8 +99,17 @@ pub(crate) async fn run_crash(args: &BenchArgs, report: &mut Report) -> Result<(
         // Alongside: an import, a rubric reload and an export, each cut wherever the kill lands.
         let side = {
             let (client, api, admin) = (client.clone(), api.clone(), admin.clone());
+            // External ids of this cycle only: every import adds its tasks or none.
+            let body: String = (0..IMPORT_SIZE)
+                .map(|i| json!({"external_id": format!("c{cycle}-{i}"), "data": {"prompt": format!("task {i} of cycle {cycle}"), "responses": ["a", "b"]}}).to_string() + "\n")
+                .collect();
             tokio::spawn(async move {
-                let _ = import_generated(&client, &api, &admin, imports, IMPORT_SIZE).await;
+                let _ = client
+                    .post(format!("{api}/projects/{imports}/tasks"))
+                    .bearer_auth(admin)
+                    .body(body)
+                    .send()
+                    .await;
             })
         };
         let _ = std::fs::write(&live, format!("// cycle {cycle}\n{rubric}"));
