@@ -103,6 +103,12 @@ async fn the_hostile_corpus_is_contained_within_a_memory_bound() {
             case.name
         );
     }
+    eprintln!(
+        "hostile corpus: {} cases, peak RSS {} KiB above the {} KiB at start",
+        cases.len(),
+        s.memory_kib("VmHWM").saturating_sub(baseline),
+        baseline
+    );
     // `print` and `debug` were cut to the per-plugin rate, not written 1,000 times each.
     assert!(s.metric("assay_script_prints_dropped_total").await >= 1900.0);
 }
