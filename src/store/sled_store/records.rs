@@ -529,14 +529,7 @@ impl Store for SledStore {
             &t.counters,
         )
             .transaction(|(assignments, leases, statuses, queue, counters)| {
-                let id = keys::id(ended.id);
-                if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &id)? {
-                    if old.status != AssignmentStatus::Active {
-                        return Err(abort(StoreError::AssignmentEnded(old)));
-                    }
-                }
-                leases.remove(&id)?;
-                tx_put(assignments, &id, ended)?;
+                tx_end_assignment(assignments, leases, ended)?;
                 if let Some(status) = status {
                     let key = keys::id(status.task_id);
                     let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
@@ -565,14 +558,7 @@ impl Store for SledStore {
         )
             .transaction(
                 |(assignments, leases, statuses, queue, counters, quarantined)| {
-                    let id = keys::id(ended.id);
-                    if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &id)? {
-                        if old.status != AssignmentStatus::Active {
-                            return Err(abort(StoreError::AssignmentEnded(old)));
-                        }
-                    }
-                    leases.remove(&id)?;
-                    tx_put(assignments, &id, ended)?;
+                    tx_end_assignment(assignments, leases, ended)?;
                     let key = keys::id(status.task_id);
                     let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
                     tx_put(statuses, &key, status)?;
@@ -703,19 +689,12 @@ impl Store for SledStore {
                 };
                 let mut deltas = CounterDeltas::default();
                 for p in &prepared {
-                    let aid = keys::id(p.ended.id);
-                    if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &aid)? {
-                        if old.status != AssignmentStatus::Active {
-                            return Err(abort(StoreError::AssignmentEnded(old)));
-                        }
-                    }
-                    leases.remove(&aid)?;
+                    tx_end_assignment(assignments, leases, &p.ended)?;
                     let sub = &p.submission;
                     submissions.insert(&keys::id(sub.id), p.bytes.as_slice())?;
                     by_task.insert(&keys::pair(sub.task_id, sub.id), &[])?;
                     by_expert.insert(&keys::pair(sub.expert_id, sub.id), &[])?;
                     by_project.insert(&keys::pair(sub.project_id, sub.id), &[])?;
-                    tx_put(assignments, &aid, &p.ended)?;
                     let key = keys::id(p.status.task_id);
                     let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
                     tx_put(statuses, &key, &p.status)?;

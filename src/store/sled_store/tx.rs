@@ -147,3 +147,20 @@ pub(super) fn tx_transition_counted(
     }
     Ok(())
 }
+
+/// Ends an active assignment: its record replaced by `ended`, its lease index entry removed.
+/// Aborts with `AssignmentEnded` when it was ended already.
+pub(super) fn tx_end_assignment(
+    assignments: &TransactionalTree,
+    leases: &TransactionalTree,
+    ended: &Assignment,
+) -> TxResult<()> {
+    let id = keys::id(ended.id);
+    if let Some(old) = tx_get::<Assignment>(assignments, "assignments_id", &id)? {
+        if old.status != AssignmentStatus::Active {
+            return Err(abort(StoreError::AssignmentEnded(old)));
+        }
+    }
+    leases.remove(&id)?;
+    tx_put(assignments, &id, ended)
+}
