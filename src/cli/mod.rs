@@ -179,6 +179,13 @@ pub async fn run(cli: Cli) -> Result<(), String> {
 
 async fn serve(config: Config, demo: bool) -> Result<(), String> {
     tracing::info!(?config, "starting");
+    // The data is confidential: every file and folder the server creates (database, spool,
+    // snapshot, secret) is for its own user only, 0600 / 0700.
+    #[cfg(unix)]
+    // SAFETY: sets the process's file-mode mask; no memory is involved.
+    unsafe {
+        libc::umask(0o077);
+    }
     let state = crate::app::build_state(config)?;
     let admin_password = std::env::var("ASSAY_ADMIN_PASSWORD")
         .ok()

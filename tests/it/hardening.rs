@@ -102,3 +102,37 @@ async fn login_caps_what_it_keeps_of_a_huge_username() {
     );
     assert!(text.contains("over_length"));
 }
+
+/// Everything the server writes in its data folder is for its own user only (was 0644).
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_files_are_private_to_the_server_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let p = s.project(&admin, pairwise_project("modes", 1)).await;
+    s.upload(&admin, p, &pairwise_tasks("m", 3)).await;
+    let mut seen = 0;
+    let mut stack = vec![s.data_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "{} has mode {:o}",
+                path.display(),
+                mode & 0o777
+            );
+            seen += 1;
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    assert!(
+        seen >= 3,
+        "the data folder holds the database and the secret"
+    );
+}
