@@ -429,3 +429,43 @@ fn criteria(task) {
         "other fields shown as escaped JSON"
     );
 }
+
+/// Quarantined tasks are listed on the admin's project page with their error, escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_project_page_lists_quarantined_tasks_with_their_error() {
+    let s = Server::start_with(Options {
+        rubrics: vec![(
+            "brittle",
+            "fn criteria(task) { if task.data.bad == true { throw \"<b>no form</b> for this\"; } [#{ id: \"ok\", kind: \"boolean\", label: \"OK?\" }] }\n".into(),
+        )],
+        env: vec![],
+    })
+    .await;
+    let admin = s.admin().await;
+    let (eid, expert) = s.expert(&admin, "w", &[]).await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "brittle", "rubric": "brittle", "reviews_per_task": 1}),
+        )
+        .await;
+    s.add_member(&admin, p, eid, "expert").await;
+    s.upload(
+        &admin,
+        p,
+        "{\"data\": {\"bad\": true}}\n{\"data\": {\"bad\": false}}",
+    )
+    .await;
+    let (status, next) = s.next(&expert, p).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let (c, _) = sign_in(&s, "admin", ADMIN_PASSWORD).await;
+    let (status, html) = fetch(&c, &format!("{}/admin/projects/{p}", s.url)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("Quarantined tasks"), "{html}");
+    assert!(
+        html.contains("&lt;b&gt;no form&lt;/b&gt;"),
+        "the error is shown escaped"
+    );
+    assert!(!html.contains("<b>no form</b>"));
+    assert!(html.contains("/broken/retry"));
+}

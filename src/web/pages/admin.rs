@@ -67,11 +67,14 @@ pub async fn projects(state: State, session: Session) -> PageResult {
     page(&state, Some(&session), "admin_projects", "Projects", data)
 }
 
+/// Quarantined tasks listed on a project's page (all of them through the API).
+const BROKEN_SHOWN: usize = 50;
+
 pub async fn project(state: State, session: Session, id: web::Path<Id>) -> PageResult {
     admin_only(&session)?;
     let st = state.clone();
     let id = id.into_inner();
-    let (project, counts, members, others) = blocking(move || {
+    let (project, counts, members, others, broken) = blocking(move || {
         let project = st
             .store()
             .project(id)?
@@ -95,13 +98,16 @@ pub async fn project(state: State, session: Session, id: web::Path<Id>) -> PageR
             .filter(|u| u.active && !member_ids.contains(&u.id))
             .map(|u| json!({ "id": u.id, "username": u.username }))
             .collect();
-        Ok((project, counts, members, others))
+        let mut broken = st.broken_tasks(id)?;
+        broken.truncate(BROKEN_SHOWN);
+        Ok((project, counts, members, others, broken))
     })
     .await?;
     let rubrics = plugin_names(&state, PluginKind::Rubric);
     let routers = plugin_names(&state, PluginKind::Router);
     let data = json!({
         "project": project, "counts": counts, "members": members, "candidates": others,
+        "broken": broken,
         "has_candidates": !others.is_empty(),
         "rubrics": options(&rubrics, &project.rubric),
         "routers": options(&routers, &project.router),
