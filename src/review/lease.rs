@@ -250,11 +250,6 @@ impl ReviewCore {
             // A failing `pick` must not stall the project: the default order serves instead.
             match self.scripted_pick(&router, user, project.id, now) {
                 Err(AppError::Script(e)) => {
-                    // Contract errors are not counted by the engine; count this one here.
-                    if e.line.is_none() {
-                        let failures = &self.registry.engine.failures;
-                        failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
                     tracing::warn!(error = %e, "router pick failed; serving in queue order");
                     Choice::Default
                 }

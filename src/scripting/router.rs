@@ -168,13 +168,19 @@ pub fn pick(
     match out.as_int() {
         Ok(-1) => Ok(None),
         Ok(i) if i >= 0 && (i as usize) < n => Ok(Some(i as usize)),
-        _ => Err(ScriptError::contract(
-            router,
-            f,
-            format!(
-                "must return an index from 0 to {} or -1, got {out}",
-                n.saturating_sub(1)
-            ),
-        )),
+        _ => {
+            // A call that returned nonsense failed as much as one that threw.
+            engine
+                .failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(ScriptError::contract(
+                router,
+                f,
+                format!(
+                    "must return an index from 0 to {} or -1, got {out}",
+                    n.saturating_sub(1)
+                ),
+            ))
+        }
     }
 }
