@@ -47,6 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     web::post().to(api::review::submit),
                 )
                 .route("/auth/login", web::post().to(api::auth::login))
+                .route("/auth/logout", web::post().to(api::auth::logout))
                 .route("/auth/me", web::get().to(api::auth::me))
                 .route("/users", web::get().to(api::users::list))
                 .route("/users", web::post().to(api::users::create))
@@ -147,6 +148,9 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             .app_data(crate::web::json_config(json_limit))
             .app_data(crate::web::query_config())
             .app_data(crate::web::path_config())
+            .wrap(actix_web::middleware::from_fn(
+                crate::web::body_deadline::middleware,
+            ))
             .wrap(crate::web::security_headers())
             .wrap(actix_web::middleware::from_fn(
                 crate::web::request_id::middleware,

@@ -47,6 +47,13 @@ pub struct ServerConfig {
     pub max_import_mb: u64,
     /// Largest accepted JSON body for everything else, in KiB.
     pub max_json_kb: u64,
+    /// A request body may take this long; after it, it must have kept up
+    /// `min_body_bytes_per_second` on average, or it is refused with 408.
+    pub body_grace_seconds: u64,
+    pub min_body_bytes_per_second: u64,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed
+    /// (for login limits per address and the Secure cookie). Empty: the peer address is used.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -94,9 +101,25 @@ pub struct AuthConfig {
     pub session_hours: u64,
     /// Signing secret. Prefer leaving it empty: a random one is then kept in the data folder.
     pub secret: String,
-    /// Failed logins per username within `login_window_seconds` before logins are refused.
+    /// Failed logins for one username from one address within `login_window_seconds` before
+    /// that pair is refused (429).
     pub login_attempts: u32,
+    /// Failed logins from one address, whatever the usernames, before it is refused.
+    pub login_attempts_per_address: u32,
+    /// Failed logins for one username from all addresses together before it is refused.
+    pub login_attempts_per_user: u32,
     pub login_window_seconds: u64,
+    /// The session cookie's `Secure` flag: "auto" (when the request came over HTTPS, directly
+    /// or through a trusted proxy's `X-Forwarded-Proto`), "always" or "never".
+    pub secure_cookie: SecureCookie,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureCookie {
+    Auto,
+    Always,
+    Never,
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -105,7 +128,13 @@ impl std::fmt::Debug for AuthConfig {
             .field("session_hours", &self.session_hours)
             .field("secret", &if self.secret.is_empty() { "" } else { "***" })
             .field("login_attempts", &self.login_attempts)
+            .field(
+                "login_attempts_per_address",
+                &self.login_attempts_per_address,
+            )
+            .field("login_attempts_per_user", &self.login_attempts_per_user)
             .field("login_window_seconds", &self.login_window_seconds)
+            .field("secure_cookie", &self.secure_cookie)
             .finish()
     }
 }
@@ -139,6 +168,9 @@ impl Default for ServerConfig {
             hashing_threads: 2,
             max_import_mb: 1024,
             max_json_kb: 2048,
+            body_grace_seconds: 10,
+            min_body_bytes_per_second: 4096,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -182,7 +214,10 @@ impl Default for AuthConfig {
             session_hours: 12,
             secret: String::new(),
             login_attempts: 10,
+            login_attempts_per_address: 50,
+            login_attempts_per_user: 100,
             login_window_seconds: 300,
+            secure_cookie: SecureCookie::Auto,
         }
     }
 }

@@ -48,13 +48,42 @@ pub struct ScriptError {
     pub timed_out: bool,
 }
 
+impl ScriptError {
+    /// What an expert is told: which plugin and entry point failed and what kind of failure,
+    /// without the script's own words, its file path or its source position (the plugin's
+    /// details are for admins and leads, in the log and the plugin status).
+    pub fn redacted(&self) -> ScriptError {
+        let text = self.message.to_ascii_lowercase();
+        let summary = if self.timed_out {
+            "the script ran past its time limit"
+        } else if text.contains("memory limit") {
+            "the script ran past its memory limit"
+        } else if text.contains("size limit") || text.contains("too large") {
+            "the script ran past a size limit"
+        } else {
+            "the script failed"
+        };
+        ScriptError {
+            plugin: self.plugin.clone(),
+            function: self.function.clone(),
+            file: String::new(),
+            line: None,
+            column: None,
+            message: format!("{summary}; a lead or admin can see the details"),
+            timed_out: self.timed_out,
+        }
+    }
+}
+
 impl std::fmt::Display for ScriptError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "plugin `{}` ", self.plugin)?;
+        write!(f, "plugin `{}`", self.plugin)?;
         if let Some(function) = &self.function {
-            write!(f, "in `{function}` ")?;
+            write!(f, " in `{function}`")?;
         }
-        write!(f, "at {}", self.file)?;
+        if !self.file.is_empty() {
+            write!(f, " at {}", self.file)?;
+        }
         if let (Some(line), Some(column)) = (self.line, self.column) {
             write!(f, ":{line}:{column}")?;
         }
@@ -76,6 +105,7 @@ pub enum ErrorCode {
     InvalidPath,
     UnsupportedMediaType,
     PayloadTooLarge,
+    RequestTimeout,
     Unauthorized,
     Forbidden,
     NotFound,
@@ -108,6 +138,7 @@ impl ErrorCode {
             Self::InvalidPath => "invalid_path",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
@@ -158,6 +189,9 @@ pub enum AppError {
     /// The body passed its limit (said with its unit: "2048 KiB").
     #[error("the request body is larger than the {0} limit")]
     PayloadTooLarge(String),
+    /// The body did not arrive in time (see `web::body_deadline`).
+    #[error("the request body arrived too slowly; send it again faster")]
+    RequestTimeout,
     #[error("{0}")]
     Script(ScriptError),
     #[error("plugin `{name}` is not loaded: {reason}")]
@@ -270,6 +304,7 @@ impl AppError {
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::TooManyRequests => ErrorCode::TooManyRequests,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::RequestTimeout => ErrorCode::RequestTimeout,
             Self::Script(e) if e.timed_out => ErrorCode::ScriptTimeout,
             Self::Script(_) => ErrorCode::ScriptError,
             Self::PluginUnavailable { .. } => ErrorCode::PluginUnavailable,

@@ -39,7 +39,7 @@ fn bearer(req: &HttpRequest) -> Option<String> {
 pub const CSRF_HEADER: &str = "X-CSRF-Token";
 
 /// The session token of a request: Bearer first, else the cookie (with its CSRF check).
-fn session_token(state: &AppState, req: &HttpRequest) -> Result<String, AppError> {
+pub fn session_token(state: &AppState, req: &HttpRequest) -> Result<String, AppError> {
     if let Some(token) = bearer(req) {
         return Ok(token);
     }
@@ -69,6 +69,9 @@ pub async fn user_for_token(state: &AppState, token: &str) -> Result<User, AppEr
         .keys
         .verify_session(token)
         .ok_or(AppError::Unauthorized("the token is invalid or expired"))?;
+    if state.revoked.contains(&claims.sid) {
+        return Err(AppError::Unauthorized("this session was signed out"));
+    }
     // Users are cached in memory: the common case needs no trip to the blocking pool.
     let user = match state.store().cached_user(claims.sub) {
         Some(user) => user,

@@ -4,6 +4,7 @@
 
 pub mod extract;
 pub mod password;
+pub mod revoked;
 pub mod tokens;
 
 pub use extract::{Admin, Caller};
@@ -75,48 +76,97 @@ pub fn load_or_create_secret(configured: &str, data_dir: &Path) -> Result<Vec<u8
     Ok(secret.to_vec())
 }
 
-/// Refuses logins for a username after too many failures within a window.
-pub struct LoginLimiter {
+/// Failed logins counted per key within a window, for one kind of key.
+struct FailureWindow {
     attempts: u32,
-    window_ms: i64,
-    failures: Mutex<HashMap<String, (u32, i64)>>,
+    failures: HashMap<String, (u32, i64)>,
 }
 
-impl LoginLimiter {
-    pub fn new(attempts: u32, window_seconds: u64) -> Self {
+impl FailureWindow {
+    fn new(attempts: u32) -> Self {
         Self {
             attempts,
-            window_ms: window_seconds as i64 * 1000,
-            failures: Mutex::new(HashMap::new()),
+            failures: HashMap::new(),
         }
     }
 
-    pub fn allowed(&self, username: &str, now: i64) -> bool {
-        let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(username) {
-            Some((n, since)) if now - since < self.window_ms => *n < self.attempts,
+    fn allowed(&self, key: &str, now: i64, window_ms: i64) -> bool {
+        match self.failures.get(key) {
+            Some((n, since)) if now - since < window_ms => *n < self.attempts,
             _ => true,
         }
     }
 
-    pub fn failed(&self, username: &str, now: i64) {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if map.len() > 100_000 {
-            // Bound memory under a username-spraying attack: forget stale windows.
-            let window = self.window_ms;
-            map.retain(|_, (_, since)| now - *since < window);
+    fn failed(&mut self, key: &str, now: i64, window_ms: i64) {
+        if self.failures.len() > 100_000 {
+            // Bound memory under a spraying attack: forget stale windows.
+            self.failures
+                .retain(|_, (_, since)| now - *since < window_ms);
         }
-        let entry = map.entry(username.to_owned()).or_insert((0, now));
-        if now - entry.1 >= self.window_ms {
+        let entry = self.failures.entry(key.to_owned()).or_insert((0, now));
+        if now - entry.1 >= window_ms {
             *entry = (0, now);
         }
         entry.0 += 1;
     }
+}
 
-    pub fn succeeded(&self, username: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(username);
+/// Refuses logins after too many failures within a window, counted three ways:
+///
+/// - per username *and* address (`login_attempts`): guessing one account from one place;
+/// - per address (`login_attempts_per_address`): one place spraying many usernames;
+/// - per username from anywhere (`login_attempts_per_user`, higher): guessing spread over many
+///   addresses.
+///
+/// So no one can lock an account out from their own address alone: the strict limit is tied
+/// to the address the failures come from. Keys are capped before they reach this.
+pub struct LoginLimiter {
+    window_ms: i64,
+    windows: Mutex<[FailureWindow; 3]>,
+}
+
+impl LoginLimiter {
+    pub fn new(config: &crate::config::AuthConfig) -> Self {
+        Self {
+            window_ms: config.login_window_seconds as i64 * 1000,
+            windows: Mutex::new([
+                FailureWindow::new(config.login_attempts),
+                FailureWindow::new(config.login_attempts_per_address),
+                FailureWindow::new(config.login_attempts_per_user),
+            ]),
+        }
+    }
+
+    fn keys(username: &str, address: &str) -> [String; 3] {
+        [
+            format!("{address}\0{username}"),
+            address.to_owned(),
+            username.to_owned(),
+        ]
+    }
+
+    pub fn allowed(&self, username: &str, address: &str, now: i64) -> bool {
+        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = Self::keys(username, address);
+        windows
+            .iter()
+            .zip(&keys)
+            .all(|(w, key)| w.allowed(key, now, self.window_ms))
+    }
+
+    pub fn failed(&self, username: &str, address: &str, now: i64) {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let keys = Self::keys(username, address);
+        for (w, key) in windows.iter_mut().zip(&keys) {
+            w.failed(key, now, self.window_ms);
+        }
+    }
+
+    /// A success clears the account's count from that address (not the address's own count,
+    /// so one valid account does not unlock spraying).
+    pub fn succeeded(&self, username: &str, address: &str) {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let [pair, _, _] = Self::keys(username, address);
+        windows[0].failures.remove(&pair);
     }
 }

@@ -16,7 +16,11 @@ pub struct SessionClaims {
     pub sub: Id,
     /// The user's token generation when issued; a bump revokes the token.
     pub gen: u64,
+    /// This session's id, so a logout can revoke it alone (see `auth::revoked`).
+    #[serde(default)]
+    pub sid: String,
     pub iat: i64,
+    pub nbf: i64,
     pub exp: i64,
 }
 
@@ -36,6 +40,9 @@ pub struct AssignmentClaims {
     pub qv: String,
     pub served: i64,
     pub lease: i64,
+    /// Not before it was served (older tokens lack it and are checked without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub exp: i64,
 }
 
@@ -93,10 +100,16 @@ impl Keys {
         encode(&Header::new(Algorithm::HS256), claims, &self.encoding).map_err(|e| e.to_string())
     }
 
-    fn verify<T: DeserializeOwned>(&self, token: &str, issuer: &str) -> Option<T> {
+    fn verify<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        issuer: &str,
+        required: &[&str],
+    ) -> Option<T> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iss"]);
+        validation.set_required_spec_claims(required);
+        validation.validate_nbf = true;
         validation.leeway = 0;
         decode::<T>(token, &self.decoding, &validation)
             .ok()
@@ -109,7 +122,9 @@ impl Keys {
             iss: SESSION_ISSUER.into(),
             sub: user,
             gen: generation,
+            sid: hex::encode(rand::random::<[u8; 16]>()),
             iat: now_s,
+            nbf: now_s,
             exp,
         };
         Ok((self.sign(&claims)?, exp))
@@ -141,8 +156,13 @@ impl Keys {
         bytes.len() == 16 && mac.verify_truncated_left(&bytes).is_ok()
     }
 
+    /// A session token that is signed, current (`nbf` to `exp`), and no longer-lived than
+    /// sessions are now (`exp - iat`), issued no later than now.
     pub fn verify_session(&self, token: &str) -> Option<SessionClaims> {
-        self.verify(token, SESSION_ISSUER)
+        let claims: SessionClaims = self.verify(token, SESSION_ISSUER, &["exp", "iss", "nbf"])?;
+        let now = crate::now_ms() / 1000;
+        let sane = claims.iat <= now && claims.exp - claims.iat <= self.session_seconds;
+        sane.then_some(claims)
     }
 
     pub fn assignment(&self, a: &Assignment) -> Result<String, String> {
@@ -159,6 +179,7 @@ impl Keys {
             qv: a.router_version.clone(),
             served: a.served_at,
             lease: a.expires_at,
+            nbf: Some(a.served_at / 1000),
             // Valid for a week: heartbeats extend the lease in the store, not in the token.
             exp: a.served_at / 1000 + 7 * 24 * 3600,
         };
@@ -166,6 +187,6 @@ impl Keys {
     }
 
     pub fn verify_assignment(&self, token: &str) -> Option<AssignmentClaims> {
-        self.verify(token, ASSIGNMENT_ISSUER)
+        self.verify(token, ASSIGNMENT_ISSUER, &["exp", "iss"])
     }
 }

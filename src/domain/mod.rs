@@ -258,11 +258,45 @@ pub struct AuditEvent {
     pub detail: Value,
 }
 
+/// The fields that differ between two versions of a record, as `{field: {before, after}}`, for
+/// an audit event's detail. Fields in `secret` are named as "changed" without their values;
+/// long strings are cut so an event stays small.
+pub fn audit_changes<T: Serialize>(before: &T, after: &T, secret: &[&str]) -> Value {
+    const KEEP_CHARS: usize = 200;
+    let cut = |v: &Value| match v {
+        Value::String(s) if s.len() > KEEP_CHARS => {
+            Value::String(format!("{}…", crate::text::truncate(s, KEEP_CHARS)))
+        }
+        other => other.clone(),
+    };
+    let (Ok(Value::Object(b)), Ok(Value::Object(a))) =
+        (serde_json::to_value(before), serde_json::to_value(after))
+    else {
+        return Value::Null;
+    };
+    let mut out = serde_json::Map::new();
+    for (field, after) in &a {
+        let before = b.get(field).unwrap_or(&Value::Null);
+        if before == after {
+            continue;
+        }
+        let change = if secret.contains(&field.as_str()) {
+            Value::String("changed".into())
+        } else {
+            serde_json::json!({"before": cut(before), "after": cut(after)})
+        };
+        out.insert(field.clone(), change);
+    }
+    Value::Object(out)
+}
+
 /// What an audit event records. Stored by its dotted name, which is also what clients see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuditAction {
     #[serde(rename = "auth.login")]
     Login,
+    #[serde(rename = "auth.logout")]
+    Logout,
     #[serde(rename = "user.create")]
     UserCreate,
     #[serde(rename = "user.update")]

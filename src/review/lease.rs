@@ -84,6 +84,9 @@ impl ReviewCore {
                 "this assignment belongs to someone else",
             ));
         }
+        // A signed token outlives a membership: whoever left the project (or was removed)
+        // may no longer act on a lease taken before.
+        access_blocking(self, user, claims.pid)?;
         Ok(claims)
     }
 
@@ -91,18 +94,39 @@ impl ReviewCore {
     /// is left for them.
     pub async fn next(self: &Arc<Self>, user: User, project: Id) -> AppResult<Option<Handout>> {
         self.ready().await;
-        let core = self.clone();
-        self.in_project(project, move || core.next_blocking(&user, project))
-            .await
+        let (core, who) = (self.clone(), user.clone());
+        let result = self
+            .in_project(project, move || core.next_blocking(&who, project, true))
+            .await;
+        self.as_seen_by(&user, project, result).await
     }
 
-    fn next_blocking(&self, user: &User, project: Id) -> AppResult<Option<Handout>> {
+    /// The expert's live lease in the project, if any, without taking a new one or changing
+    /// anything: what a page shown by a GET may render.
+    pub async fn current(self: &Arc<Self>, user: User, project: Id) -> AppResult<Option<Handout>> {
+        self.ready().await;
+        let (core, who) = (self.clone(), user.clone());
+        let result = self
+            .in_project(project, move || core.next_blocking(&who, project, false))
+            .await;
+        self.as_seen_by(&user, project, result).await
+    }
+
+    /// `take_new`: lease a new task when none is held (and quarantine a task whose form
+    /// fails); without it, only the held lease is shown and nothing is written but the audit
+    /// record of the view.
+    fn next_blocking(
+        &self,
+        user: &User,
+        project: Id,
+        take_new: bool,
+    ) -> AppResult<Option<Handout>> {
         let (project, _) = access_blocking(self, user, project)?;
         let mut quarantined = 0;
         let mut last_error = None;
         let (assignment, task, criteria) = loop {
             let now = crate::now_ms();
-            let Some(assignment) = self.held_or_new(&project, user, now)? else {
+            let Some(assignment) = self.held_or_new(&project, user, now, take_new)? else {
                 // Nothing else to serve: say why the last task was set aside, not just "done".
                 return match last_error {
                     Some(error) => Err(AppError::Script(error)),
@@ -115,6 +139,7 @@ impl ReviewCore {
                 .ok_or(AppError::NotFound("task"))?;
             let rubric = match self.served_rubric(&assignment) {
                 Ok(rubric) => rubric,
+                Err(e) if !take_new => return Err(e),
                 Err(e) => {
                     // No form without the rubric: give the task back for later.
                     let reason = Some("rubric unavailable".into());
@@ -124,6 +149,7 @@ impl ReviewCore {
             };
             match self.registry.criteria(&rubric, &task) {
                 Ok(criteria) => break (assignment, task, criteria),
+                Err(error) if !take_new => return Err(error.into()),
                 Err(error) => {
                     // This task's form cannot be built: set it aside and serve the next one, a
                     // few times at most per request (each failure may have taken the deadline).
@@ -142,7 +168,11 @@ impl ReviewCore {
             .map_err(AppError::internal)?;
         self.audit(
             Some(user.id),
-            AuditAction::TaskLease,
+            if take_new {
+                AuditAction::TaskLease
+            } else {
+                AuditAction::TaskView
+            },
             format!("task:{}", task.id),
             serde_json::json!({"assignment": assignment.id}),
         );
@@ -170,6 +200,7 @@ impl ReviewCore {
         project: &Project,
         user: &User,
         now: i64,
+        take_new: bool,
     ) -> AppResult<Option<Assignment>> {
         let q = self.queue.project(project.id);
         let held = Queue::lock(&q).held_by(user.id, now);
@@ -178,9 +209,12 @@ impl ReviewCore {
                 .store
                 .assignment(aid)?
                 .filter(|a| a.status == AssignmentStatus::Active);
-            if live.is_some() {
+            if live.is_some() || !take_new {
                 return Ok(live);
             }
+        }
+        if !take_new {
+            return Ok(None);
         }
         self.lease_next(project, user, now)
     }

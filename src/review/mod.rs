@@ -32,7 +32,7 @@ pub use tasks::{ImportReport, RerouteReport};
 
 use crate::auth::{Keys, LoginLimiter};
 use crate::config::Config;
-use crate::domain::{AuditAction, AuditEvent, Id, User};
+use crate::domain::{AuditAction, AuditEvent, GlobalRole, Id, ProjectRole, User};
 use crate::error::{AppError, AppResult};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
@@ -49,6 +49,8 @@ pub struct ReviewCore {
     pub registry: Arc<Registry>,
     pub keys: Arc<Keys>,
     pub login_limiter: Arc<LoginLimiter>,
+    /// Sessions ended by a logout.
+    pub revoked: crate::auth::revoked::RevokedSessions,
     pub metrics: Arc<Metrics>,
     /// Each project's share of the script pool.
     gates: pool::ProjectGates,
@@ -103,8 +105,10 @@ impl ReviewCore {
         let queue = Arc::new(Queue::loading());
         let secret = crate::auth::load_or_create_secret(&config.auth.secret, data)?;
         let keys = Keys::new(&secret, config.auth.session_hours);
-        let login_limiter =
-            LoginLimiter::new(config.auth.login_attempts, config.auth.login_window_seconds);
+        let login_limiter = LoginLimiter::new(&config.auth);
+        let revoked = crate::auth::revoked::RevokedSessions::new(
+            store.revoked_sessions().map_err(|e| e.to_string())?,
+        );
         let metrics = Arc::new(Metrics::default());
         let committer = commit::Committer::start(
             store.clone(),
@@ -123,6 +127,7 @@ impl ReviewCore {
             registry,
             keys: Arc::new(keys),
             login_limiter: Arc::new(login_limiter),
+            revoked,
             gates,
             metrics,
             stopping: AtomicBool::new(false),
@@ -150,6 +155,33 @@ impl ReviewCore {
     {
         let permit = self.gates.enter(project).await?;
         pool::scripted(&permit, f).await
+    }
+
+    /// A result as `user` may see it: a script failure keeps its details for admins and the
+    /// project's leads; an expert is told only what failed (see `ScriptError::redacted`).
+    pub(crate) async fn as_seen_by<R>(
+        &self,
+        user: &User,
+        project: Id,
+        result: AppResult<R>,
+    ) -> AppResult<R> {
+        let Err(error @ (AppError::Script(_) | AppError::PluginUnavailable { .. })) = result else {
+            return result;
+        };
+        let oversees = user.role == GlobalRole::Admin || {
+            let (store, uid) = (self.store.clone(), user.id);
+            let role = blocking(move || Ok(store.member_role(project, uid)?)).await;
+            matches!(role, Ok(Some(ProjectRole::Lead)))
+        };
+        Err(match error {
+            _ if oversees => error,
+            AppError::Script(e) => AppError::Script(e.redacted()),
+            AppError::PluginUnavailable { name, .. } => AppError::PluginUnavailable {
+                name,
+                reason: "it could not be loaded; a lead or admin can see why".into(),
+            },
+            other => other,
+        })
     }
 
     /// Whether the hand-out index has loaded (`/readyz`).

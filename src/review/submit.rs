@@ -45,11 +45,13 @@ impl ReviewCore {
         let core = self.clone();
         // The project's share of the script pool; a bad token is refused inside, under any gate.
         let project = self.keys.verify_assignment(&token).map_or(0, |c| c.pid);
+        let who = user.clone();
         let prepared = self
             .in_project(project, move || {
-                core.prepare_submit(&user, id, &token, answer)
+                core.prepare_submit(&who, id, &token, answer)
             })
             .await;
+        let prepared = self.as_seen_by(&user, project, prepared).await;
         let result = match prepared {
             // A retry waits for the same guarantee as the first call: the submission on disk.
             Ok(Prepared::Stored(done)) => self.durable().await.map(|()| *done),

@@ -129,6 +129,7 @@ pub async fn update(state: &Core, actor: Id, id: Id, patch: ProjectPatch) -> App
             .store()
             .project(id)?
             .ok_or(AppError::NotFound("project"))?;
+        let before = p.clone();
         if let Some(v) = patch.name {
             p.name = v;
         }
@@ -157,7 +158,7 @@ pub async fn update(state: &Core, actor: Id, id: Id, patch: ProjectPatch) -> App
             Some(actor),
             AuditAction::ProjectUpdate,
             format!("project:{id}"),
-            serde_json::json!({}),
+            crate::domain::audit_changes(&before, &p, &[]),
         );
         Ok(p)
     })
@@ -199,6 +200,22 @@ pub fn access_blocking(
     }
 }
 
+/// Whether the user is an admin or leads at least one project.
+pub async fn oversees_any(state: &Core, user: &User) -> AppResult<bool> {
+    if user.role == GlobalRole::Admin {
+        return Ok(true);
+    }
+    let (st, uid) = (state.clone(), user.id);
+    blocking(move || {
+        Ok(st
+            .store()
+            .memberships(uid)?
+            .iter()
+            .any(|(_, role)| *role == ProjectRole::Lead))
+    })
+    .await
+}
+
 pub async fn access(state: &Core, user: &User, project: Id) -> AppResult<(Project, Access)> {
     let (st, user) = (state.clone(), user.clone());
     blocking(move || access_blocking(&st, &user, project)).await
@@ -217,12 +234,13 @@ pub async fn set_member(
             .project(project)?
             .ok_or(AppError::NotFound("project"))?;
         st.store().user(user)?.ok_or(AppError::NotFound("user"))?;
+        let before = st.store().member_role(project, user)?;
         st.store().set_member(project, user, role)?;
         st.audit(
             Some(actor),
             AuditAction::ProjectMember,
             format!("project:{project}"),
-            serde_json::json!({"user": user, "role": role}),
+            serde_json::json!({"user": user, "role": {"before": before, "after": role}}),
         );
         Ok(())
     })

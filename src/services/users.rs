@@ -119,6 +119,7 @@ pub async fn update(state: &Core, actor: Id, id: Id, patch: UserPatch) -> AppRes
     let st = state.clone();
     let user = hashing(move || {
         let mut user = st.store().user(id)?.ok_or(AppError::NotFound("user"))?;
+        let before = user.clone();
         if let Some(p) = &patch.password {
             password::check_policy(p).map_err(|m| AppError::field("password", m))?;
             user.password_hash = password::hash(p).map_err(AppError::internal)?;
@@ -139,12 +140,13 @@ pub async fn update(state: &Core, actor: Id, id: Id, patch: UserPatch) -> AppRes
             if !active && actor == id {
                 return Err(AppError::field("active", "you cannot deactivate yourself"));
             }
+            if !active && user.active {
+                // Deactivation ends every session now; reactivating does not bring them back.
+                user.token_generation += 1;
+            }
             user.active = active;
         }
-        let was_admin = st
-            .store()
-            .user(id)?
-            .is_some_and(|u| u.active && u.role == GlobalRole::Admin);
+        let was_admin = before.active && before.role == GlobalRole::Admin;
         let still_admin = user.active && user.role == GlobalRole::Admin;
         if was_admin && !still_admin && !another_admin(st.store().as_ref(), id)? {
             return Err(AppError::conflict(
@@ -157,7 +159,8 @@ pub async fn update(state: &Core, actor: Id, id: Id, patch: UserPatch) -> AppRes
             Some(actor),
             AuditAction::UserUpdate,
             format!("user:{id}"),
-            serde_json::json!({}),
+            // Never the hash; the generation bump shows as a change of its own.
+            crate::domain::audit_changes(&before, &user, &["password_hash"]),
         );
         Ok(user)
     })
@@ -224,17 +227,20 @@ pub async fn login(
     state: &Core,
     username: String,
     password: String,
+    address: String,
 ) -> AppResult<(User, String, i64)> {
     let now = crate::now_ms();
     // Whatever is typed is capped before it is kept anywhere (limiter, audit, log): a name or
     // password longer than any that can be set cannot sign in, and is not looked up.
     let impossible = username.len() > MAX_USERNAME || password.len() > password::MAX_BYTES;
     let username = crate::text::truncate(&username, MAX_USERNAME).to_owned();
-    if !state.login_limiter.allowed(&username, now) {
+    let address = crate::text::truncate(&address, 64).to_owned();
+    if !state.login_limiter.allowed(&username, &address, now) {
         return Err(AppError::TooManyRequests);
     }
     let st = state.clone();
     let name = username.clone();
+    let from = address.clone();
     let user = hashing(move || {
         let user = if impossible {
             None
@@ -250,7 +256,7 @@ pub async fn login(
                 false
             }
         };
-        let detail = serde_json::json!({"username": name, "ok": ok, "over_length": impossible});
+        let detail = serde_json::json!({"username": name, "ok": ok, "over_length": impossible, "address": from});
         st.audit(
             user.as_ref().map(|u| u.id),
             AuditAction::Login,
@@ -261,15 +267,45 @@ pub async fn login(
     })
     .await?;
     let Some(user) = user else {
-        state.login_limiter.failed(&username, now);
+        state.login_limiter.failed(&username, &address, now);
         return Err(AppError::Unauthorized("wrong username or password"));
     };
-    state.login_limiter.succeeded(&username);
+    state.login_limiter.succeeded(&username, &address);
     let (token, exp) = state
         .keys
         .session(user.id, user.token_generation, now / 1000)
         .map_err(AppError::internal)?;
     Ok((user, token, exp))
+}
+
+/// Ends one session (the token's) for good, before its expiry.
+pub async fn logout(state: &Core, user: &User, token: &str) -> AppResult<()> {
+    let claims = state
+        .keys
+        .verify_session(token)
+        .ok_or(AppError::Unauthorized("the token is invalid or expired"))?;
+    if claims.sid.is_empty() {
+        return Ok(());
+    }
+    let (st, actor) = (state.clone(), user.id);
+    let sid = claims.sid.clone();
+    blocking(move || {
+        let now = crate::now_ms() / 1000;
+        st.store().revoke_session(&sid, claims.exp, now)?;
+        st.audit(
+            Some(actor),
+            AuditAction::Logout,
+            format!("user:{actor}"),
+            serde_json::json!({}),
+        );
+        Ok(())
+    })
+    .await?;
+    state.durable().await?;
+    state
+        .revoked
+        .insert(claims.sid, claims.exp, crate::now_ms() / 1000);
+    Ok(())
 }
 
 const DUMMY_HASH: &str =

@@ -210,6 +210,11 @@ pub trait Store: Send + Sync + 'static {
     fn set_served_plugin(&self, kind: PluginKind, name: &str, hash: &str) -> StoreResult<()>;
     /// The version of a plugin that served last.
     fn served_plugin(&self, kind: PluginKind, name: &str) -> StoreResult<Option<String>>;
+    /// Revokes one session (by its id) until `exp` (seconds), and forgets revocations whose
+    /// sessions have expired anyway.
+    fn revoke_session(&self, sid: &str, exp: i64, now_s: i64) -> StoreResult<()>;
+    /// Revoked sessions that have not expired yet: `(sid, exp)`.
+    fn revoked_sessions(&self) -> StoreResult<Vec<(String, i64)>>;
     fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
     /// Most recent first.
     fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;

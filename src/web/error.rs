@@ -30,6 +30,7 @@ impl ResponseError for AppError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Script(_) | Self::PluginUnavailable { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR

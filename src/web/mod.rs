@@ -2,6 +2,8 @@
 //! routes every malformed request through the one error type.
 
 pub mod api;
+pub mod body_deadline;
+pub mod client;
 pub mod error;
 pub mod pages;
 pub mod request_id;
@@ -25,6 +27,7 @@ pub fn json_config(limit: usize) -> JsonConfig {
                     "the body must be JSON with Content-Type: application/json",
                 ),
                 E::Deserialize(e) => AppError::bad_request(ErrorCode::InvalidJson, e.to_string()),
+                E::Payload(e) => body_deadline::body_error(e),
                 other => AppError::bad_request(ErrorCode::InvalidJson, other.to_string()),
             };
             e.into()

@@ -22,11 +22,26 @@ fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
+/// The caller's own `X-Request-Id` when it is a sane one (1–64 of `A-Za-z0-9-_.:`), so a
+/// request can be followed through a proxy; a fresh id otherwise.
+fn request_id(req: &ServiceRequest) -> String {
+    let given = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    given.map_or_else(new_id, str::to_owned)
+}
+
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let id = new_id();
+    let id = request_id(&req);
     let metrics = req
         .app_data::<actix_web::web::Data<crate::app::AppState>>()
         .map(|s| s.metrics.clone());

@@ -18,6 +18,20 @@
   let active = null;
   let busy = false;
 
+  // The next task is taken by a POST (a GET of the page never takes a lease).
+  function nextTask() {
+    const f = document.createElement('form');
+    f.method = 'post';
+    f.action = reviewUrl;
+    const c = document.createElement('input');
+    c.type = 'hidden';
+    c.name = '_csrf';
+    c.value = window.Assay.csrf();
+    f.appendChild(c);
+    document.body.appendChild(f);
+    f.submit();
+  }
+
   // ---------- reading and writing answers ----------
   const cp = (s) => Array.from(s).length; // code points, as the server counts
   const checked = (f, name) => f.querySelector('input[name="' + CSS.escape(name) + '"]:checked');
@@ -518,7 +532,7 @@
       const res = await window.Assay.api('POST', '/api/v1/assignments/' + aid + '/submit', { token, answer: collect() });
       if (res.ok) {
         dropDraft();
-        location.replace(reviewUrl);
+        nextTask();
         return;
       }
       if (res.status === 401) return; // sent to login; the draft is kept
@@ -552,7 +566,7 @@
     busy = false;
     if (res.ok || res.status === 409) {
       dropDraft();
-      location.replace(reviewUrl);
+      nextTask();
     } else if (res.status !== 401) {
       closeOverlays();
       window.Assay.showErrors(form, res);

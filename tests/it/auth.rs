@@ -64,19 +64,19 @@ async fn bad_credentials_and_bad_tokens_are_refused() {
 
     // Expired, though correctly signed.
     let expired = sign(
-        &json!({"iss": "assay/session", "sub": expert_id, "gen": 0, "iat": now - 7200, "exp": now - 60}),
+        &json!({"iss": "assay/session", "sub": expert_id, "gen": 0, "iat": now - 7200, "nbf": now - 7200, "exp": now - 60}),
     );
     let (status, body) = s.get(&expired, "/api/v1/auth/me").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     // The same claims, unexpired, are accepted: the secret and claim shape are right.
     let fresh = sign(
-        &json!({"iss": "assay/session", "sub": expert_id, "gen": 0, "iat": now, "exp": now + 60}),
+        &json!({"iss": "assay/session", "sub": expert_id, "gen": 0, "iat": now, "nbf": now, "exp": now + 60}),
     );
     let (status, body) = s.get(&fresh, "/api/v1/auth/me").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     // A token of another purpose (an assignment token's issuer) is not a session.
     let wrong_issuer = sign(
-        &json!({"iss": "assay/assignment", "sub": expert_id, "gen": 0, "iat": now, "exp": now + 60}),
+        &json!({"iss": "assay/assignment", "sub": expert_id, "gen": 0, "iat": now, "nbf": now, "exp": now + 60}),
     );
     let (status, _) = s.get(&wrong_issuer, "/api/v1/auth/me").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

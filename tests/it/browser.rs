@@ -239,6 +239,13 @@ async fn reviewing(server: &Server, project: u64) -> Browser {
     b.screenshot("login").await;
     b.login_with_keys("pat", EXPERT_PASSWORD).await;
     assert_eq!(b.path().await, format!("/p/{project}/review"));
+    // The page only shows: the lease is taken by the start form, focused, with Enter.
+    b.wait(
+        "start form",
+        "document.activeElement && document.activeElement.id === 'btn-start'",
+    )
+    .await;
+    b.press(Key::Enter.into()).await;
     b.wait("review page", task_id_on_page()).await;
     b
 }

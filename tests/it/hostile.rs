@@ -75,7 +75,8 @@ async fn the_hostile_corpus_is_contained_within_a_memory_bound() {
                 json!({"name": case.name, "rubric": case.name, "reviews_per_task": 1}),
             )
             .await;
-        s.add_member(&admin, p, eid, "expert").await;
+        // A lead: experts are told only what kind of failure it was, leads see the script's words.
+        s.add_member(&admin, p, eid, "lead").await;
         assert_eq!(
             s.upload(&admin, p, &pairwise_tasks(&case.name, 1)).await.0,
             StatusCode::CREATED

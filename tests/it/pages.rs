@@ -31,6 +31,16 @@ async fn fetch(c: &reqwest::Client, url: &str) -> (StatusCode, String) {
     (res.status(), res.text().await.unwrap())
 }
 
+/// Takes a lease through the start form (a POST) and returns the review page it leads to.
+async fn start_review(c: &reqwest::Client, server: &Server, project: u64, csrf: &str) -> String {
+    let url = format!("{}/p/{project}/review", server.url);
+    let res = c.post(&url).form(&[("_csrf", csrf)]).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (status, html) = fetch(c, &url).await;
+    assert_eq!(status, StatusCode::OK);
+    html
+}
+
 /// Posts the login form.
 async fn post_login(
     c: &reqwest::Client,
@@ -399,9 +409,8 @@ fn criteria(task) {
     assert!(status.is_success());
     let (uid, _) = server.expert(&admin, "kim", &[]).await;
     server.add_member(&admin, project, uid, "expert").await;
-    let (c, _) = sign_in(&server, "kim", EXPERT_PASSWORD).await;
-    let (status, html) = fetch(&c, &format!("{}/p/{project}/review", server.url)).await;
-    assert_eq!(status, StatusCode::OK);
+    let (c, csrf) = sign_in(&server, "kim", EXPERT_PASSWORD).await;
+    let html = start_review(&c, &server, project, &csrf).await;
     for kind in [
         "likert", "choice", "multi", "pairwise", "ranking", "number", "boolean", "text", "rewrite",
         "spans", "per_item",

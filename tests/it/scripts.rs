@@ -21,14 +21,16 @@ fn hostile() -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn project_with(s: &Server, admin: &str, expert: u64, rubric: &str) -> u64 {
+/// A project on `rubric` that `member` leads: leads (and admins) see a script's own words and
+/// position; experts are told only the kind of failure (see `hardening.rs`).
+async fn project_with(s: &Server, admin: &str, member: u64, rubric: &str) -> u64 {
     let p = s
         .project(
             admin,
             json!({"name": rubric, "rubric": rubric, "reviews_per_task": 1}),
         )
         .await;
-    s.add_member(admin, p, expert, "expert").await;
+    s.add_member(admin, p, member, "lead").await;
     assert_eq!(
         s.upload(admin, p, &pairwise_tasks(rubric, 1)).await.0,
         StatusCode::CREATED

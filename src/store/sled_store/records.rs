@@ -168,6 +168,9 @@ impl SledStore {
     }
 }
 
+/// Meta keys of revoked sessions: the prefix, then the session id.
+const REVOKED_PREFIX: &[u8] = b"revoked\0";
+
 impl Store for SledStore {
     fn flush(&self) -> StoreResult<()> {
         self.db.flush().map_err(backend)?;
@@ -818,6 +821,36 @@ impl Store for SledStore {
             if let Some(v) = self.plugin_version(&hash)? {
                 out.push(v);
             }
+        }
+        Ok(out)
+    }
+
+    fn revoke_session(&self, sid: &str, exp: i64, now_s: i64) -> StoreResult<()> {
+        for (old, old_exp) in self.revoked_sessions()? {
+            if old_exp <= now_s {
+                let key = [REVOKED_PREFIX, old.as_bytes()].concat();
+                self.t.meta.remove(key).map_err(backend)?;
+            }
+        }
+        let key = [REVOKED_PREFIX, sid.as_bytes()].concat();
+        self.t
+            .meta
+            .insert(key, &exp.to_be_bytes())
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn revoked_sessions(&self) -> StoreResult<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        for item in self.t.meta.scan_prefix(REVOKED_PREFIX) {
+            let (key, value) = item.map_err(backend)?;
+            let sid = String::from_utf8_lossy(&key[REVOKED_PREFIX.len()..]).into_owned();
+            let exp = value
+                .as_ref()
+                .try_into()
+                .map(i64::from_be_bytes)
+                .unwrap_or(0);
+            out.push((sid, exp));
         }
         Ok(out)
     }

@@ -4,11 +4,30 @@ use super::State;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::scripting::PluginKind;
-use crate::services::blocking;
+use crate::services::{blocking, projects};
 
-/// Every plugin with its kind, current version, status and last error.
-pub async fn list(state: State, _caller: Caller) -> HttpResponse {
-    HttpResponse::Ok().json(state.registry.statuses())
+/// Every plugin with its kind, current version and status; its file and last error only for
+/// admins and leads.
+pub async fn list(state: State, caller: Caller) -> AppResult<HttpResponse> {
+    let mut statuses = state.registry.statuses();
+    if !projects::oversees_any(&state.core, &caller.0).await? {
+        for status in &mut statuses {
+            status.file = String::new();
+            status.last_error = None;
+        }
+    }
+    Ok(HttpResponse::Ok().json(statuses))
+}
+
+/// Plugin sources hold what experts must not see (gold patterns, grading, tests).
+async fn oversee(state: &State, caller: &Caller) -> AppResult<()> {
+    if projects::oversees_any(&state.core, &caller.0).await? {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden(
+            "plugin versions are for admins and leads",
+        ))
+    }
 }
 
 fn kind(s: &str) -> AppResult<PluginKind> {
@@ -22,9 +41,10 @@ fn kind(s: &str) -> AppResult<PluginKind> {
 /// `GET /plugins/{kind}/{name}/versions`: every stored version, oldest first, without source.
 pub async fn versions(
     state: State,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<(String, String)>,
 ) -> AppResult<HttpResponse> {
+    oversee(&state, &caller).await?;
     let (k, name) = path.into_inner();
     let k = kind(&k)?;
     let current = state
@@ -49,9 +69,10 @@ pub async fn versions(
 /// `GET /plugins/{kind}/{name}/versions/{hash}`: one version with its source.
 pub async fn version(
     state: State,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<(String, String, String)>,
 ) -> AppResult<HttpResponse> {
+    oversee(&state, &caller).await?;
     let (k, name, hash) = path.into_inner();
     let k = kind(&k)?;
     let st = state.clone();

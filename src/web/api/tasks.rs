@@ -30,9 +30,7 @@ pub async fn import(
     let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
     let mut received = 0u64;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            AppError::bad_request(crate::error::ErrorCode::InvalidBody, e.to_string())
-        })?;
+        let chunk = chunk.map_err(|e| crate::web::body_deadline::body_error(&e))?;
         received += chunk.len() as u64;
         if received > limit {
             let limit = format!("{} MiB", state.config.server.max_import_mb);

@@ -13,6 +13,7 @@ use crate::app::AppState;
 use crate::error::AppError;
 use crate::services::users;
 use crate::web::api::auth::SESSION_COOKIE;
+use crate::web::client;
 
 type State = web::Data<AppState>;
 
@@ -94,9 +95,16 @@ pub async fn login(state: State, req: HttpRequest, form: web::Form<LoginForm>) -
             StatusCode::FORBIDDEN,
         );
     }
-    match users::login(&state.core, form.username.clone(), form.password).await {
+    let address = client::address(&req, &state.config.server.trusted_proxies);
+    let login = users::login(&state.core, form.username.clone(), form.password, address);
+    match login.await {
         Ok((_, token, _)) => Ok(HttpResponse::SeeOther()
-            .cookie(session_cookie(token, state.keys.session_seconds))
+            .cookie(session_cookie(
+                token,
+                state.keys.session_seconds,
+                client::secure_cookie(&req, &state.config),
+            ))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
             .insert_header((header::LOCATION, safe_next(&form.next).to_owned()))
             .finish()),
         Err(AppError::TooManyRequests) => render_login(
@@ -125,9 +133,16 @@ pub struct CsrfForm {
     _csrf: String,
 }
 
-/// Ends the browser's session (other sessions stay; an admin can revoke them all).
+impl CsrfForm {
+    pub fn csrf(&self) -> &str {
+        &self._csrf
+    }
+}
+
+/// Ends the browser's session for good (other sessions stay; an admin can revoke them all).
 pub async fn logout(state: State, session: Session, form: web::Form<CsrfForm>) -> PageResult {
     session.check_form(&state, &form._csrf)?;
+    users::logout(&state.core, &session.user, session.token()).await?;
     let mut gone = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     gone.make_removal();
     Ok(HttpResponse::SeeOther()

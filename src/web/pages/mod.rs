@@ -41,6 +41,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/logout", web::post().to(account::logout))
                 .route("/", web::get().to(home::home))
                 .route("/p/{id}/review", web::get().to(review::review))
+                .route("/p/{id}/review", web::post().to(review::start))
                 .route("/p/{id}/submissions", web::get().to(lead::submissions))
                 .route("/p/{id}/stats", web::get().to(lead::stats))
                 .route("/admin/projects", web::get().to(admin::projects))

@@ -1,10 +1,16 @@
 //! The review page: the expert's current lease in a project (or a new one), with the task
 //! rendered by its conventions and a form built from the rubric's criteria. The page's script
 //! talks to the JSON API for heartbeats, submit, skip and release.
+//!
+//! A GET only shows: the lease the expert already holds, or a "start" form. Taking a lease is
+//! a POST with the form's CSRF token, so a link or an image pointing at the page (task content
+//! included) can never take a lease on someone's behalf.
 
-use actix_web::web;
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::account::CsrfForm;
 use super::view::{criteria_view, response_labels, task_view};
 use super::{page, PageResult, Session};
 use crate::app::AppState;
@@ -13,13 +19,13 @@ use crate::services::projects;
 
 pub async fn review(state: web::Data<AppState>, session: Session, id: web::Path<Id>) -> PageResult {
     let (project, _) = projects::access(&state.core, &session.user, id.into_inner()).await?;
-    let Some(handout) = state.core.next(session.user.clone(), project.id).await? else {
+    let Some(handout) = state.core.current(session.user.clone(), project.id).await? else {
         let data = json!({ "project": { "id": project.id, "name": project.name } });
         return page(
             &state,
             Some(&session),
-            "nothing_left",
-            "Nothing waiting",
+            "start_review",
+            "Start reviewing",
             data,
         );
     };
@@ -54,4 +60,34 @@ pub async fn review(state: web::Data<AppState>, session: Session, id: web::Path<
         &format!("Review · {}", project.name),
         data,
     )
+}
+
+/// Takes the next lease (or keeps the held one) and shows it through the GET, so a reload
+/// never posts again.
+pub async fn start(
+    state: web::Data<AppState>,
+    session: Session,
+    id: web::Path<Id>,
+    form: web::Form<CsrfForm>,
+) -> PageResult {
+    session.check_form(&state, form.csrf())?;
+    let (project, _) = projects::access(&state.core, &session.user, id.into_inner()).await?;
+    if state
+        .core
+        .next(session.user.clone(), project.id)
+        .await?
+        .is_none()
+    {
+        let data = json!({ "project": { "id": project.id, "name": project.name } });
+        return page(
+            &state,
+            Some(&session),
+            "nothing_left",
+            "Nothing waiting",
+            data,
+        );
+    }
+    Ok(HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, format!("/p/{}/review", project.id)))
+        .finish())
 }

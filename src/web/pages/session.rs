@@ -31,6 +31,11 @@ impl Session {
         self.user.role == GlobalRole::Admin
     }
 
+    /// The session token (for ending the session).
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Checks the CSRF token a plain HTML form sent.
     pub fn check_form(&self, state: &AppState, sent: &str) -> Result<(), PageError> {
         if state.keys.check_csrf(&self.token, sent) {
@@ -168,10 +173,11 @@ impl FromRequest for Session {
 }
 
 /// The session cookie, set at login (page or API) and cleared at logout.
-pub fn session_cookie(token: String, max_age_seconds: i64) -> Cookie<'static> {
+pub fn session_cookie(token: String, max_age_seconds: i64, secure: bool) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, token)
         .path("/")
         .http_only(true)
+        .secure(secure)
         .same_site(SameSite::Strict)
         .max_age(actix_web::cookie::time::Duration::seconds(max_age_seconds))
         .finish()

@@ -30,6 +30,7 @@ const DEFAULT_TEMPLATES: &[(&str, &str)] = embedded!(
     "home",
     "review",
     "nothing_left",
+    "start_review",
     "submissions",
     "stats",
     "admin_projects",
