@@ -178,6 +178,7 @@ fn submit(c: &mut Criterion) {
                     served_at: 0,
                     submitted_at: 1,
                     active_seconds: 1.0,
+                    qa: None,
                 };
                 store
                     .commit_submission(SubmissionWrite {

@@ -97,6 +97,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     "/assignments/{id}/release",
                     web::post().to(api::review::release),
                 )
+                .route("/projects/{id}/qa/next", web::post().to(api::qa::next))
+                .route("/qa/{id}/heartbeat", web::post().to(api::qa::heartbeat))
+                .route("/qa/{id}/release", web::post().to(api::qa::release))
+                .route("/qa/{id}/verdict", web::post().to(api::qa::verdict))
+                .route("/me/submissions", web::get().to(api::qa::my_submissions))
                 .route("/plugins", web::get().to(api::plugins::list))
                 .route(
                     "/plugins/{kind}/{name}/versions",

@@ -50,6 +50,8 @@ pub async fn seed(state: &AppState) -> Result<(), String> {
                 reviews_per_task: 2,
                 lease_seconds: Some(900),
                 estimate_minutes: Some(3.0),
+                qa_rate: 0.2,
+                qa_blind: true,
             },
         )
         .await

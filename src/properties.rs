@@ -6,7 +6,7 @@
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use crate::domain::{Assignment, AssignmentStatus, TaskState, TaskStatus};
+use crate::domain::{Assignment, AssignmentStatus, QaKind, TaskState, TaskStatus};
 
 /// Any JSON value, a few levels deep.
 fn any_json() -> impl Strategy<Value = Value> {
@@ -31,7 +31,7 @@ fn any_status() -> impl Strategy<Value = TaskStatus> {
         (
             any::<u64>(),
             any::<u64>(),
-            0u8..5,
+            0u8..6,
             any::<u32>(),
             any::<i64>(),
         ),
@@ -54,7 +54,7 @@ fn any_status() -> impl Strategy<Value = TaskStatus> {
                     project_id,
                     state: match state {
                         0 => TaskState::Open,
-                        1 => TaskState::InQa,
+                        1 | 5 => TaskState::InQa,
                         2 => TaskState::Complete,
                         3 => TaskState::Archived,
                         _ => TaskState::Broken,
@@ -67,6 +67,12 @@ fn any_status() -> impl Strategy<Value = TaskStatus> {
                     skipped_by: skipped,
                     router_version: router,
                     gold,
+                    // A task in QA always says what for.
+                    qa: match state {
+                        1 => Some(QaKind::Qa),
+                        5 => Some(QaKind::Adjudicate),
+                        _ => None,
+                    },
                 }
             },
         )

@@ -8,6 +8,19 @@ use crate::domain::{Assignment, Id};
 
 const SESSION_ISSUER: &str = "assay/session";
 const ASSIGNMENT_ISSUER: &str = "assay/assignment";
+const QA_ISSUER: &str = "assay/qa";
+
+/// A QA lease token: this reviewer holds this task of this project for a verdict.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QaClaims {
+    pub iss: String,
+    pub sub: Id,
+    pub aid: Id,
+    pub tid: Id,
+    pub pid: Id,
+    pub nbf: i64,
+    pub exp: i64,
+}
 
 /// A login session.
 #[derive(Debug, Serialize, Deserialize)]
@@ -184,6 +197,30 @@ impl Keys {
             exp: a.served_at / 1000 + 7 * 24 * 3600,
         };
         self.sign(&claims)
+    }
+
+    /// A QA lease token, valid for a day (heartbeats extend the lease, not the token).
+    pub fn qa_lease(
+        &self,
+        reviewer: Id,
+        lease: Id,
+        task: Id,
+        project: Id,
+        now_s: i64,
+    ) -> Result<String, String> {
+        self.sign(&QaClaims {
+            iss: QA_ISSUER.into(),
+            sub: reviewer,
+            aid: lease,
+            tid: task,
+            pid: project,
+            nbf: now_s,
+            exp: now_s + 24 * 3600,
+        })
+    }
+
+    pub fn verify_qa(&self, token: &str) -> Option<QaClaims> {
+        self.verify(token, QA_ISSUER, &["exp", "iss", "nbf"])
     }
 
     pub fn verify_assignment(&self, token: &str) -> Option<AssignmentClaims> {

@@ -17,7 +17,16 @@ pub enum GlobalRole {
 #[serde(rename_all = "lowercase")]
 pub enum ProjectRole {
     Expert,
+    /// Checks others' answers in the QA queue (and reviews like an expert).
+    Reviewer,
     Lead,
+}
+
+impl ProjectRole {
+    /// Reviewers and leads work the QA queue (admins too, without a role).
+    pub fn checks_quality(self) -> bool {
+        matches!(self, ProjectRole::Reviewer | ProjectRole::Lead)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,8 +84,63 @@ pub struct Project {
     pub lease_seconds: u64,
     #[serde(default)]
     pub estimate_minutes: Option<f64>,
+    /// Fraction (0–1) of completing submissions sampled into QA, chosen per submission.
+    #[serde(default)]
+    pub qa_rate: f64,
+    /// Reviewers in QA don't see who wrote an answer.
+    #[serde(default = "yes")]
+    pub qa_blind: bool,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a task in QA waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QaKind {
+    /// A verdict on each unchecked submission.
+    Qa,
+    /// A final answer chosen or written by a reviewer.
+    Adjudicate,
+}
+
+/// A reviewer's verdict on one submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Accept,
+    Reject,
+    Fix,
+}
+
+/// The QA record of a submission, kept beside it (the answer itself is never changed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QaRecord {
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub reviewer: Id,
+    /// A fix: the reviewer's answer, validated and scored by the submission's rubric version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_answer: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_scores: Option<Value>,
+    pub at: i64,
+}
+
+/// A task's adjudicated final answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FinalAnswer {
+    pub task_id: Id,
+    pub answer: Value,
+    pub scores: Value,
+    pub reviewer: Id,
+    pub rubric_version: String,
+    pub at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +211,9 @@ pub struct TaskStatus {
     /// The task carries a gold answer (for quality checks).
     #[serde(default)]
     pub gold: bool,
+    /// While `InQa`: what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa: Option<QaKind>,
 }
 
 /// A task to be written by an import, with its routing already decided.
@@ -222,6 +289,29 @@ pub struct Submission {
     pub served_at: i64,
     pub submitted_at: i64,
     pub active_seconds: f64,
+    /// Its QA verdict, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qa: Option<QaRecord>,
+}
+
+impl Submission {
+    /// Whether it counts: not rejected in QA.
+    pub fn counts(&self) -> bool {
+        self.qa
+            .as_ref()
+            .is_none_or(|q| q.verdict != Verdict::Reject)
+    }
+
+    /// The answer that stands: a reviewer's fix where there is one.
+    pub fn standing_answer(&self) -> &Value {
+        match &self.qa {
+            Some(QaRecord {
+                fixed_answer: Some(fixed),
+                ..
+            }) => fixed,
+            _ => &self.answer,
+        }
+    }
 }
 
 /// Counts kept per project (never computed by scanning).
@@ -235,6 +325,15 @@ pub struct ProjectCounts {
     #[serde(default)]
     pub broken: u64,
     pub submissions: u64,
+    /// QA verdicts given, and final answers chosen.
+    #[serde(default)]
+    pub accepted: u64,
+    #[serde(default)]
+    pub rejected: u64,
+    #[serde(default)]
+    pub fixed: u64,
+    #[serde(default)]
+    pub adjudicated: u64,
 }
 
 /// A stored version of a plugin's source.
@@ -327,6 +426,12 @@ pub enum AuditAction {
     TaskQuarantine,
     #[serde(rename = "task.retry")]
     TaskRetry,
+    #[serde(rename = "qa.lease")]
+    QaLease,
+    #[serde(rename = "qa.verdict")]
+    QaVerdict,
+    #[serde(rename = "qa.final")]
+    QaFinal,
     #[serde(rename = "lease.expire")]
     LeaseExpire,
     #[serde(rename = "plugin.load")]

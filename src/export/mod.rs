@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::app::AppState;
-use crate::domain::{Id, Project, Submission, Task};
+use crate::domain::{FinalAnswer, Id, Project, Submission, Task, Verdict};
 use crate::error::AppError;
 use crate::scripting::rubric::{self, Kind};
 use crate::scripting::{Plugin, PluginKind};
@@ -47,6 +47,56 @@ struct Record<'a> {
     served_at: i64,
     submitted_at: i64,
     active_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qa: Option<&'a RawValue>,
+    /// The task's adjudicated final answer.
+    #[serde(rename = "final", skip_serializing_if = "Option::is_none")]
+    final_answer: Option<&'a FinalAnswer>,
+}
+
+/// Which submissions an export holds, by their QA verdict.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Include {
+    /// Accepted or fixed.
+    Accepted,
+    Rejected,
+    /// No verdict yet.
+    Pending,
+    All,
+    /// Everything but rejected (when no `status` is given).
+    NotRejected,
+}
+
+impl Include {
+    pub fn parse(s: Option<&str>) -> Result<Self, AppError> {
+        match s {
+            None => Ok(Include::NotRejected),
+            Some("accepted") => Ok(Include::Accepted),
+            Some("rejected") => Ok(Include::Rejected),
+            Some("pending") => Ok(Include::Pending),
+            Some("all") => Ok(Include::All),
+            Some(other) => Err(AppError::field(
+                "status",
+                format!("unknown status `{other}`; available: accepted, rejected, pending, all"),
+            )),
+        }
+    }
+
+    fn admits(self, verdict: Option<Verdict>) -> bool {
+        match self {
+            Include::All => true,
+            Include::NotRejected => verdict != Some(Verdict::Reject),
+            Include::Accepted => matches!(verdict, Some(Verdict::Accept | Verdict::Fix)),
+            Include::Rejected => verdict == Some(Verdict::Reject),
+            Include::Pending => verdict.is_none(),
+        }
+    }
+}
+
+/// Just the verdict of a stored QA record.
+#[derive(Deserialize)]
+struct StoredVerdict {
+    verdict: Verdict,
 }
 
 /// The parts of a stored [`Task`] an export line needs, borrowed from its JSON text.
@@ -81,6 +131,8 @@ struct StoredSubmission<'a> {
     served_at: i64,
     submitted_at: i64,
     active_seconds: f64,
+    #[serde(borrow, default)]
+    qa: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,6 +163,7 @@ pub fn start(
     state: AppState,
     project: Project,
     format: Format,
+    include: Include,
 ) -> mpsc::Receiver<Result<Bytes, AppError>> {
     let (tx, rx) = mpsc::channel(4);
     let span = tracing::Span::current();
@@ -118,8 +171,8 @@ pub fn start(
         let _entered = span.enter();
         let mut buf = Vec::with_capacity(CHUNK + 4096);
         let result = match format {
-            Format::Jsonl => produce(&state, project.id, &mut buf, &tx),
-            _ => produce_by_task(&state, &project, format, &mut buf, &tx),
+            Format::Jsonl => produce(&state, project.id, include, &mut buf, &tx),
+            _ => produce_by_task(&state, &project, format, include, &mut buf, &tx),
         };
         // Whole records written before a failure still go out, then the failure.
         if !buf.is_empty() {
@@ -139,13 +192,15 @@ pub fn start(
 fn produce(
     st: &AppState,
     project: Id,
+    include: Include,
     buf: &mut Vec<u8>,
     tx: &mpsc::Sender<Result<Bytes, AppError>>,
 ) -> Result<(), AppError> {
     let mut names: HashMap<Id, String> = HashMap::new();
     let mut after = None;
     // Reviews of one task tend to be close together: a few recent tasks stay at hand.
-    let mut tasks: std::collections::VecDeque<(Id, Vec<u8>)> = Default::default();
+    type Cached = (Id, Vec<u8>, Option<FinalAnswer>);
+    let mut tasks: std::collections::VecDeque<Cached> = Default::default();
     let corrupt =
         |what: &str, e: serde_json::Error| AppError::internal(format!("stored {what}: {e}"));
     loop {
@@ -157,20 +212,32 @@ fn produce(
             let s: StoredSubmission =
                 serde_json::from_slice(bytes).map_err(|e| corrupt("submission", e))?;
             after = Some(s.id);
-            let at = match tasks.iter().position(|(id, _)| *id == s.task_id) {
+            let verdict = match s.qa {
+                Some(raw) => Some(
+                    serde_json::from_str::<StoredVerdict>(raw.get())
+                        .map_err(|e| corrupt("verdict", e))?
+                        .verdict,
+                ),
+                None => None,
+            };
+            if !include.admits(verdict) {
+                continue;
+            }
+            let at = match tasks.iter().position(|(id, _, _)| *id == s.task_id) {
                 Some(at) => at,
                 None => {
                     let Some(raw) = st.store().task_json(s.task_id)? else {
                         continue;
                     };
+                    let final_answer = st.store().final_answer(s.task_id)?;
                     if tasks.len() == TASK_CACHE {
                         tasks.pop_front();
                     }
-                    tasks.push_back((s.task_id, raw));
+                    tasks.push_back((s.task_id, raw, final_answer));
                     tasks.len() - 1
                 }
             };
-            let Some((_, raw)) = tasks.get(at) else {
+            let Some((_, raw, final_answer)) = tasks.get(at) else {
                 continue;
             };
             let task: StoredTask = serde_json::from_slice(raw).map_err(|e| corrupt("task", e))?;
@@ -195,6 +262,8 @@ fn produce(
                 served_at: s.served_at,
                 submitted_at: s.submitted_at,
                 active_seconds: s.active_seconds,
+                qa: s.qa,
+                final_answer: final_answer.as_ref(),
             };
             serde_json::to_writer(&mut *buf, &record).map_err(AppError::internal)?;
             buf.push(b'\n');
@@ -239,6 +308,7 @@ fn produce_by_task(
     st: &AppState,
     project: &Project,
     format: Format,
+    include: Include,
     buf: &mut Vec<u8>,
     tx: &mpsc::Sender<Result<Bytes, AppError>>,
 ) -> Result<(), AppError> {
@@ -249,7 +319,11 @@ fn produce_by_task(
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         for task in &page {
-            let subs = st.store().submissions_for_task(task.id)?;
+            let subs = standing(
+                st.store().submissions_for_task(task.id)?,
+                st.store().final_answer(task.id)?,
+                include,
+            );
             if subs.is_empty() {
                 continue;
             }
@@ -268,6 +342,40 @@ fn produce_by_task(
         }
     }
     Ok(())
+}
+
+/// The answers a task-level format uses: the included submissions with a reviewer's fix in
+/// place of the original; or, for an adjudicated task, its final answer alone.
+fn standing(
+    subs: Vec<Submission>,
+    final_answer: Option<FinalAnswer>,
+    include: Include,
+) -> Vec<Submission> {
+    let mut subs: Vec<Submission> = subs
+        .into_iter()
+        .filter(|s| include.admits(s.qa.as_ref().map(|q| q.verdict)))
+        .map(|mut s| {
+            if let Some(fixed) = s.qa.as_ref().and_then(|q| q.fixed_answer.clone()) {
+                s.answer = fixed;
+            }
+            if let Some(scores) = s.qa.as_ref().and_then(|q| q.fixed_scores.clone()) {
+                s.scores = scores;
+            }
+            s
+        })
+        .collect();
+    if let (Some(f), Some(first)) = (final_answer, subs.first().cloned()) {
+        subs = vec![Submission {
+            id: 0,
+            expert_id: f.reviewer,
+            answer: f.answer,
+            scores: f.scores,
+            rubric_version: f.rubric_version,
+            qa: None,
+            ..first
+        }];
+    }
+    subs
 }
 
 fn submissions_value(subs: &[Submission]) -> Value {

@@ -75,6 +75,81 @@ pub struct ProjectQueue {
     held: HashMap<Id, (Id, Lease)>,
     /// Leases handed to each expert in this project since start-up (for routers' `pick`).
     handouts: HashMap<Id, u64>,
+    /// Tasks waiting in QA, oldest id first, and the QA leases on them.
+    pub qa: QaQueue,
+}
+
+/// A reviewer's lease on a task in QA. Kept in memory only: a restart returns every item to
+/// the queue, and a verdict with a still-valid signed token is accepted if no one else took it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QaLease {
+    pub id: Id,
+    pub reviewer: Id,
+    pub expires_at: i64,
+}
+
+/// The QA side of a project's queue.
+#[derive(Debug, Default)]
+pub struct QaQueue {
+    waiting: std::collections::BTreeMap<Id, TaskStatus>,
+    leases: HashMap<Id, QaLease>,
+}
+
+impl QaQueue {
+    pub fn status(&self, task: Id) -> Option<&TaskStatus> {
+        self.waiting.get(&task)
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// The live lease on a task, if any.
+    pub fn lease(&self, task: Id, now: i64) -> Option<&QaLease> {
+        self.leases.get(&task).filter(|l| l.expires_at > now)
+    }
+
+    /// The task a reviewer holds a live lease on.
+    pub fn held_by(&self, reviewer: Id, now: i64) -> Option<(Id, &QaLease)> {
+        self.leases
+            .iter()
+            .find(|(_, l)| l.reviewer == reviewer && l.expires_at > now)
+            .map(|(task, l)| (*task, l))
+    }
+
+    /// The first waiting task with no live lease that `may_take` allows.
+    pub fn first_free(&self, now: i64, may_take: impl Fn(&TaskStatus) -> bool) -> Option<Id> {
+        self.waiting
+            .values()
+            .find(|s| self.lease(s.task_id, now).is_none() && may_take(s))
+            .map(|s| s.task_id)
+    }
+
+    pub fn lease_task(&mut self, task: Id, lease: QaLease) {
+        if self.waiting.contains_key(&task) {
+            self.leases.insert(task, lease);
+        }
+    }
+
+    /// Ends a lease if it is the one given.
+    pub fn end_lease(&mut self, task: Id, lease: Id) {
+        if self.leases.get(&task).is_some_and(|l| l.id == lease) {
+            self.leases.remove(&task);
+        }
+    }
+
+    fn set(&mut self, status: &TaskStatus) {
+        if status.state == TaskState::InQa {
+            self.waiting.insert(status.task_id, status.clone());
+        } else {
+            self.waiting.remove(&status.task_id);
+            self.leases.remove(&status.task_id);
+        }
+    }
 }
 
 impl ProjectQueue {
@@ -82,8 +157,12 @@ impl ProjectQueue {
         (Reverse(status.priority), status.task_id)
     }
 
-    /// Adds or replaces a task's status; tasks that are no longer open leave the queue.
+    /// Adds or replaces a task's status; tasks that are no longer open leave the queue, tasks
+    /// in QA wait in its QA side.
     pub fn set_status(&mut self, status: TaskStatus) {
+        if status.state == TaskState::InQa || !self.qa.is_empty() {
+            self.qa.set(&status);
+        }
         if let Some(old) = self.slots.get(&status.task_id) {
             let old_order = Self::order(&old.status);
             if let Some(set) = self.pools.get_mut(&old.status.pool) {
@@ -341,6 +420,7 @@ impl Queue {
                     leases.push((project, slot.status.task_id, lease.clone()));
                 }
             }
+            open.extend(queue.qa.waiting.values().cloned());
         }
         (open, leases)
     }
@@ -402,6 +482,7 @@ mod tests {
             skipped_by: vec![],
             router_version: None,
             gold: false,
+            qa: None,
         }
     }
 

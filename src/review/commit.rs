@@ -42,6 +42,8 @@ pub struct Pending {
     /// The submission to store (its id is assigned when it is written).
     pub submission: Submission,
     pub decision: router::Decision,
+    /// Drawn for QA by the project's `qa_rate`.
+    pub sampled: bool,
 }
 
 type Reply = oneshot::Sender<AppResult<Submitted>>;
@@ -340,7 +342,7 @@ impl Batcher<'_> {
         }
         let mut new_status = status;
         new_status.done_by.push(a.expert_id);
-        pending.decision.apply(&mut new_status);
+        pending.decision.apply(&mut new_status, pending.sampled);
         Verdict::Accept(Box::new(SubmissionWrite {
             audit: AuditEvent {
                 at: now,

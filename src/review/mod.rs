@@ -15,6 +15,7 @@ mod archive;
 mod commit;
 mod lease;
 pub mod pool;
+pub mod qa;
 mod snapshot;
 mod startup;
 mod submit;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 pub use lease::{AssignmentView, Handout, TaskView};
 pub use pool::{blocking, hashing};
+pub use qa::{QaHandout, VerdictBody};
 pub use submit::Submitted;
 pub use tasks::{ImportReport, RerouteReport};
 

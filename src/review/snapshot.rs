@@ -149,6 +149,7 @@ mod tests {
             skipped_by: vec![6],
             router_version: Some("abc".into()),
             gold: true,
+            qa: None,
         }
     }
 

@@ -119,7 +119,12 @@ impl ReviewCore {
             Checked::Valid { scores } => scores,
             Checked::Invalid(errors) => return Err(AppError::InvalidAnswer(errors)),
         };
-        let decision = self.on_submit(&task, user, &answer, &scores)?;
+        let project = self
+            .store
+            .project(task.project_id)?
+            .ok_or(AppError::NotFound("project"))?;
+        let decision = self.on_submit(&project, &task, user, &answer, &scores)?;
+        let sampled = super::qa::sampled(a.id, project.qa_rate);
         let submission = Submission {
             id: 0,
             task_id: a.task_id,
@@ -135,37 +140,40 @@ impl ReviewCore {
             served_at: a.served_at,
             submitted_at: now,
             active_seconds: self.idle_capped(&a, now),
+            qa: None,
         };
         Ok(Prepared::Pending(Box::new(Pending {
             assignment: a,
             recovered,
             submission,
             decision,
+            sampled,
         })))
     }
 
     /// Asks the project's current router what a new submission means for its task.
     fn on_submit(
         &self,
+        project: &Project,
         task: &Task,
         user: &User,
         answer: &Value,
         scores: &Value,
     ) -> AppResult<router::Decision> {
-        let project = self
-            .store
-            .project(task.project_id)?
-            .ok_or(AppError::NotFound("project"))?;
         let plugin = self.registry.current(PluginKind::Router, &project.router)?;
         if !plugin.has_fn("on_submit", 3) {
             return Ok(router::Decision::Default);
         }
         let earlier = self.store.submissions_for_task(task.id)?;
-        let view = |expert: Id, answer: &Value, scores: &Value| serde_json::json!({"expert_id": expert, "answer": answer, "scores": scores});
-        let submission = view(user.id, answer, scores);
+        // Each earlier submission with its QA verdict (`()` when it has none yet).
+        let view = |expert: Id, answer: &Value, scores: &Value, qa: Option<&QaRecord>| {
+            serde_json::json!({"expert_id": expert, "answer": answer, "scores": scores,
+                "verdict": qa.map(|q| q.verdict), "reason": qa.and_then(|q| q.reason.as_deref())})
+        };
+        let submission = view(user.id, answer, scores, None);
         let mut all: Vec<Value> = earlier
             .iter()
-            .map(|s| view(s.expert_id, &s.answer, &s.scores))
+            .map(|s| view(s.expert_id, &s.answer, &s.scores, s.qa.as_ref()))
             .collect();
         all.push(submission.clone());
         Ok(router::on_submit(

@@ -44,6 +44,8 @@ async fn fixture(reviews: u32, lease_seconds: u64) -> Fixture {
             reviews_per_task: reviews,
             lease_seconds,
             estimate_minutes: None,
+            qa_rate: 0.0,
+            qa_blind: true,
             created_at: now,
             updated_at: now,
         })

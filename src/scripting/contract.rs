@@ -3,7 +3,10 @@
 //!
 //! Rubric cases: `#{task, answer, valid}` plus optional `scores` (a map of numbers that must
 //! match). Router cases: `#{task, route}` where `route` lists the expected `pool`, `reviews`,
-//! `priority` or `estimate_minutes`. A case's `task` is `#{data, meta?, external_id?, gold?}`.
+//! `priority` or `estimate_minutes`; or `#{task, submissions, on_submit}` where `on_submit` is
+//! the expected action (`"complete"`, `"more"`, `"qa"`, `"adjudicate"`, or `()` for the
+//! default) after the last of `submissions`. A case's `task` is
+//! `#{data, meta?, external_id?, gold?}`.
 
 use serde_json::Value;
 
@@ -117,8 +120,11 @@ fn check_router_case(
     task: &Task,
     case: &Value,
 ) -> Result<(), String> {
+    if let Some(expected) = case.get("on_submit") {
+        return check_on_submit_case(engine, plugin, task, case, expected);
+    }
     let Some(Value::Object(expected)) = case.get("route") else {
-        return Err("needs `route`: the expected routing".into());
+        return Err("needs `route` (the expected routing) or `on_submit`".into());
     };
     let defaults = Routing {
         reviews: 1,
@@ -134,6 +140,38 @@ fn check_router_case(
                 got.get(k).unwrap_or(&Value::Null)
             ));
         }
+    }
+    Ok(())
+}
+
+fn check_on_submit_case(
+    engine: &ScriptEngine,
+    plugin: &Plugin,
+    task: &Task,
+    case: &Value,
+    expected: &Value,
+) -> Result<(), String> {
+    let Some(Value::Array(subs)) = case.get("submissions") else {
+        return Err("an `on_submit` case needs `submissions`".into());
+    };
+    let last = subs.last().cloned().unwrap_or(Value::Null);
+    let decision = router::on_submit(
+        engine,
+        plugin,
+        &rubric::task_value(task),
+        &last,
+        &Value::Array(subs.clone()),
+    )
+    .map_err(|e| e.to_string())?;
+    let got = match decision {
+        router::Decision::Default => Value::Null,
+        router::Decision::Complete => "complete".into(),
+        router::Decision::More { .. } => "more".into(),
+        router::Decision::Qa => "qa".into(),
+        router::Decision::Adjudicate => "adjudicate".into(),
+    };
+    if &got != expected {
+        return Err(format!("expected on_submit {expected}, got {got}"));
     }
     Ok(())
 }

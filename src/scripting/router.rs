@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::rubric::{from_dynamic, to_dynamic};
 use super::{Plugin, ScriptEngine, ScriptError};
-use crate::domain::{Project, Routing, TaskState, TaskStatus};
+use crate::domain::{Project, QaKind, Routing, TaskState, TaskStatus};
 
 /// Calls `route(task)` and merges its answer with the project's defaults.
 pub fn route(
@@ -79,21 +79,27 @@ pub enum Decision {
         reviews: u32,
         pool: Option<String>,
     },
-    /// Send the task to a lead.
+    /// Send the task to QA: a reviewer's verdict on each unchecked submission.
     Qa,
+    /// Send the task to a reviewer who picks or writes its final answer.
+    Adjudicate,
 }
 
 impl Decision {
     /// Applies the decision to a task whose `done_by` already counts the new submission.
-    pub fn apply(&self, status: &mut TaskStatus) {
+    /// `sampled`: the submission was drawn for QA (the project's `qa_rate`), so a task that
+    /// would complete goes to QA instead.
+    pub fn apply(&self, status: &mut TaskStatus, sampled: bool) {
         let done = status.done_by.len();
+        status.qa = None;
         match self {
             Decision::Default if done >= status.reviews as usize => {
                 status.state = TaskState::Complete
             }
-            Decision::Default => {}
+            Decision::Default => status.state = TaskState::Open,
             Decision::Complete => status.state = TaskState::Complete,
-            Decision::Qa => status.state = TaskState::InQa,
+            Decision::Qa => status.qa = Some(QaKind::Qa),
+            Decision::Adjudicate => status.qa = Some(QaKind::Adjudicate),
             Decision::More { reviews, pool } => {
                 status.reviews = (*reviews).max(done as u32 + 1);
                 if pool.is_some() {
@@ -101,6 +107,12 @@ impl Decision {
                 }
                 status.state = TaskState::Open;
             }
+        }
+        if sampled && status.state == TaskState::Complete {
+            status.qa = Some(QaKind::Qa);
+        }
+        if status.qa.is_some() {
+            status.state = TaskState::InQa;
         }
     }
 }
@@ -120,6 +132,33 @@ pub fn on_submit(
         to_dynamic(router, f, submissions)?,
     );
     let out = from_dynamic(router, f, &engine.call(router, f, args)?)?;
+    decision(router, f, out)
+}
+
+/// Calls the optional `on_verdict(task, submission, verdict)` after a QA verdict; `Default`
+/// when the router has none or returns nothing.
+pub fn on_verdict(
+    engine: &ScriptEngine,
+    router: &Plugin,
+    task: &Value,
+    submission: &Value,
+    verdict: &Value,
+) -> Result<Decision, ScriptError> {
+    let f = "on_verdict";
+    if !router.has_fn(f, 3) {
+        return Ok(Decision::Default);
+    }
+    let args = (
+        to_dynamic(router, f, task)?,
+        to_dynamic(router, f, submission)?,
+        to_dynamic(router, f, verdict)?,
+    );
+    let out = from_dynamic(router, f, &engine.call(router, f, args)?)?;
+    decision(router, f, out)
+}
+
+/// Reads `#{action, reviews, pool}`, what `on_submit` and `on_verdict` return.
+fn decision(router: &Plugin, f: &str, out: Value) -> Result<Decision, ScriptError> {
     let bad = |m: &str| ScriptError::contract(router, f, m.to_owned());
     let map = match out {
         Value::Null => return Ok(Decision::Default),
@@ -130,6 +169,7 @@ pub fn on_submit(
     match map.get("action").and_then(Value::as_str) {
         Some("complete") => Ok(Decision::Complete),
         Some("qa") => Ok(Decision::Qa),
+        Some("adjudicate") => Ok(Decision::Adjudicate),
         Some("more") => {
             let reviews = map
                 .get("reviews")
@@ -146,7 +186,9 @@ pub fn on_submit(
                 pool,
             })
         }
-        _ => Err(bad("`action` must be \"complete\", \"more\" or \"qa\"")),
+        _ => Err(bad(
+            "`action` must be \"complete\", \"more\", \"qa\" or \"adjudicate\"",
+        )),
     }
 }
 

@@ -20,6 +20,14 @@ pub struct ProjectInput {
     pub reviews_per_task: u32,
     pub lease_seconds: Option<u64>,
     pub estimate_minutes: Option<f64>,
+    #[serde(default)]
+    pub qa_rate: f64,
+    #[serde(default = "yes")]
+    pub qa_blind: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_router() -> String {
@@ -39,6 +47,8 @@ pub struct ProjectPatch {
     pub reviews_per_task: Option<u32>,
     pub lease_seconds: Option<u64>,
     pub estimate_minutes: Option<f64>,
+    pub qa_rate: Option<f64>,
+    pub qa_blind: Option<bool>,
 }
 
 fn check(state: &Core, p: &Project) -> AppResult<()> {
@@ -86,6 +96,9 @@ fn check(state: &Core, p: &Project) -> AppResult<()> {
             "must be from 0 to 10000",
         ));
     }
+    if !(0.0..=1.0).contains(&p.qa_rate) {
+        return Err(AppError::field("qa_rate", "must be from 0.0 to 1.0"));
+    }
     Ok(())
 }
 
@@ -102,6 +115,8 @@ pub async fn create(state: &Core, actor: Id, input: ProjectInput) -> AppResult<P
             .lease_seconds
             .unwrap_or(state.config.queue.lease_seconds),
         estimate_minutes: input.estimate_minutes,
+        qa_rate: input.qa_rate,
+        qa_blind: input.qa_blind,
         created_at: now,
         updated_at: now,
     };
@@ -150,6 +165,12 @@ pub async fn update(state: &Core, actor: Id, id: Id, patch: ProjectPatch) -> App
         }
         if patch.estimate_minutes.is_some() {
             p.estimate_minutes = patch.estimate_minutes;
+        }
+        if let Some(v) = patch.qa_rate {
+            p.qa_rate = v;
+        }
+        if let Some(v) = patch.qa_blind {
+            p.qa_blind = v;
         }
         p.updated_at = crate::now_ms();
         check(&st, &p)?;

@@ -51,6 +51,20 @@ pub struct SubmissionWrite {
     pub audit: AuditEvent,
 }
 
+/// A QA verdict or final answer, written in one transaction: the submissions with their QA
+/// records, the task's new status, the final answer, the result a retry gets, the audit.
+#[derive(Debug, Clone)]
+pub struct VerdictWrite {
+    pub lease: Id,
+    pub submissions: Vec<Submission>,
+    pub status: TaskStatus,
+    pub final_answer: Option<FinalAnswer>,
+    pub result: serde_json::Value,
+    pub audit: Vec<AuditEvent>,
+    /// Kept counters to add to (`accepted`, `rejected`, `fixed`).
+    pub counts: Vec<(&'static str, i64)>,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Makes every write so far durable (write-through to the OS; see `storage.fsync`).
     fn flush(&self) -> StoreResult<()>;
@@ -191,6 +205,11 @@ pub trait Store: Send + Sync + 'static {
         hours: usize,
     ) -> StoreResult<Vec<u64>>;
     fn submissions_for_task(&self, task: Id) -> StoreResult<Vec<Submission>>;
+    /// Writes a verdict all at once; `Conflict` when this lease's verdict is stored already.
+    fn commit_verdict(&self, write: &VerdictWrite) -> StoreResult<()>;
+    /// The stored result of a QA lease's verdict.
+    fn qa_result(&self, lease: Id) -> StoreResult<Option<serde_json::Value>>;
+    fn final_answer(&self, task: Id) -> StoreResult<Option<FinalAnswer>>;
     fn submissions_page(
         &self,
         project: Id,

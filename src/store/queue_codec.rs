@@ -7,7 +7,7 @@
 //! router, router-as-hash) · [estimate f64] · [pool: u16 length + bytes] · [router: 32 bytes,
 //! or u16 length + bytes] · done_by: u32 count + ids · skipped_by: u32 count + ids.
 
-use crate::domain::{Id, TaskState, TaskStatus};
+use crate::domain::{Id, QaKind, TaskState, TaskStatus};
 
 const TAG: u8 = 1;
 const GOLD: u8 = 1;
@@ -16,9 +16,11 @@ const POOL: u8 = 4;
 const ROUTER: u8 = 8;
 const ROUTER_HASH: u8 = 16;
 
-fn state_byte(s: TaskState) -> u8 {
+/// The state, with what a task in QA waits for: 1 a verdict, 5 a final answer.
+fn state_byte(s: TaskState, qa: Option<QaKind>) -> u8 {
     match s {
         TaskState::Open => 0,
+        TaskState::InQa if qa == Some(QaKind::Adjudicate) => 5,
         TaskState::InQa => 1,
         TaskState::Complete => 2,
         TaskState::Archived => 3,
@@ -62,7 +64,7 @@ pub fn encode(s: &TaskStatus) -> Vec<u8> {
     flags |= if hash.is_some() { ROUTER_HASH } else { 0 };
     let mut out = Vec::with_capacity(64 + 8 * (s.done_by.len() + s.skipped_by.len()));
     out.push(TAG);
-    out.push(state_byte(s.state));
+    out.push(state_byte(s.state, s.qa));
     out.extend_from_slice(&s.reviews.to_be_bytes());
     out.extend_from_slice(&s.priority.to_be_bytes());
     out.push(flags);
@@ -114,12 +116,13 @@ pub fn decode(project: Id, task: Id, bytes: &[u8]) -> Option<TaskStatus> {
     if r.take::<1>()?[0] != TAG {
         return None;
     }
-    let state = match r.take::<1>()?[0] {
-        0 => TaskState::Open,
-        1 => TaskState::InQa,
-        2 => TaskState::Complete,
-        3 => TaskState::Archived,
-        4 => TaskState::Broken,
+    let (state, qa) = match r.take::<1>()?[0] {
+        0 => (TaskState::Open, None),
+        1 => (TaskState::InQa, Some(QaKind::Qa)),
+        2 => (TaskState::Complete, None),
+        3 => (TaskState::Archived, None),
+        4 => (TaskState::Broken, None),
+        5 => (TaskState::InQa, Some(QaKind::Adjudicate)),
         _ => return None,
     };
     let reviews = u32::from_be_bytes(r.take()?);
@@ -152,6 +155,7 @@ pub fn decode(project: Id, task: Id, bytes: &[u8]) -> Option<TaskStatus> {
         skipped_by,
         router_version,
         gold: flags & GOLD != 0,
+        qa,
     })
 }
 
@@ -172,6 +176,7 @@ mod tests {
             skipped_by: vec![9],
             router_version: router.map(str::to_owned),
             gold: true,
+            qa: None,
         }
     }
 

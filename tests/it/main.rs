@@ -13,6 +13,7 @@ mod hostile;
 mod import_export;
 mod isolation;
 mod pages;
+mod qa;
 mod quarantine;
 mod resilience;
 mod review_loop;

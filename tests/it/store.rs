@@ -43,6 +43,8 @@ fn project(name: &str) -> Project {
         reviews_per_task: 2,
         lease_seconds: 60,
         estimate_minutes: None,
+        qa_rate: 0.0,
+        qa_blind: true,
         created_at: 1,
         updated_at: 1,
     }
@@ -114,6 +116,7 @@ fn submission(a: &Assignment) -> Submission {
         served_at: 0,
         submitted_at: 1,
         active_seconds: 1.0,
+        qa: None,
     }
 }
 
@@ -623,4 +626,29 @@ fn a_lease_index_entry_without_a_live_record_is_ignored_and_dropped_at_start() {
     drop(s);
     let db = raw_db(dir.path());
     assert_eq!(db.open_tree("leases_assignment").unwrap().len(), 1);
+}
+
+#[test]
+fn upgrading_to_5_puts_tasks_waiting_in_qa_into_the_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, mut t) = store_with_task(dir.path(), None, 1);
+    t.state = TaskState::InQa;
+    s.put_task_statuses(std::slice::from_ref(&t)).unwrap();
+    s.flush().unwrap();
+    drop(s);
+    {
+        // Version 4 kept only open tasks in the index.
+        let db = raw_db(dir.path());
+        db.open_tree("queue_project_task").unwrap().clear().unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(b"schema_version", &4u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    let indexed = s.open_tasks().unwrap();
+    assert_eq!(indexed.len(), 1);
+    assert_eq!(indexed[0].state, TaskState::InQa);
+    assert_eq!(indexed[0].qa, Some(QaKind::Qa));
 }

@@ -89,6 +89,10 @@ struct Trees {
     broken: Tree,
     /// Imports begun and not yet published: import id → its record (`staging.rs`).
     imports: Tree,
+    /// Adjudicated final answers, by task.
+    finals: Tree,
+    /// The answer to each QA verdict, by QA lease id: a retry gets the first result.
+    qa_results: Tree,
 }
 
 pub struct SledStore {

@@ -13,7 +13,7 @@ use crate::store::keys;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 impl SledStore {
     /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
@@ -66,6 +66,8 @@ impl SledStore {
             audit: tree("audit_time_id")?,
             broken: tree("broken_project_task")?,
             imports: tree("imports_id")?,
+            finals: tree("finals_task")?,
+            qa_results: tree("qa_results_lease")?,
         };
         let sync_file = if fsync {
             File::open(path.join("db")).ok().map(Mutex::new)
@@ -107,7 +109,11 @@ impl SledStore {
                 self.upgrade_3_to_4()?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(4) => self.upgrade_4_to_5()`, ...
+            Some(4) => {
+                self.upgrade_4_to_5()?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(5) => self.upgrade_5_to_6()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t
@@ -117,6 +123,25 @@ impl SledStore {
                 Ok(())
             }
         }
+    }
+
+    /// Version 5: tasks waiting in QA are kept in the open-task index too (the QA queue is
+    /// built from it at start-up), as waiting for a verdict.
+    fn upgrade_4_to_5(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 5");
+        for item in self.t.taskstatus.iter() {
+            let (_, value) = item.map_err(backend)?;
+            let mut status: TaskStatus = dec("taskstatus_id", &value)?;
+            if status.state == TaskState::InQa {
+                status.qa.get_or_insert(QaKind::Qa);
+                let key = keys::pair(status.project_id, status.task_id);
+                self.t
+                    .queue
+                    .insert(key, queue_codec::encode(&status))
+                    .map_err(backend)?;
+            }
+        }
+        self.finish_upgrade(5)
     }
 
     /// Version 3: the open-task index holds each status in the compact binary form of

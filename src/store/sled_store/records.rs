@@ -4,7 +4,9 @@ use serde::de::DeserializeOwned;
 use sled::transaction::UnabortableTransactionError;
 use sled::{Transactional, Tree};
 
-use super::super::{queue_codec, ImportedBatch, Store, StoreError, StoreResult, SubmissionWrite};
+use super::super::{
+    queue_codec, ImportedBatch, Store, StoreError, StoreResult, SubmissionWrite, VerdictWrite,
+};
 use super::tx::*;
 use super::SledStore;
 use crate::domain::*;
@@ -338,6 +340,10 @@ impl Store for SledStore {
             complete: self.counter(project, "complete")?,
             archived: self.counter(project, "archived")?,
             submissions: self.counter(project, "submissions")?,
+            accepted: self.counter(project, "accepted")?,
+            rejected: self.counter(project, "rejected")?,
+            fixed: self.counter(project, "fixed")?,
+            adjudicated: self.counter(project, "adjudicated")?,
         })
     }
 
@@ -390,6 +396,7 @@ impl Store for SledStore {
                 skipped_by: Vec::new(),
                 router_version: new.routing.router_version,
                 gold: has_gold,
+                qa: None,
             };
             prepared.push((enc(&task)?, task.external_id, status));
         }
@@ -638,6 +645,73 @@ impl Store for SledStore {
 
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>> {
         self.indexed_leases(true)
+    }
+
+    fn commit_verdict(&self, w: &VerdictWrite) -> StoreResult<()> {
+        let subs = w
+            .submissions
+            .iter()
+            .map(|s| Ok((keys::id(s.id), enc(s)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut events = Vec::with_capacity(w.audit.len());
+        for event in &w.audit {
+            events.push((
+                keys::pair(keys::time(event.at), self.next_id()?),
+                enc(event)?,
+            ));
+        }
+        let final_answer = w.final_answer.as_ref().map(enc).transpose()?;
+        let result = enc(&w.result)?;
+        let t = &self.t;
+        let trees = [
+            &t.submissions,
+            &t.taskstatus,
+            &t.queue,
+            &t.counters,
+            &t.finals,
+            &t.qa_results,
+            &t.audit,
+        ];
+        trees[..]
+            .transaction(|trees| {
+                let [submissions, statuses, queue, counters, finals, results, audit] =
+                    trees.as_slice()
+                else {
+                    return Err(abort(backend("transaction view has the wrong shape")));
+                };
+                let lease = keys::id(w.lease);
+                if results.get(lease)?.is_some() {
+                    return Err(abort(StoreError::Conflict("verdict")));
+                }
+                results.insert(&lease, result.as_slice())?;
+                for (key, bytes) in &subs {
+                    submissions.insert(key, bytes.as_slice())?;
+                }
+                let key = keys::id(w.status.task_id);
+                let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                tx_put(statuses, &key, &w.status)?;
+                tx_transition(counters, queue, &w.status, old.map(|s| s.state))?;
+                if let Some(bytes) = &final_answer {
+                    finals.insert(&key, bytes.as_slice())?;
+                    tx_count(counters, w.status.project_id, "adjudicated", 1)?;
+                }
+                for (name, n) in &w.counts {
+                    tx_count(counters, w.status.project_id, name, *n)?;
+                }
+                for (key, bytes) in &events {
+                    audit.insert(key, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    fn qa_result(&self, lease: Id) -> StoreResult<Option<serde_json::Value>> {
+        self.get(&self.t.qa_results, "qa_results_lease", &keys::id(lease))
+    }
+
+    fn final_answer(&self, task: Id) -> StoreResult<Option<FinalAnswer>> {
+        self.get(&self.t.finals, "finals_task", &keys::id(task))
     }
 
     fn commit_submissions(&self, batch: Vec<SubmissionWrite>) -> StoreResult<Vec<Submission>> {

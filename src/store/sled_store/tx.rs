@@ -139,8 +139,9 @@ pub(super) fn tx_transition_counted(
         deltas.add(status.project_id, state_counter(status.state), 1);
     }
     // The open-task index carries the status itself, so rebuilding the in-memory queue at
-    // start-up is one sequential scan instead of a random read per task.
-    if status.state == TaskState::Open {
+    // start-up is one sequential scan instead of a random read per task. Tasks waiting in QA
+    // are kept there too: the QA queue is built from the same scan.
+    if matches!(status.state, TaskState::Open | TaskState::InQa) {
         queue.insert(&key, queue_codec::encode(status))?;
     } else {
         queue.remove(&key)?;

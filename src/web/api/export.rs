@@ -15,6 +15,8 @@ use crate::web::error::error_body;
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     format: Option<String>,
+    /// By QA verdict: accepted, rejected, pending, all; everything but rejected by default.
+    status: Option<String>,
 }
 
 /// `GET /projects/{id}/export?format=jsonl`: every submission, streamed (leads and admins).
@@ -32,6 +34,7 @@ pub async fn export(
     }
     let name = q.format.clone().unwrap_or_else(|| "jsonl".to_owned());
     let format = crate::export::Format::parse(&name)?;
+    let include = crate::export::Include::parse(q.status.as_deref())?;
     if format != crate::export::Format::Jsonl {
         crate::export::check(&state, &project, format)?;
     }
@@ -44,12 +47,12 @@ pub async fn export(
             Some(actor),
             AuditAction::Export,
             format!("project:{pid}"),
-            serde_json::json!({"format": logged}),
+            serde_json::json!({"format": logged, "status": q.status}),
         );
         Ok(())
     })
     .await?;
-    let mut rx = crate::export::start(state.get_ref().clone(), project.clone(), format);
+    let mut rx = crate::export::start(state.get_ref().clone(), project.clone(), format, include);
     // A failure before the first chunk is an ordinary error response; one after it ends the
     // body with a trailer record `{"error": {...}}`, so a cut export never looks complete.
     let first = match rx.recv().await {

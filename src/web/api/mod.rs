@@ -6,6 +6,7 @@ pub mod export;
 pub mod health;
 pub mod plugins;
 pub mod projects;
+pub mod qa;
 pub mod review;
 pub mod tasks;
 pub mod users;

@@ -39,7 +39,7 @@ pub async fn home(state: web::Data<AppState>, session: Session) -> PageResult {
             let oversee = role.is_none() || role == Some(ProjectRole::Lead);
             projects.push(json!({
                 "id": p.id, "name": p.name,
-                "role": match role { Some(ProjectRole::Lead) => "lead", Some(ProjectRole::Expert) => "expert", None => "admin" },
+                "role": match role { Some(ProjectRole::Lead) => "lead", Some(ProjectRole::Expert) => "expert", Some(ProjectRole::Reviewer) => "reviewer", None => "admin" },
                 "waiting": if waiting > WAITING_CAP { format!("{WAITING_CAP}+") } else { waiting.to_string() },
                 "has_work": waiting > 0, "done_today": done_here, "oversee": oversee,
             }));
