@@ -11,6 +11,7 @@ mod crash;
 mod http;
 mod isolation;
 mod pages;
+mod qa;
 mod reload;
 mod report;
 mod review_loop;
@@ -104,7 +105,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         &admin,
         Some(json!({
             "name": format!("bench {run_id}"), "rubric": rubric_name, "router": "fixed_overlap",
-            "reviews_per_task": args.reviews, "lease_seconds": 600
+            "reviews_per_task": args.reviews, "lease_seconds": 600,
+            // The qa scenario samples every submission into QA.
+            "qa_rate": if args.scenario == "qa" { 1.0 } else { 0.0 }
         })),
     )
     .await?;
@@ -162,6 +165,10 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         }
         if let Some(r) = reloader {
             report.reload = Some(r.await.map_err(|e| e.to_string())??);
+        }
+        if args.scenario == "qa" {
+            let run = qa::run_qa(&client, &api, &admin, pid, &run_id, args.duration).await?;
+            report.qa = Some(run);
         }
         // Export everything submitted.
         let started = Instant::now();

@@ -53,6 +53,20 @@ pub(crate) struct Report {
     pub(crate) isolation: Option<Isolation>,
     /// crash: what SIGKILL under load broke (all zero when nothing did).
     pub(crate) crash: Option<Crash>,
+    /// qa: reviewers draining the QA queue the loop filled.
+    pub(crate) qa: Option<QaRun>,
+}
+
+#[derive(Serialize, Default)]
+pub(crate) struct QaRun {
+    pub(crate) reviewers: usize,
+    /// Items judged (next + accept verdicts, acknowledged).
+    pub(crate) items: u64,
+    pub(crate) seconds: f64,
+    pub(crate) items_per_s: f64,
+    /// One round: `qa/next` then `verdict`.
+    pub(crate) round_ms: Latency,
+    pub(crate) errors: u64,
 }
 
 #[derive(Serialize, Default)]
@@ -168,6 +182,12 @@ pub(crate) fn print_report(r: &Report, as_json: bool) {
         println!(
             "crash    {} SIGKILLs, {} acknowledged submissions: {} lost, {} tasks over their reviews, {} double reviews, {} half imports ({} whole); restart to ready p50 {:.0} ms, max {:.0} ms",
             c.cycles, c.acknowledged, c.lost, c.over_reviewed, c.duplicate_reviews, c.half_imports, c.imports_whole, c.restart_ms.p50, c.restart_ms.max
+        );
+    }
+    if let Some(q) = &r.qa {
+        println!(
+            "qa       {} reviewers judged {} items in {:.1} s: {:.0} items/s, round p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            q.reviewers, q.items, q.seconds, q.items_per_s, q.round_ms.p50, q.round_ms.p99, q.errors
         );
     }
     if let Some(i) = &r.isolation {

@@ -11,7 +11,7 @@ pub struct BenchArgs {
     /// Admin token for --url (or ASSAY_PASSWORD to log in as admin).
     #[arg(long, env = "ASSAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export", "reload", "pages", "isolation", "crash"])]
+    #[arg(long, default_value = "loop", value_parser = ["loop", "import", "export", "reload", "pages", "isolation", "crash", "qa"])]
     pub scenario: String,
     /// reload: the server's rubric folder (needed with --url; the bench's own server uses a copy).
     #[arg(long)]
