@@ -101,6 +101,16 @@ pub struct VerdictItem {
     pub answer: Option<Value>,
 }
 
+/// The kept counter of one verdict on one expert's submissions in a project.
+pub fn expert_counter(verdict: Verdict, expert: Id) -> String {
+    let name = match verdict {
+        Verdict::Accept => "accepted",
+        Verdict::Reject => "rejected",
+        Verdict::Fix => "fixed",
+    };
+    format!("{name}_by_{expert}")
+}
+
 /// The submissions a QA item asks about: those that count and have no verdict yet (all that
 /// count, when a router sent the task back for another round).
 fn unchecked(subs: &[Submission]) -> Vec<Id> {
@@ -136,12 +146,31 @@ impl ReviewCore {
         self.ready().await;
         let (core, who) = (self.clone(), user.clone());
         let result = self
-            .in_project(project, move || core.qa_next_blocking(&who, project))
+            .in_project(project, move || core.qa_next_blocking(&who, project, true))
             .await;
         self.as_seen_by(&user, project, result).await
     }
 
-    fn qa_next_blocking(&self, user: &User, project: Id) -> AppResult<Option<QaHandout>> {
+    /// The reviewer's held QA item, without taking a new one (for a page shown by a GET).
+    pub async fn qa_current(
+        self: &Arc<Self>,
+        user: User,
+        project: Id,
+    ) -> AppResult<Option<QaHandout>> {
+        self.ready().await;
+        let (core, who) = (self.clone(), user.clone());
+        let result = self
+            .in_project(project, move || core.qa_next_blocking(&who, project, false))
+            .await;
+        self.as_seen_by(&user, project, result).await
+    }
+
+    fn qa_next_blocking(
+        &self,
+        user: &User,
+        project: Id,
+        take_new: bool,
+    ) -> AppResult<Option<QaHandout>> {
         let (project, access) = access_blocking(self, user, project)?;
         may_check(access)?;
         let now = crate::now_ms();
@@ -154,6 +183,7 @@ impl ReviewCore {
                 .map(|(task, lease)| (task, lease.clone()));
             let (task, lease) = match held {
                 Some(held) => held,
+                None if !take_new => return Ok(None),
                 None => {
                     let free = queue.qa.first_free(now, |s| {
                         !s.done_by.contains(&user.id) && !s.skipped_by.contains(&user.id)
@@ -215,7 +245,11 @@ impl ReviewCore {
             .map_err(AppError::internal)?;
         self.audit(
             Some(user.id),
-            AuditAction::QaLease,
+            if take_new {
+                AuditAction::QaLease
+            } else {
+                AuditAction::TaskView
+            },
             format!("task:{task_id}"),
             json!({"lease": lease.id, "kind": kind}),
         );
@@ -458,7 +492,7 @@ impl ReviewCore {
         let mut errors = Vec::new();
         let mut decision = router::Decision::Default;
         let mut audit = Vec::new();
-        let mut counts: Vec<(&'static str, i64)> = Vec::new();
+        let mut counts: Vec<(String, i64)> = Vec::new();
         let mut changed = Vec::new();
         let mut shown = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -486,7 +520,7 @@ impl ReviewCore {
                 at: now,
             };
             match item.verdict {
-                Verdict::Accept => counts.push(("accepted", 1)),
+                Verdict::Accept => counts.push(("accepted".into(), 1)),
                 Verdict::Reject => {
                     if reason.is_none() {
                         errors.push(FieldError::new(
@@ -500,7 +534,7 @@ impl ReviewCore {
                     if !status.skipped_by.contains(&sub.expert_id) {
                         status.skipped_by.push(sub.expert_id);
                     }
-                    counts.push(("rejected", 1));
+                    counts.push(("rejected".into(), 1));
                 }
                 Verdict::Fix => {
                     let Some(answer) = &item.answer else {
@@ -538,7 +572,7 @@ impl ReviewCore {
                             continue;
                         }
                     }
-                    counts.push(("fixed", 1));
+                    counts.push(("fixed".into(), 1));
                 }
             }
             let verdict_json = json!({"verdict": record.verdict, "reason": record.reason,
@@ -555,13 +589,16 @@ impl ReviewCore {
             if said != router::Decision::Default {
                 decision = said;
             }
+            // Per author too, for the lead's view of each expert.
+            counts.push((expert_counter(record.verdict, sub.expert_id), 1));
             audit.push(AuditEvent {
                 at: now,
                 actor: Some(user.id),
                 action: AuditAction::QaVerdict,
                 object: format!("submission:{}", sub.id),
-                detail: json!({"task": task.id, "verdict": record.verdict,
-                    "reason": record.reason, "fixed": record.fixed_answer.is_some()}),
+                detail: json!({"project": project.id, "task": task.id, "author": sub.expert_id,
+                    "verdict": record.verdict, "reason": record.reason,
+                    "fixed": record.fixed_answer.is_some()}),
             });
             shown.push(json!({"submission": sub.id, "verdict": record.verdict}));
             sub.qa = Some(record);

@@ -61,8 +61,8 @@ pub struct VerdictWrite {
     pub final_answer: Option<FinalAnswer>,
     pub result: serde_json::Value,
     pub audit: Vec<AuditEvent>,
-    /// Kept counters to add to (`accepted`, `rejected`, `fixed`).
-    pub counts: Vec<(&'static str, i64)>,
+    /// Kept counters to add to (`accepted`, `rejected`, `fixed`, and per author).
+    pub counts: Vec<(String, i64)>,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -98,6 +98,8 @@ pub trait Store: Send + Sync + 'static {
     fn members(&self, project: Id) -> StoreResult<Vec<(Id, ProjectRole)>>;
     fn memberships(&self, user: Id) -> StoreResult<Vec<(Id, ProjectRole)>>;
     fn project_counts(&self, project: Id) -> StoreResult<ProjectCounts>;
+    /// One kept counter of a project (0 when never counted).
+    fn project_counter(&self, project: Id, name: &str) -> StoreResult<u64>;
 
     // Tasks
     /// Writes a batch atomically; records whose `external_id` exists already are skipped.

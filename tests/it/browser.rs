@@ -800,3 +800,156 @@ fn criteria(task) {
         })
     );
 }
+
+/// Submits one answer through the API (the browser tests here are about the reviewer).
+async fn answer_by_api(server: &Server, token: &str, project: u64, answer: Value) {
+    let (status, next) = server.next(token, project).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{next}");
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    let (status, body) = server
+        .post(
+            token,
+            &format!("/api/v1/assignments/{aid}/submit"),
+            json!({"token": next["assignment"]["token"], "answer": answer}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+}
+
+fn qa_item_on_page() -> &'static str {
+    "document.getElementById('qa') && document.getElementById('qa').dataset.assignment"
+}
+
+/// From the start form to the next QA item, with Enter; returns the item's lease id.
+async fn start_qa(b: &Browser, previous: &Value) -> Value {
+    b.wait(
+        "next QA item",
+        &format!(
+            "(document.getElementById('btn-start') && document.activeElement && document.activeElement.id === 'btn-start') \
+             || (({item}) && ({item}) !== {previous})",
+            item = qa_item_on_page(),
+            previous = previous
+        ),
+    )
+    .await;
+    if b.js("return !!document.getElementById('btn-start');").await == json!(true) {
+        b.press(Key::Enter.into()).await;
+        b.wait("QA page", qa_item_on_page()).await;
+    }
+    b.js(&format!("return {};", qa_item_on_page())).await
+}
+
+/// A reviewer accepts, rejects with a reason and fixes (the diff shown) from the keyboard,
+/// then adjudicates a disagreement by picking an answer; the author's "My work" shows the
+/// rejection and its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reviewer_accepts_rejects_and_fixes_from_the_keyboard() {
+    let server = Server::start().await;
+    let admin = server.admin().await;
+    let qa_body = json!({"name": "QA keys", "rubric": "pairwise_preference",
+        "reviews_per_task": 1, "qa_rate": 1.0});
+    let project = server.project(&admin, qa_body).await;
+    server
+        .upload(&admin, project, &pairwise_tasks("qk", 3))
+        .await;
+    let adj_body = json!({"name": "Disagree", "rubric": "pairwise_preference",
+        "router": "qa_sampling", "reviews_per_task": 2});
+    let disagree = server.project(&admin, adj_body).await;
+    server
+        .upload(&admin, disagree, &pairwise_tasks("dk", 1))
+        .await;
+    let (pat, pat_token) = server.expert(&admin, "pat", &[]).await;
+    let (sam, sam_token) = server.expert(&admin, "sam", &[]).await;
+    let (rita, _) = server.expert(&admin, "rita", &[]).await;
+    for p in [project, disagree] {
+        server.add_member(&admin, p, pat, "expert").await;
+        server.add_member(&admin, p, rita, "reviewer").await;
+    }
+    server.add_member(&admin, disagree, sam, "expert").await;
+    for _ in 0..3 {
+        answer_by_api(&server, &pat_token, project, pairwise_answer()).await;
+    }
+    answer_by_api(&server, &pat_token, disagree, pairwise_answer()).await;
+    let other = json!({"preference": {"pick": "right", "strength": 1},
+        "justification": "B is quicker and works if the shell is pierced first."});
+    answer_by_api(&server, &sam_token, disagree, other).await;
+
+    let b = Browser::start().await;
+    b.goto(&format!("{}/p/{project}/qa", server.url)).await;
+    b.login_with_keys("rita", EXPERT_PASSWORD).await;
+    let first = start_qa(&b, &Value::Null).await;
+    b.screenshot("qa").await;
+    // y: accept.
+    b.press('y').await;
+    let second = start_qa(&b, &first).await;
+    // n: reject, with the reason typed into the focused box.
+    b.press('n').await;
+    b.wait(
+        "reason focused",
+        "document.activeElement && document.activeElement.classList.contains('qa-reason')",
+    )
+    .await;
+    b.type_text("Too vague about the risk.").await;
+    b.press(Key::Enter.into()).await;
+    let third = start_qa(&b, &second).await;
+    // e: fix, rewriting the answer; the diff shows what changed.
+    b.press('e').await;
+    b.wait(
+        "fix focused",
+        "document.activeElement && document.activeElement.classList.contains('qa-fixed')",
+    )
+    .await;
+    b.keys(&[&[Key::Control.into(), 'a']]).await;
+    b.type_text(r#"{"preference": {"pick": "left", "strength": 3}, "justification": "A is the standard safe method: nine minutes in boiling water. B can make the egg explode in the microwave, so it is unsafe."}"#).await;
+    b.wait(
+        "diff visible",
+        "document.querySelector('.qa-submission.current .qa-diff').textContent.includes('+ ')",
+    )
+    .await;
+    b.screenshot("qa-fix-diff").await;
+    b.ctrl_enter().await;
+    b.wait("QA queue done", "document.getElementById('nothing-left')")
+        .await;
+    assert_ne!(third, Value::Null);
+    let stats = server.stats(&admin, project).await;
+    assert_eq!(
+        (
+            stats["accepted"].as_u64(),
+            stats["rejected"].as_u64(),
+            stats["fixed"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{stats}"
+    );
+
+    // Adjudication: the answers side by side, 1 picks the first, Ctrl+Enter sends it.
+    b.goto(&format!("{}/p/{disagree}/qa", server.url)).await;
+    start_qa(&b, &Value::Null).await;
+    assert_eq!(
+        b.js("return document.getElementById('qa').dataset.kind;")
+            .await,
+        json!("adjudicate")
+    );
+    b.screenshot("adjudicate").await;
+    b.press('1').await;
+    b.ctrl_enter().await;
+    b.wait("adjudicated", "document.getElementById('nothing-left')")
+        .await;
+    assert_eq!(server.stats(&admin, disagree).await["adjudicated"], 1);
+
+    // The author's "My work": the rejection with its reason.
+    b.js("document.getElementById('logout').click(); return true;")
+        .await;
+    b.wait("signed out", "document.getElementById('login-form')")
+        .await;
+    b.goto(&format!("{}/me/work", server.url)).await;
+    b.login_with_keys("pat", EXPERT_PASSWORD).await;
+    b.wait("my work", "document.getElementById('my-work')")
+        .await;
+    let table = b.text("#my-work").await;
+    assert!(
+        table.contains("reject") && table.contains("Too vague about the risk."),
+        "{table}"
+    );
+    b.screenshot("my-work").await;
+}

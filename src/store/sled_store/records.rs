@@ -347,6 +347,10 @@ impl Store for SledStore {
         })
     }
 
+    fn project_counter(&self, project: Id, name: &str) -> StoreResult<u64> {
+        self.counter(project, name)
+    }
+
     fn begin_import(&self, project: Id) -> StoreResult<Id> {
         self.begin_staged_import(project)
     }

@@ -42,6 +42,7 @@ pub async fn home(state: web::Data<AppState>, session: Session) -> PageResult {
                 "role": match role { Some(ProjectRole::Lead) => "lead", Some(ProjectRole::Expert) => "expert", Some(ProjectRole::Reviewer) => "reviewer", None => "admin" },
                 "waiting": if waiting > WAITING_CAP { format!("{WAITING_CAP}+") } else { waiting.to_string() },
                 "has_work": waiting > 0, "done_today": done_here, "oversee": oversee,
+                "checks": role.is_none_or(|r| r.checks_quality()),
             }));
         }
         Ok(json!({

@@ -102,7 +102,7 @@ pub async fn stats(state: web::Data<AppState>, session: Session, id: web::Path<I
     let project = overseen(&state, &session, id.into_inner()).await?;
     let st = state.clone();
     let pid = project.id;
-    let (counts, hourly, first_hour) = blocking(move || {
+    let (counts, hourly, first_hour, per_expert, rejections) = blocking(move || {
         let counts = st.store().project_counts(pid)?;
         let this_hour = crate::now_ms().div_euclid(3_600_000);
         let first = this_hour - 23;
@@ -110,6 +110,8 @@ pub async fn stats(state: web::Data<AppState>, session: Session, id: web::Path<I
             counts,
             st.store().submissions_per_hour(pid, first, 24)?,
             first,
+            qa_per_expert(&st, pid)?,
+            recent_rejections(&st, pid)?,
         ))
     })
     .await?;
@@ -141,6 +143,9 @@ pub async fn stats(state: web::Data<AppState>, session: Session, id: web::Path<I
             { "name": "archived", "count": counts.archived, "pct": pct(counts.archived) },
         ],
         "hours": hours, "last_24h": last_24h,
+        "qa": { "waiting": counts.in_qa, "accepted": counts.accepted, "rejected": counts.rejected,
+                "fixed": counts.fixed, "adjudicated": counts.adjudicated,
+                "per_expert": per_expert, "rejections": rejections },
         "per_hour": format!("{:.1}", last_24h as f64 / 24.0),
     });
     page(
@@ -150,4 +155,49 @@ pub async fn stats(state: web::Data<AppState>, session: Session, id: web::Path<I
         &format!("Stats · {}", project.name),
         data,
     )
+}
+
+/// Accept / reject / fix counts on each member's submissions (kept counters, no scan).
+fn qa_per_expert(st: &AppState, project: Id) -> crate::error::AppResult<Vec<serde_json::Value>> {
+    use crate::domain::Verdict;
+    use crate::review::qa::expert_counter;
+    let mut out = Vec::new();
+    for (uid, _) in st.store().members(project)? {
+        let count = |v| st.store().project_counter(project, &expert_counter(v, uid));
+        let (a, r, f) = (
+            count(Verdict::Accept)?,
+            count(Verdict::Reject)?,
+            count(Verdict::Fix)?,
+        );
+        if a + r + f == 0 {
+            continue;
+        }
+        let name = st
+            .store()
+            .user(uid)?
+            .map_or_else(|| format!("user {uid}"), |u| u.username);
+        out.push(json!({ "expert": name, "accepted": a, "rejected": r, "fixed": f }));
+    }
+    Ok(out)
+}
+
+/// The latest rejections in the project, from the audit log's recent events.
+fn recent_rejections(
+    st: &AppState,
+    project: Id,
+) -> crate::error::AppResult<Vec<serde_json::Value>> {
+    let events = st.store().recent_audit(2000)?;
+    Ok(events
+        .into_iter()
+        .filter(|e| {
+            e.action == crate::domain::AuditAction::QaVerdict
+                && e.detail["project"] == project
+                && e.detail["verdict"] == "reject"
+        })
+        .take(20)
+        .map(|e| {
+            json!({ "at": e.at, "object": e.object, "task": e.detail["task"],
+                    "reason": e.detail["reason"] })
+        })
+        .collect())
 }

@@ -14,6 +14,7 @@ mod admin;
 mod assets;
 mod home;
 mod lead;
+mod qa;
 mod review;
 
 use std::time::Instant;
@@ -42,6 +43,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/", web::get().to(home::home))
                 .route("/p/{id}/review", web::get().to(review::review))
                 .route("/p/{id}/review", web::post().to(review::start))
+                .route("/p/{id}/qa", web::get().to(qa::qa))
+                .route("/p/{id}/qa", web::post().to(qa::start))
+                .route("/me/work", web::get().to(qa::my_work))
                 .route("/p/{id}/submissions", web::get().to(lead::submissions))
                 .route("/p/{id}/stats", web::get().to(lead::stats))
                 .route("/admin/projects", web::get().to(admin::projects))

@@ -31,6 +31,8 @@ const DEFAULT_TEMPLATES: &[(&str, &str)] = embedded!(
     "review",
     "nothing_left",
     "start_review",
+    "qa",
+    "my_work",
     "submissions",
     "stats",
     "admin_projects",
@@ -69,6 +71,11 @@ const DEFAULT_ASSETS: &[(&str, &str, &str)] = &[
         "review.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../templates/static/review.js"),
+    ),
+    (
+        "qa.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../templates/static/qa.js"),
     ),
 ];
 
