@@ -112,6 +112,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     web::get().to(api::plugins::version),
                 )
                 .route("/audit", web::get().to(api::audit::recent))
+                .route("/audit/verify", web::get().to(api::audit::verify))
                 .default_service(web::to(api::not_found)),
         )
         .configure(crate::web::pages::configure);
@@ -123,6 +124,7 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     let workers = state.config.server.workers;
     let json_limit = state.config.server.max_json_kb as usize * 1024;
     state.core.spawn_sweeper();
+    state.core.spawn_audit_sealer();
     let plugins = &state.config.plugins;
     if plugins.watch {
         // The override folder may not exist yet; create it so a first override is noticed.

@@ -17,6 +17,32 @@ pub struct Config {
     pub auth: AuthConfig,
     pub scripting: ScriptingConfig,
     pub content: ContentConfig,
+    pub audit: AuditConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// "text" (default) or "json" (one object per line, for log collectors).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The audit log.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Events older than this many days are removed (with their seals; the chain continues
+    /// from the last removed hash). 0 keeps everything.
+    pub retention_days: u64,
 }
 
 /// How task content reaches pages.

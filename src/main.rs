@@ -15,7 +15,7 @@ static ALLOCATOR: assay::memory::Counting<mimalloc::MiMalloc> =
 
 fn main() -> ExitCode {
     let cli = assay::cli::Cli::parse();
-    assay::cli::init_logging();
+    assay::cli::init_logging(assay::cli::log_format(&cli));
     let outcome = match cli.command {
         assay::cli::Command::Bench(args) => actix_web::rt::System::new().block_on(bench::run(args)),
         _ => actix_web::rt::System::new().block_on(assay::cli::run(cli)),

@@ -186,6 +186,44 @@ impl ReviewCore {
         })
     }
 
+    /// Seals settled audit events into the hash chain once a second, and applies the
+    /// retention once an hour.
+    pub fn spawn_audit_sealer(self: &Arc<Self>) {
+        let core = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_prune = 0i64;
+            loop {
+                tick.tick().await;
+                if core.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let c = core.clone();
+                let result = blocking(move || {
+                    let now = crate::now_ms();
+                    // A moment's grace: events of running transactions land first.
+                    c.store.seal_audit(now - 2_000)?;
+                    let days = c.config.audit.retention_days;
+                    if days > 0 && now - last_prune > 3_600_000 {
+                        let removed = c.store.prune_audit(now - days as i64 * 86_400_000)?;
+                        if removed > 0 {
+                            tracing::info!(removed, "audit events past their retention removed");
+                        }
+                        return Ok(Some(now));
+                    }
+                    Ok(None)
+                })
+                .await;
+                match result {
+                    Ok(Some(at)) => last_prune = at,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "sealing the audit log failed"),
+                }
+            }
+        });
+    }
+
     /// Whether the hand-out index has loaded (`/readyz`).
     pub fn is_ready(&self) -> bool {
         self.queue.is_loaded()
@@ -324,6 +362,15 @@ impl ReviewCore {
         self.committer.stop();
         if let Err(e) = self.store.set_alive_at(crate::now_ms()) {
             tracing::warn!(error = %e, "cannot note the stop time");
+        }
+        // Everything written so far goes into the chain; its head is logged to be kept.
+        match self
+            .store
+            .seal_audit(crate::now_ms() + 1)
+            .and_then(|_| self.store.audit_head())
+        {
+            Ok((seq, hash)) => tracing::info!(seq, hash = %hash, "audit chain head"),
+            Err(e) => tracing::warn!(error = %e, "cannot seal the audit log"),
         }
         if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "final flush failed");

@@ -65,6 +65,18 @@ pub struct VerdictWrite {
     pub counts: Vec<(String, i64)>,
 }
 
+/// What `verify_audit` found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditCheck {
+    pub events: u64,
+    pub sealed: u64,
+    pub head_seq: u64,
+    /// Record it somewhere else: a chain rewritten from an edit on is caught only against it.
+    pub head_hash: String,
+    /// Empty when every event is intact and in the chain.
+    pub problems: Vec<String>,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Makes every write so far durable (write-through to the OS; see `storage.fsync`).
     fn flush(&self) -> StoreResult<()>;
@@ -237,6 +249,24 @@ pub trait Store: Send + Sync + 'static {
     /// Revoked sessions that have not expired yet: `(sid, exp)`.
     fn revoked_sessions(&self) -> StoreResult<Vec<(String, i64)>>;
     fn append_audit(&self, event: &AuditEvent) -> StoreResult<()>;
+    /// Seals the events older than `settled_before` (ms) into the hash chain; how many.
+    fn seal_audit(&self, settled_before: i64) -> StoreResult<u64>;
+    /// The chain's last seal: (sequence, hash).
+    fn audit_head(&self) -> StoreResult<(u64, String)>;
+    /// Checks the chain against the events (see `sled_store::audit_chain`).
+    fn verify_audit(&self) -> StoreResult<AuditCheck>;
+    /// Removes sealed events older than `before` (ms) with their seals; how many.
+    fn prune_audit(&self, before: i64) -> StoreResult<u64>;
+    /// Events from `from` to `to` (ms), newest first, that `keep` admits, at most `limit`, looking
+    /// at no more than `scan` events.
+    fn audit_between(
+        &self,
+        from: i64,
+        to: i64,
+        limit: usize,
+        scan: usize,
+        keep: &dyn Fn(&AuditEvent) -> bool,
+    ) -> StoreResult<Vec<AuditEvent>>;
     /// Most recent first.
     fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;
 }

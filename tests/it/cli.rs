@@ -262,3 +262,117 @@ fn bench_runs_the_loop_against_its_own_server_and_reports_json() {
     );
     assert!(report["peak_rss_mb"].as_f64().unwrap() > 0.0);
 }
+
+/// The audit log through the API (filters, CSV, the chain's check) and offline with
+/// `assay audit verify`, which fails once an event is edited in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_is_filtered_exported_and_verified() {
+    let mut s = Server::start().await;
+    let admin = s.admin().await;
+    let p = s.project(&admin, pairwise_project("audited", 1)).await;
+    s.upload(&admin, p, &pairwise_tasks("a", 2)).await;
+    let (uid, expert) = s.expert(&admin, "eve", &[]).await;
+    s.add_member(&admin, p, uid, "expert").await;
+    assert_eq!(s.next(&expert, p).await.0, StatusCode::OK);
+
+    let (status, leases) = s
+        .get(&admin, &format!("/api/v1/audit?action=task&actor={uid}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let leases = leases.as_array().unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0]["action"], "task.lease");
+    let csv = s
+        .client
+        .get(format!("{}/api/v1/audit?format=csv&object=project:", s.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(csv.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let csv = csv.text().await.unwrap();
+    assert!(csv.starts_with("at,actor,action,object,detail\n"), "{csv}");
+    assert!(
+        csv.contains("\"project.create\"") && !csv.contains("task.lease"),
+        "{csv}"
+    );
+
+    // The sealer runs every second, two seconds behind.
+    let mut sealed = 0;
+    for _ in 0..100 {
+        let (_, check) = s.get(&admin, "/api/v1/audit/verify").await;
+        assert_eq!(check["problems"], json!([]), "{check}");
+        sealed = check["sealed"].as_u64().unwrap();
+        if sealed >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(sealed >= 5, "the sealer sealed {sealed}");
+
+    s.terminate();
+    let data = s.data_dir();
+    let out = assay()
+        .args(["audit", "verify", "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ok: every event is intact"), "{text}");
+    {
+        let db = sled::open(data.join("db")).unwrap();
+        let audit = db.open_tree("audit_time_id").unwrap();
+        let (key, value) = audit.iter().next().unwrap().unwrap();
+        let edited = String::from_utf8(value.to_vec()).unwrap().replacen(
+            "\"object\":\"",
+            "\"object\":\"x",
+            1,
+        );
+        audit.insert(key, edited.as_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let out = assay()
+        .args(["audit", "verify", "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success());
+    assert!(text.contains("problem: the event of seal 1"), "{text}");
+}
+
+/// `log.format = "json"`: one JSON object per line on stderr, and no colour codes when stderr
+/// is not a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_can_be_json_lines_without_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = assay()
+        .args([
+            "audit",
+            "verify",
+            "--data",
+            dir.path().join("data").to_str().unwrap(),
+        ])
+        .env("ASSAY_LOG__FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains('\u{1b}'), "no ANSI codes: {err}");
+    assert!(err.lines().count() > 0, "debug logs were written");
+    for line in err.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+    }
+}

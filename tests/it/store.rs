@@ -652,3 +652,77 @@ fn upgrading_to_5_puts_tasks_waiting_in_qa_into_the_index() {
     assert_eq!(indexed[0].state, TaskState::InQa);
     assert_eq!(indexed[0].qa, Some(QaKind::Qa));
 }
+
+fn event(at: i64, object: &str) -> AuditEvent {
+    AuditEvent {
+        at,
+        actor: Some(1),
+        action: AuditAction::TaskView,
+        object: object.into(),
+        detail: json!({}),
+    }
+}
+
+/// The audit chain: intact when untouched; an edit, a deletion and an event slipped in later
+/// are each named; pruning keeps the rest verifiable.
+#[test]
+fn the_audit_chain_catches_edits_deletions_and_late_insertions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..20 {
+        s.append_audit(&event(1_000 + i * 1_000, &format!("task:{i}")))
+            .unwrap();
+    }
+    assert_eq!(s.seal_audit(100_000).unwrap(), 20);
+    let check = s.verify_audit().unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!((check.events, check.sealed, check.head_seq), (20, 20, 20));
+    // Sealing again adds nothing.
+    assert_eq!(s.seal_audit(100_000).unwrap(), 0);
+    s.flush().unwrap();
+    drop(s);
+
+    {
+        let db = raw_db(dir.path());
+        let audit = db.open_tree("audit_time_id").unwrap();
+        let keys: Vec<_> = audit.iter().keys().map(|k| k.unwrap()).collect();
+        // Edit the 5th event, delete the 10th, and slip one in between old ones.
+        let edited = String::from_utf8(audit.get(&keys[4]).unwrap().unwrap().to_vec())
+            .unwrap()
+            .replace("task:4", "task:99");
+        audit.insert(&keys[4], edited.as_bytes()).unwrap();
+        audit.remove(&keys[9]).unwrap();
+        let mut late = keys[14].to_vec();
+        late[15] ^= 1;
+        audit
+            .insert(late, audit.get(&keys[14]).unwrap().unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    let problems = s.verify_audit().unwrap().problems;
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("seal 5") && problems[0].contains("changed"));
+    assert!(problems[1].contains("seal 10") && problems[1].contains("deleted"));
+    assert!(problems[2].contains("not in the chain"));
+}
+
+#[test]
+fn pruning_the_audit_log_keeps_the_rest_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..10 {
+        s.append_audit(&event(1_000 + i * 1_000, &format!("task:{i}")))
+            .unwrap();
+    }
+    s.seal_audit(100_000).unwrap();
+    assert_eq!(s.prune_audit(5_500).unwrap(), 5);
+    for i in 10..15 {
+        s.append_audit(&event(200_000 + i * 1_000, &format!("task:{i}")))
+            .unwrap();
+    }
+    s.seal_audit(300_000).unwrap();
+    let check = s.verify_audit().unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!((check.events, check.sealed, check.head_seq), (10, 10, 15));
+}

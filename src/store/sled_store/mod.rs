@@ -49,6 +49,7 @@
 //! transaction helpers (encoding, counters, state transitions); `records.rs` implements
 //! [`Store`] over the trees.
 
+mod audit_chain;
 mod open;
 mod records;
 mod staging;
@@ -93,6 +94,9 @@ struct Trees {
     finals: Tree,
     /// The answer to each QA verdict, by QA lease id: a retry gets the first result.
     qa_results: Tree,
+    /// The audit hash chain: seals by sequence number, and each sealed event's sequence.
+    audit_chain: Tree,
+    audit_sealed: Tree,
 }
 
 pub struct SledStore {
@@ -103,4 +107,6 @@ pub struct SledStore {
     users: std::sync::RwLock<std::collections::HashMap<Id, User>>,
     /// The main data file, for an optional fdatasync after each flush.
     sync_file: Option<Mutex<File>>,
+    /// One sealer (or pruner) of the audit chain at a time.
+    audit_sealer: Mutex<()>,
 }

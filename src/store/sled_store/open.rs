@@ -68,6 +68,8 @@ impl SledStore {
             imports: tree("imports_id")?,
             finals: tree("finals_task")?,
             qa_results: tree("qa_results_lease")?,
+            audit_chain: tree("audit_chain_seq")?,
+            audit_sealed: tree("audit_sealed_key")?,
         };
         let sync_file = if fsync {
             File::open(path.join("db")).ok().map(Mutex::new)
@@ -79,6 +81,7 @@ impl SledStore {
             t,
             users: Default::default(),
             sync_file,
+            audit_sealer: Mutex::new(()),
         };
         store.migrate()?;
         Ok(store)

@@ -980,6 +980,52 @@ impl Store for SledStore {
         Ok(())
     }
 
+    fn seal_audit(&self, settled_before: i64) -> StoreResult<u64> {
+        self.seal_audit_events(settled_before)
+    }
+
+    fn audit_head(&self) -> StoreResult<(u64, String)> {
+        self.audit_chain_head()
+    }
+
+    fn verify_audit(&self) -> StoreResult<super::super::AuditCheck> {
+        self.verify_audit_chain()
+    }
+
+    fn prune_audit(&self, before: i64) -> StoreResult<u64> {
+        self.prune_audit_events(before)
+    }
+
+    fn audit_between(
+        &self,
+        from: i64,
+        to: i64,
+        limit: usize,
+        scan: usize,
+        keep: &dyn Fn(&AuditEvent) -> bool,
+    ) -> StoreResult<Vec<AuditEvent>> {
+        let lo = keys::time(from).to_be_bytes();
+        let hi = keys::time(to).saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for item in self
+            .t
+            .audit
+            .range(lo.as_slice()..hi.as_slice())
+            .values()
+            .rev()
+            .take(scan)
+        {
+            let event: AuditEvent = dec("audit_time_id", &item.map_err(backend)?)?;
+            if keep(&event) {
+                out.push(event);
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>> {
         self.t
             .audit

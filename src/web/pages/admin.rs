@@ -148,6 +148,41 @@ pub async fn users(state: State, session: Session) -> PageResult {
     )
 }
 
+/// The audit log with filters (actor, action, object, time range) and a CSV download of the
+/// same selection.
+pub async fn audit(
+    state: State,
+    session: Session,
+    req: actix_web::HttpRequest,
+    q: web::Query<crate::web::api::audit::AuditQuery>,
+) -> PageResult {
+    admin_only(&session)?;
+    let q = q.into_inner();
+    let filters = json!({ "actor": q.actor, "action": q.action, "object": q.object,
+        "from": q.from, "to": q.to });
+    let (events, _) = crate::web::api::audit::query(&state, q).await?;
+    let rows: Vec<_> = events
+        .iter()
+        .map(|e| {
+            json!({ "at": e.at, "actor": e.actor, "action": e.action, "object": e.object,
+            "detail": e.detail.to_string() })
+        })
+        .collect();
+    let query = req.query_string();
+    let csv = if query.is_empty() {
+        "/api/v1/audit?format=csv".to_owned()
+    } else {
+        format!("/api/v1/audit?{query}&format=csv")
+    };
+    page(
+        &state,
+        Some(&session),
+        "admin_audit",
+        "Audit log",
+        json!({ "events": rows, "filters": filters, "csv": csv }),
+    )
+}
+
 pub async fn plugins(state: State, session: Session) -> PageResult {
     admin_only(&session)?;
     let mut statuses = state.registry.statuses();

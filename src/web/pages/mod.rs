@@ -51,6 +51,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/admin/projects", web::get().to(admin::projects))
                 .route("/admin/projects/{id}", web::get().to(admin::project))
                 .route("/admin/users", web::get().to(admin::users))
+                .route("/admin/audit", web::get().to(admin::audit))
                 .route("/admin/plugins", web::get().to(admin::plugins))
                 .route("/admin/plugins/{kind}/{name}", web::get().to(admin::plugin)),
         );

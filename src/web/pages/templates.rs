@@ -38,6 +38,7 @@ const DEFAULT_TEMPLATES: &[(&str, &str)] = embedded!(
     "admin_projects",
     "admin_project",
     "admin_users",
+    "admin_audit",
     "admin_plugins",
     "admin_plugin",
     "task_view",
