@@ -32,89 +32,72 @@ pub fn build_state(config: Config) -> Result<AppState, String> {
     Ok(AppState { core, templates })
 }
 
+/// Declares the JSON API once: the routes registered under `/api/v1`, and the same list as
+/// data (`API_ROUTES`) for the authorization-matrix test, so a route cannot be added without
+/// the test knowing.
+macro_rules! api_routes {
+    ($($method:ident $path:literal => $handler:path,)*) => {
+        /// Every JSON API route: (method, path under `/api/v1`).
+        pub const API_ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path),)*];
+
+        fn api_scope() -> actix_web::Scope {
+            web::scope("/api/v1")
+                $(.route($path, web::$method().to($handler)))*
+                .default_service(web::to(crate::web::api::not_found))
+        }
+    };
+}
+
+use crate::web::api;
+
+api_routes! {
+    post "/projects/{id}/next" => api::review::next,
+    post "/assignments/{id}/submit" => api::review::submit,
+    post "/auth/login" => api::auth::login,
+    post "/auth/logout" => api::auth::logout,
+    get "/auth/me" => api::auth::me,
+    get "/users" => api::users::list,
+    post "/users" => api::users::create,
+    get "/users/{id}" => api::users::get,
+    patch "/users/{id}" => api::users::update,
+    post "/users/{id}/revoke" => api::users::revoke,
+    get "/projects" => api::projects::list,
+    post "/projects" => api::projects::create,
+    get "/projects/{id}" => api::projects::get,
+    patch "/projects/{id}" => api::projects::update,
+    get "/projects/{id}/members" => api::projects::members,
+    put "/projects/{id}/members/{user}" => api::projects::set_member,
+    delete "/projects/{id}/members/{user}" => api::projects::remove_member,
+    get "/projects/{id}/stats" => api::projects::stats,
+    post "/projects/{id}/reroute" => api::projects::reroute,
+    get "/projects/{id}/broken" => api::tasks::broken,
+    post "/projects/{id}/broken/retry" => api::tasks::retry_broken,
+    post "/projects/{id}/tasks" => api::tasks::import,
+    get "/projects/{id}/tasks" => api::tasks::list,
+    get "/projects/{id}/export" => api::export::export,
+    get "/tasks/{id}" => api::tasks::get,
+    get "/tasks/{id}/submissions" => api::tasks::submissions,
+    post "/assignments/{id}/heartbeat" => api::review::heartbeat,
+    post "/assignments/{id}/skip" => api::review::skip,
+    post "/assignments/{id}/release" => api::review::release,
+    post "/projects/{id}/qa/next" => api::qa::next,
+    post "/qa/{id}/heartbeat" => api::qa::heartbeat,
+    post "/qa/{id}/release" => api::qa::release,
+    post "/qa/{id}/verdict" => api::qa::verdict,
+    get "/me/submissions" => api::qa::my_submissions,
+    get "/plugins" => api::plugins::list,
+    get "/plugins/{kind}/{name}/versions" => api::plugins::versions,
+    get "/plugins/{kind}/{name}/versions/{hash}" => api::plugins::version,
+    get "/audit" => api::audit::recent,
+    get "/audit/verify" => api::audit::verify,
+}
+
 /// Every route of the server, in one place.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    use crate::web::api;
     cfg.route("/healthz", web::get().to(api::health::healthz))
         .route("/readyz", web::get().to(api::health::readyz))
         .route("/metrics", web::get().to(api::health::metrics))
-        .service(
-            web::scope("/api/v1")
-                // The review loop's two calls first: routes are matched in order.
-                .route("/projects/{id}/next", web::post().to(api::review::next))
-                .route(
-                    "/assignments/{id}/submit",
-                    web::post().to(api::review::submit),
-                )
-                .route("/auth/login", web::post().to(api::auth::login))
-                .route("/auth/logout", web::post().to(api::auth::logout))
-                .route("/auth/me", web::get().to(api::auth::me))
-                .route("/users", web::get().to(api::users::list))
-                .route("/users", web::post().to(api::users::create))
-                .route("/users/{id}", web::get().to(api::users::get))
-                .route("/users/{id}", web::patch().to(api::users::update))
-                .route("/users/{id}/revoke", web::post().to(api::users::revoke))
-                .route("/projects", web::get().to(api::projects::list))
-                .route("/projects", web::post().to(api::projects::create))
-                .route("/projects/{id}", web::get().to(api::projects::get))
-                .route("/projects/{id}", web::patch().to(api::projects::update))
-                .route(
-                    "/projects/{id}/members",
-                    web::get().to(api::projects::members),
-                )
-                .route(
-                    "/projects/{id}/members/{user}",
-                    web::put().to(api::projects::set_member),
-                )
-                .route(
-                    "/projects/{id}/members/{user}",
-                    web::delete().to(api::projects::remove_member),
-                )
-                .route("/projects/{id}/stats", web::get().to(api::projects::stats))
-                .route(
-                    "/projects/{id}/reroute",
-                    web::post().to(api::projects::reroute),
-                )
-                .route("/projects/{id}/broken", web::get().to(api::tasks::broken))
-                .route(
-                    "/projects/{id}/broken/retry",
-                    web::post().to(api::tasks::retry_broken),
-                )
-                .route("/projects/{id}/tasks", web::post().to(api::tasks::import))
-                .route("/projects/{id}/tasks", web::get().to(api::tasks::list))
-                .route("/projects/{id}/export", web::get().to(api::export::export))
-                .route("/tasks/{id}", web::get().to(api::tasks::get))
-                .route(
-                    "/tasks/{id}/submissions",
-                    web::get().to(api::tasks::submissions),
-                )
-                .route(
-                    "/assignments/{id}/heartbeat",
-                    web::post().to(api::review::heartbeat),
-                )
-                .route("/assignments/{id}/skip", web::post().to(api::review::skip))
-                .route(
-                    "/assignments/{id}/release",
-                    web::post().to(api::review::release),
-                )
-                .route("/projects/{id}/qa/next", web::post().to(api::qa::next))
-                .route("/qa/{id}/heartbeat", web::post().to(api::qa::heartbeat))
-                .route("/qa/{id}/release", web::post().to(api::qa::release))
-                .route("/qa/{id}/verdict", web::post().to(api::qa::verdict))
-                .route("/me/submissions", web::get().to(api::qa::my_submissions))
-                .route("/plugins", web::get().to(api::plugins::list))
-                .route(
-                    "/plugins/{kind}/{name}/versions",
-                    web::get().to(api::plugins::versions),
-                )
-                .route(
-                    "/plugins/{kind}/{name}/versions/{hash}",
-                    web::get().to(api::plugins::version),
-                )
-                .route("/audit", web::get().to(api::audit::recent))
-                .route("/audit/verify", web::get().to(api::audit::verify))
-                .default_service(web::to(api::not_found)),
-        )
+        .service(api_scope())
         .configure(crate::web::pages::configure);
 }
 

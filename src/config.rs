@@ -80,6 +80,8 @@ pub struct ServerConfig {
     /// Addresses of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed
     /// (for login limits per address and the Secure cookie). Empty: the peer address is used.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <this>`.
+    pub metrics_token: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,14 +191,15 @@ impl Default for ServerConfig {
             bind: "127.0.0.1:8080".into(),
             workers: 0,
             blocking_threads: 4,
-            script_threads: 4,
-            script_threads_per_project: 2,
+            script_threads: 8,
+            script_threads_per_project: 6,
             hashing_threads: 2,
             max_import_mb: 1024,
             max_json_kb: 2048,
             body_grace_seconds: 10,
             min_body_bytes_per_second: 4096,
             trusted_proxies: Vec::new(),
+            metrics_token: String::new(),
         }
     }
 }

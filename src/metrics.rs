@@ -22,15 +22,43 @@ pub struct Metrics {
     /// and how long it took.
     pub queue_from_snapshot: AtomicU64,
     pub queue_load_ms: AtomicU64,
+    /// Exports started, imports committed and the tasks they created.
+    pub exports: AtomicU64,
+    pub imports: AtomicU64,
+    pub imported_tasks: AtomicU64,
     requests_by_class: [AtomicU64; 5],
+    /// Per route (method and pattern; unmatched paths as one): requests, server errors and
+    /// the sum of their durations. Bounded by the route table.
+    routes: std::sync::Mutex<std::collections::BTreeMap<(String, String), RouteCounts>>,
     latency_buckets: [AtomicU64; BUCKETS_MS.len()],
     latency_sum_micros: AtomicU64,
     latency_count: AtomicU64,
 }
 
+#[derive(Default, Clone, Copy)]
+struct RouteCounts {
+    requests: u64,
+    server_errors: u64,
+    micros: u64,
+}
+
 impl Metrics {
     pub fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// Records one finished request of a route (`pattern`: the route as declared, so ids in
+    /// paths do not multiply the series).
+    pub fn observe_route(&self, method: &str, pattern: Option<&str>, status: u16, micros: u64) {
+        self.observe(status, micros);
+        let pattern = pattern.unwrap_or("(unmatched)");
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = routes
+            .entry((method.to_owned(), pattern.to_owned()))
+            .or_default();
+        entry.requests += 1;
+        entry.server_errors += u64::from(status >= 500);
+        entry.micros += micros;
     }
 
     /// Records one finished request.
@@ -89,6 +117,21 @@ impl Metrics {
             "Submissions those batches carried; divided by the batches, submissions per transaction.",
             self.commit_members.load(Relaxed),
         );
+        counter(
+            "assay_exports_total",
+            "Exports started (the request was valid and streaming began).",
+            self.exports.load(Relaxed),
+        );
+        counter(
+            "assay_imports_total",
+            "Imports committed.",
+            self.imports.load(Relaxed),
+        );
+        counter(
+            "assay_imported_tasks_total",
+            "Tasks those imports created.",
+            self.imported_tasks.load(Relaxed),
+        );
         let mut gauge = |name: &str, help: &str, value: u64| {
             let _ = writeln!(
                 out,
@@ -130,5 +173,34 @@ impl Metrics {
         );
         let sum = self.latency_sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "assay_http_request_duration_seconds_sum {sum}\nassay_http_request_duration_seconds_count {count}");
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let _ = writeln!(out, "# HELP assay_route_requests_total Requests per route.\n# TYPE assay_route_requests_total counter");
+        for ((method, pattern), c) in &routes {
+            let _ = writeln!(
+                out,
+                "assay_route_requests_total{{method=\"{method}\",route=\"{pattern}\"}} {}",
+                c.requests
+            );
+        }
+        let _ = writeln!(out, "# HELP assay_route_server_errors_total 5xx answers per route.\n# TYPE assay_route_server_errors_total counter");
+        for ((method, pattern), c) in &routes {
+            let _ = writeln!(
+                out,
+                "assay_route_server_errors_total{{method=\"{method}\",route=\"{pattern}\"}} {}",
+                c.server_errors
+            );
+        }
+        let _ = writeln!(out, "# HELP assay_route_duration_seconds_sum Time spent per route.\n# TYPE assay_route_duration_seconds_sum counter");
+        for ((method, pattern), c) in &routes {
+            let _ = writeln!(
+                out,
+                "assay_route_duration_seconds_sum{{method=\"{method}\",route=\"{pattern}\"}} {}",
+                c.micros as f64 / 1e6
+            );
+        }
     }
 }

@@ -337,7 +337,41 @@ impl Default for Queue {
     }
 }
 
+/// How much waits in one project, for `/metrics`.
+pub struct Depth {
+    pub project: Id,
+    pub open: usize,
+    pub qa: usize,
+    pub leases: usize,
+}
+
 impl Queue {
+    /// Every known project's queue depths now (nothing while the index is loading).
+    pub fn depths(&self, now: i64) -> Vec<Depth> {
+        let projects: Vec<_> = {
+            let map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().map(|(id, q)| (*id, q.clone())).collect()
+        };
+        let mut out: Vec<Depth> = projects
+            .into_iter()
+            .map(|(project, q)| {
+                let queue = Self::lock(&q);
+                Depth {
+                    project,
+                    open: queue.slots.len(),
+                    qa: queue.qa.len(),
+                    leases: queue
+                        .slots
+                        .values()
+                        .map(|s| s.live_leases(now).count())
+                        .sum(),
+                }
+            })
+            .collect();
+        out.sort_unstable_by_key(|d| d.project);
+        out
+    }
+
     /// A queue that answers no lookup until [`Queue::load`] has filled it.
     pub fn loading() -> Self {
         Self::with_loaded(false)

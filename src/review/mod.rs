@@ -58,6 +58,8 @@ pub struct ReviewCore {
     gates: pool::ProjectGates,
     /// Set by `shutdown`: timers stop changing state.
     stopping: AtomicBool,
+    /// When the core opened (ms).
+    started_at: i64,
 }
 
 impl ReviewCore {
@@ -133,6 +135,7 @@ impl ReviewCore {
             gates,
             metrics,
             stopping: AtomicBool::new(false),
+            started_at: crate::now_ms(),
         });
         startup::spawn_load(&core, started, mark, snapshot, resumed)
             .map_err(|e| format!("cannot start loading the queue: {e}"))?;
@@ -222,6 +225,15 @@ impl ReviewCore {
                 }
             }
         });
+    }
+
+    pub fn started_at(&self) -> i64 {
+        self.started_at
+    }
+
+    /// Open tasks, tasks in QA and live leases per project, for `/metrics`.
+    pub fn queue_depths(&self) -> Vec<crate::queue::Depth> {
+        self.queue.depths(crate::now_ms())
     }
 
     /// Whether the hand-out index has loaded (`/readyz`).

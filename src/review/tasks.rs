@@ -16,6 +16,7 @@ use super::ReviewCore;
 use crate::domain::{AuditAction, BrokenTask, Id, NewTask, Project, Routing, TaskState};
 use crate::error::{AppError, AppResult, ErrorCode, RecordError};
 use crate::import::{read_records, RawRecord};
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::scripting::{router, rubric, PluginKind};
 
@@ -158,6 +159,10 @@ impl ReviewCore {
             }
         };
         drop(created);
+        Metrics::count(&st.metrics.imports);
+        st.metrics
+            .imported_tasks
+            .fetch_add(report.imported, std::sync::atomic::Ordering::Relaxed);
         crate::memory::give_back();
         tracing::info!(
             project = project.id,

@@ -28,17 +28,18 @@ struct Running {
     budget_ends_first: bool,
     /// The thread's allocation count when the call began (`memory::thread_held`).
     held_at_start: isize,
-    /// When the call last paused to leave the CPU to others (see `LONG_CALL`); at first, when
-    /// it began.
-    paused_at: Instant,
+    /// The thread's CPU time when the call last paused to leave the CPU to others (see
+    /// `LONG_CALL`); at first, when it began.
+    paused_at: Duration,
     /// Whether the call has run past `LONG_CALL`.
     long: bool,
 }
 
-/// A call running longer than this is throttled: it runs `THROTTLE_RUN` and then sleeps
-/// `THROTTLE_PAUSE`, so a script looping until its deadline uses a fifth of a core, not a whole
-/// one, and cannot take the CPU from other projects' quick calls. Ordinary calls take
-/// microseconds and never get here.
+/// A call that has used this much CPU is throttled: it runs `THROTTLE_RUN` (of CPU) and then
+/// sleeps `THROTTLE_PAUSE`, so a script looping until its deadline uses a fifth of a core, not
+/// a whole one, and cannot take the CPU from other projects' quick calls. Ordinary calls take
+/// microseconds and never get here. CPU time, not wall time: a quick call that waited for a
+/// core on a busy machine must not be slowed down further.
 const LONG_CALL: Duration = Duration::from_millis(20);
 const THROTTLE_RUN: Duration = Duration::from_millis(1);
 const THROTTLE_PAUSE: Duration = Duration::from_millis(4);
@@ -49,6 +50,21 @@ thread_local! {
     static BUDGET: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Name of the plugin running on this thread, for `print` and `debug`.
     static PLUGIN: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// CPU time this thread has used (a vDSO call on Linux, no system call).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0;
+    if ok {
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// Why `on_progress` stopped a call (the token of `ErrorTerminated`).
@@ -186,11 +202,11 @@ impl ScriptEngine {
                 };
                 return Some(Dynamic::from(why));
             }
-            let ran = now.duration_since(running.paused_at);
+            let ran = thread_cpu_time().saturating_sub(running.paused_at);
             if ran >= THROTTLE_RUN && (running.long || ran >= LONG_CALL) {
                 std::thread::sleep(THROTTLE_PAUSE.min(running.deadline - now));
                 RUNNING.set(Some(Running {
-                    paused_at: Instant::now(),
+                    paused_at: thread_cpu_time(),
                     long: true,
                     ..running
                 }));
@@ -357,7 +373,7 @@ impl RunningGuard {
             deadline,
             budget_ends_first,
             held_at_start: crate::memory::thread_held(),
-            paused_at: Instant::now(),
+            paused_at: thread_cpu_time(),
             long: false,
         }));
         PLUGIN.with_borrow_mut(|name| {

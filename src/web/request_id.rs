@@ -46,12 +46,19 @@ pub async fn middleware(
         .app_data::<actix_web::web::Data<crate::app::AppState>>()
         .map(|s| s.metrics.clone());
     let span = tracing::info_span!("request", id = %id, method = %req.method(), path = %req.path());
+    let method = req.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let mut res = REQUEST_ID
         .scope(id.clone(), next.call(req).instrument(span.clone()))
         .await?;
     if let Some(m) = metrics {
-        m.observe(res.status().as_u16(), started.elapsed().as_micros() as u64);
+        let pattern = res.request().match_pattern();
+        m.observe_route(
+            &method,
+            pattern.as_deref(),
+            res.status().as_u16(),
+            started.elapsed().as_micros() as u64,
+        );
     }
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut()

@@ -540,3 +540,52 @@ async fn session_tokens_are_checked_for_nbf_and_iat() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// `/metrics`: build info, per-route counts, queue depth and leases per project, import and
+/// export counters; behind a token when one is configured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_routes_queues_and_leases_behind_a_token() {
+    let s = Server::start_with(Options {
+        env: vec![("ASSAY_SERVER__METRICS_TOKEN", "metrics-secret".into())],
+        ..Default::default()
+    })
+    .await;
+    let admin = s.admin().await;
+    let p = s.project(&admin, pairwise_project("metered", 1)).await;
+    s.upload(&admin, p, &pairwise_tasks("m", 3)).await;
+    let (uid, expert) = s.expert(&admin, "meg", &[]).await;
+    s.add_member(&admin, p, uid, "expert").await;
+    assert_eq!(s.next(&expert, p).await.0, StatusCode::OK);
+
+    let url = format!("{}/metrics", s.url);
+    let res = s.client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let res = s
+        .client
+        .get(&url)
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let text = s
+        .client
+        .get(&url)
+        .bearer_auth("metrics-secret")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "assay_build_info{version=",
+        "assay_route_requests_total{method=\"POST\",route=\"/api/v1/projects/{id}/next\"} 1",
+        &format!("assay_queue_open_tasks{{project=\"{p}\"}} 3"),
+        &format!("assay_open_leases{{project=\"{p}\"}} 1"),
+        "assay_imports_total 1",
+        "assay_imported_tasks_total 3",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}

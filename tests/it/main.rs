@@ -4,6 +4,7 @@
 //! in a temporary folder.
 
 mod auth;
+mod auth_matrix;
 mod browser;
 mod cli;
 mod crash;

@@ -60,6 +60,7 @@ pub async fn export(
         Some(Err(e)) => return Err(e),
         None => None,
     };
+    crate::metrics::Metrics::count(&state.metrics.exports);
     let rest = ReceiverStream::new(rx).map(|item| {
         Ok::<_, actix_web::Error>(match item {
             Ok(chunk) => chunk,

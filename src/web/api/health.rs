@@ -36,9 +36,26 @@ pub async fn readyz(state: State) -> HttpResponse {
 }
 
 /// Prometheus text format: what an operator asks about.
-pub async fn metrics(state: State) -> HttpResponse {
+pub async fn metrics(state: State, req: actix_web::HttpRequest) -> HttpResponse {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
+    // Behind a token when one is configured (`server.metrics_token`).
+    let token = &state.config.server.metrics_token;
+    if !token.is_empty() {
+        let sent = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(sent.as_bytes(), token.as_bytes()) {
+            return actix_web::ResponseError::error_response(
+                &crate::error::AppError::Unauthorized(
+                    "/metrics needs the metrics token (server.metrics_token) as a Bearer token",
+                ),
+            );
+        }
+    }
     let r = &state.registry;
     let statuses = r.statuses();
     let failing = statuses.iter().filter(|s| s.status == "error").count();
@@ -98,8 +115,51 @@ pub async fn metrics(state: State) -> HttpResponse {
         "Writes that waited for a flush; divided by the flushes, writers per flush.",
         waits,
     );
+    let _ = writeln!(
+        out,
+        "# HELP assay_build_info The running build.\n# TYPE assay_build_info gauge\nassay_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let _ = writeln!(
+        out,
+        "# HELP assay_process_start_time_seconds When the process started, seconds since the epoch.\n# TYPE assay_process_start_time_seconds gauge\nassay_process_start_time_seconds {}",
+        state.started_at() / 1000
+    );
+    let _ = writeln!(out, "# HELP assay_queue_open_tasks Tasks waiting for reviews, per project.\n# TYPE assay_queue_open_tasks gauge");
+    let depths = state.queue_depths();
+    for d in &depths {
+        let _ = writeln!(
+            out,
+            "assay_queue_open_tasks{{project=\"{}\"}} {}",
+            d.project, d.open
+        );
+    }
+    let _ = writeln!(out, "# HELP assay_qa_waiting_tasks Tasks waiting in QA, per project.\n# TYPE assay_qa_waiting_tasks gauge");
+    for d in &depths {
+        let _ = writeln!(
+            out,
+            "assay_qa_waiting_tasks{{project=\"{}\"}} {}",
+            d.project, d.qa
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP assay_open_leases Live review leases, per project.\n# TYPE assay_open_leases gauge"
+    );
+    for d in &depths {
+        let _ = writeln!(
+            out,
+            "assay_open_leases{{project=\"{}\"}} {}",
+            d.project, d.leases
+        );
+    }
     state.metrics.render(&mut out);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)
+}
+
+/// Compares without stopping at the first difference (the token's length is not secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
