@@ -35,14 +35,27 @@ struct Running {
     long: bool,
 }
 
-/// A call that has used this much CPU is throttled: it runs `THROTTLE_RUN` (of CPU) and then
-/// sleeps `THROTTLE_PAUSE`, so a script looping until its deadline uses a fifth of a core, not
-/// a whole one, and cannot take the CPU from other projects' quick calls. Ordinary calls take
+/// A call that has used this much CPU is throttled: it runs in slices of `THROTTLE_RUN` (of
+/// CPU), each waiting for its turn (see `next_slow_slot`), so scripts looping until their
+/// deadlines share a fifth of a core, and cannot take the CPU from other projects' quick calls. Ordinary calls take
 /// microseconds and never get here. CPU time, not wall time: a quick call that waited for a
 /// core on a busy machine must not be slowed down further.
 const LONG_CALL: Duration = Duration::from_millis(20);
 const THROTTLE_RUN: Duration = Duration::from_millis(1);
 const THROTTLE_PAUSE: Duration = Duration::from_millis(4);
+
+/// When the next slice of a throttled call may start. Slices are handed out one after the
+/// other, `THROTTLE_RUN + THROTTLE_PAUSE` apart, to every throttled call of the server
+/// together: however many calls loop to their deadlines, in however many projects, they share
+/// a fifth of one core, and quick calls keep the rest.
+static NEXT_SLOW_SLOT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+fn next_slow_slot(now: Instant) -> Instant {
+    let mut next = NEXT_SLOW_SLOT.lock().unwrap_or_else(|p| p.into_inner());
+    let start = next.map_or(now, |n| n.max(now));
+    *next = Some(start + THROTTLE_RUN + THROTTLE_PAUSE);
+    start
+}
 
 thread_local! {
     static RUNNING: Cell<Option<Running>> = const { Cell::new(None) };
@@ -204,7 +217,8 @@ impl ScriptEngine {
             }
             let ran = thread_cpu_time().saturating_sub(running.paused_at);
             if ran >= THROTTLE_RUN && (running.long || ran >= LONG_CALL) {
-                std::thread::sleep(THROTTLE_PAUSE.min(running.deadline - now));
+                let start = next_slow_slot(now);
+                std::thread::sleep(start.min(running.deadline).saturating_duration_since(now));
                 RUNNING.set(Some(Running {
                     paused_at: thread_cpu_time(),
                     long: true,
