@@ -19,18 +19,7 @@
     n.hidden = false;
   }
 
-  function nextItem() {
-    const f = document.createElement('form');
-    f.method = 'post';
-    f.action = '/p/' + project + '/qa';
-    const c = document.createElement('input');
-    c.type = 'hidden';
-    c.name = '_csrf';
-    c.value = window.Assay.csrf();
-    f.appendChild(c);
-    document.body.appendChild(f);
-    f.submit();
-  }
+  const nextItem = () => window.Assay.postTo('/p/' + project + '/qa');
 
   function showError(res) {
     const box = document.getElementById(adjudicate ? 'final-error' : 'form-error');

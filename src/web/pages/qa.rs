@@ -4,11 +4,11 @@
 //! with a diff against the original); an adjudication picks an answer (`1`–`9`) or takes one
 //! written fresh.
 
-use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::web;
 use serde_json::json;
 
 use super::account::CsrfForm;
+use super::review::take_then_show;
 use super::view::{answer_view, response_labels, task_view};
 use super::{page, PageResult, Session};
 use crate::app::AppState;
@@ -70,26 +70,15 @@ pub async fn start(
     id: web::Path<Id>,
     form: web::Form<CsrfForm>,
 ) -> PageResult {
-    session.check_form(&state, form.csrf())?;
-    let (project, _) = projects::access(&state.core, &session.user, id.into_inner()).await?;
-    if state
-        .core
-        .qa_next(session.user.clone(), project.id)
-        .await?
-        .is_none()
-    {
-        let data = json!({ "project": { "id": project.id, "name": project.name } });
-        return page(
-            &state,
-            Some(&session),
-            "nothing_left",
-            "Nothing waiting",
-            data,
-        );
-    }
-    Ok(HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, format!("/p/{}/qa", project.id)))
-        .finish())
+    take_then_show(
+        &state,
+        &session,
+        id.into_inner(),
+        form.csrf(),
+        "qa",
+        |core, user, p| Box::pin(async move { Ok(core.qa_next(user, p).await?.is_some()) }),
+    )
+    .await
 }
 
 /// The expert's own submissions of the last 30 days, with verdicts and reasons.

@@ -70,24 +70,48 @@ pub async fn start(
     id: web::Path<Id>,
     form: web::Form<CsrfForm>,
 ) -> PageResult {
-    session.check_form(&state, form.csrf())?;
-    let (project, _) = projects::access(&state.core, &session.user, id.into_inner()).await?;
-    if state
-        .core
-        .next(session.user.clone(), project.id)
-        .await?
-        .is_none()
-    {
+    take_then_show(
+        &state,
+        &session,
+        id.into_inner(),
+        form.csrf(),
+        "review",
+        |core, user, p| Box::pin(async move { Ok(core.next(user, p).await?.is_some()) }),
+    )
+    .await
+}
+
+/// What a start form does, for reviews and QA alike: checks the form's CSRF token and the
+/// project, runs `take` (true when something was taken or is held), then sends the browser to
+/// `/p/{id}/{page}` by a GET, or shows "nothing waiting".
+pub(super) async fn take_then_show<F>(
+    state: &web::Data<AppState>,
+    session: &Session,
+    id: Id,
+    csrf: &str,
+    page_name: &str,
+    take: F,
+) -> PageResult
+where
+    F: FnOnce(
+        std::sync::Arc<crate::review::ReviewCore>,
+        crate::domain::User,
+        Id,
+    ) -> futures_util::future::BoxFuture<'static, crate::error::AppResult<bool>>,
+{
+    session.check_form(state, csrf)?;
+    let (project, _) = projects::access(&state.core, &session.user, id).await?;
+    if !take(state.core.clone(), session.user.clone(), project.id).await? {
         let data = json!({ "project": { "id": project.id, "name": project.name } });
         return page(
-            &state,
-            Some(&session),
+            state,
+            Some(session),
             "nothing_left",
             "Nothing waiting",
             data,
         );
     }
     Ok(HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, format!("/p/{}/review", project.id)))
+        .insert_header((header::LOCATION, format!("/p/{}/{page_name}", project.id)))
         .finish())
 }
