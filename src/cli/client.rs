@@ -37,6 +37,28 @@ async fn token(
         .ok_or_else(|| "login returned no token".into())
 }
 
+/// `POST /api/v1/users` on a running server; the created user.
+pub async fn add_user(
+    url: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let url = url.trim_end_matches('/');
+    let res = reqwest::Client::new()
+        .post(format!("{url}/api/v1/users"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = res.status();
+    let text = res.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(describe_error(status, &text));
+    }
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
 fn describe_error(status: reqwest::StatusCode, body: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
         return format!("{status}: {body}");

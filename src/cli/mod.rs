@@ -114,7 +114,9 @@ pub enum AuditCommand {
 
 #[derive(Subcommand)]
 pub enum UserCommand {
-    /// Add a user; the password is read from ASSAY_PASSWORD.
+    /// Add a user; the password is read from ASSAY_PASSWORD. With --url, through the API of a
+    /// running server (an admin's --token or ASSAY_TOKEN); without, in the data folder of a
+    /// stopped one.
     Add {
         username: String,
         #[arg(long, value_parser = parse_role, default_value = "member")]
@@ -122,6 +124,12 @@ pub enum UserCommand {
         /// Comma-separated skills (pools).
         #[arg(long, value_delimiter = ',')]
         skills: Vec<String>,
+        /// Base URL of a running server.
+        #[arg(long, env = "ASSAY_URL")]
+        url: Option<String>,
+        /// An admin's API token (with --url).
+        #[arg(long, env = "ASSAY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         #[command(flatten)]
         config: ConfigArgs,
     },
@@ -204,7 +212,38 @@ pub async fn run(cli: Cli) -> Result<(), String> {
                     username,
                     role,
                     skills,
+                    url: Some(url),
+                    token,
+                    ..
+                },
+        } => {
+            let password = std::env::var("ASSAY_PASSWORD")
+                .map_err(|_| "set the new user's password in ASSAY_PASSWORD".to_owned())?;
+            let token = token.ok_or("give an admin's token with --token or ASSAY_TOKEN")?;
+            let role = if role == GlobalRole::Admin {
+                "admin"
+            } else {
+                "member"
+            };
+            let body = serde_json::json!({"username": username, "password": password,
+                "role": role, "skills": skills});
+            let user = client::add_user(&url, &token, body).await?;
+            println!(
+                "created user `{}` with id {}",
+                user["username"].as_str().unwrap_or(""),
+                user["id"]
+            );
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Add {
+                    username,
+                    role,
+                    skills,
+                    url: None,
                     config,
+                    ..
                 },
         } => {
             let config = load_config(&config, None)?;
@@ -282,7 +321,9 @@ fn user_add(
         .map_err(|_| "set the new user's password in ASSAY_PASSWORD".to_owned())?;
     let store =
         crate::store::SledStore::open(&config.storage.data.join("db"), config.storage.fsync)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                format!("{e} (while the server runs, add users through it: --url and --token)")
+            })?;
     let new = crate::services::users::NewUser {
         username,
         password,

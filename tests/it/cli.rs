@@ -376,3 +376,37 @@ async fn logs_can_be_json_lines_without_colour() {
             .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
     }
 }
+
+/// `assay user add --url` adds a user through a running server; without it, the locked data
+/// folder says to use the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_add_works_through_a_running_server() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let out = assay()
+        .args(["user", "add", "zed", "--skills", "law", "--url", &s.url])
+        .env("ASSAY_TOKEN", &admin)
+        .env("ASSAY_PASSWORD", "zed-password-123")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("created user `zed`"));
+    s.login("zed", "zed-password-123").await;
+
+    let data = s.data_dir();
+    let out = assay()
+        .args(["user", "add", "amy", "--data", data.to_str().unwrap()])
+        .env("ASSAY_PASSWORD", "amy-password-123")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
