@@ -65,13 +65,14 @@ enum Choice {
 }
 
 impl ReviewCore {
-    /// Checks an assignment token against the path and the caller.
+    /// Checks an assignment token against the path and the caller; with the token's project,
+    /// read for the membership check.
     pub(super) fn claims_for(
         &self,
         user: &User,
         id: Id,
         token: &str,
-    ) -> AppResult<AssignmentClaims> {
+    ) -> AppResult<(AssignmentClaims, Project)> {
         let claims = self.keys.verify_assignment(token).ok_or_else(|| {
             lease_error(
                 ErrorCode::InvalidLeaseToken,
@@ -86,28 +87,32 @@ impl ReviewCore {
         }
         // A signed token outlives a membership: whoever left the project (or was removed)
         // may no longer act on a lease taken before.
-        access_blocking(self, user, claims.pid)?;
-        Ok(claims)
+        let (project, _) = access_blocking(self, user, claims.pid)?;
+        Ok((claims, project))
     }
 
     /// Hands the expert their current lease in the project, or a new one; `None` when nothing
     /// is left for them.
     pub async fn next(self: &Arc<Self>, user: User, project: Id) -> AppResult<Option<Handout>> {
-        self.ready().await;
-        let (core, who) = (self.clone(), user.clone());
-        let result = self
-            .in_project(project, move || core.next_blocking(&who, project, true))
-            .await;
-        self.as_seen_by(&user, project, result).await
+        self.serve(user, project, true).await
     }
 
     /// The expert's live lease in the project, if any, without taking a new one or changing
     /// anything: what a page shown by a GET may render.
     pub async fn current(self: &Arc<Self>, user: User, project: Id) -> AppResult<Option<Handout>> {
+        self.serve(user, project, false).await
+    }
+
+    async fn serve(
+        self: &Arc<Self>,
+        user: User,
+        project: Id,
+        take_new: bool,
+    ) -> AppResult<Option<Handout>> {
         self.ready().await;
         let (core, who) = (self.clone(), user.clone());
         let result = self
-            .in_project(project, move || core.next_blocking(&who, project, false))
+            .in_project(project, move || core.next_blocking(&who, project, take_new))
             .await;
         self.as_seen_by(&user, project, result).await
     }
@@ -428,11 +433,7 @@ impl ReviewCore {
         self.ready().await;
         let core = self.clone();
         blocking(move || {
-            let claims = core.claims_for(&user, id, &token)?;
-            let project = core
-                .store
-                .project(claims.pid)?
-                .ok_or(AppError::NotFound("project"))?;
+            let (claims, project) = core.claims_for(&user, id, &token)?;
             let q = core.queue.project(claims.pid);
             let mut queue = Queue::lock(&q);
             let now = crate::now_ms();
@@ -503,7 +504,7 @@ impl ReviewCore {
         self.ready().await;
         let core = self.clone();
         blocking(move || {
-            let claims = core.claims_for(&user, id, &token)?;
+            let (claims, _) = core.claims_for(&user, id, &token)?;
             let a = core.live_assignment(&claims, crate::now_ms())?;
             core.end_lease(&user, &a, status, reason.clone())?;
             let action = if status == AssignmentStatus::Skipped {

@@ -143,12 +143,7 @@ impl ReviewCore {
         user: User,
         project: Id,
     ) -> AppResult<Option<QaHandout>> {
-        self.ready().await;
-        let (core, who) = (self.clone(), user.clone());
-        let result = self
-            .in_project(project, move || core.qa_next_blocking(&who, project, true))
-            .await;
-        self.as_seen_by(&user, project, result).await
+        self.qa_serve(user, project, true).await
     }
 
     /// The reviewer's held QA item, without taking a new one (for a page shown by a GET).
@@ -157,10 +152,21 @@ impl ReviewCore {
         user: User,
         project: Id,
     ) -> AppResult<Option<QaHandout>> {
+        self.qa_serve(user, project, false).await
+    }
+
+    async fn qa_serve(
+        self: &Arc<Self>,
+        user: User,
+        project: Id,
+        take_new: bool,
+    ) -> AppResult<Option<QaHandout>> {
         self.ready().await;
         let (core, who) = (self.clone(), user.clone());
         let result = self
-            .in_project(project, move || core.qa_next_blocking(&who, project, false))
+            .in_project(project, move || {
+                core.qa_next_blocking(&who, project, take_new)
+            })
             .await;
         self.as_seen_by(&user, project, result).await
     }
@@ -285,8 +291,9 @@ impl ReviewCore {
         }
     }
 
-    /// Checks a QA token against the path, the caller and their role now.
-    fn qa_claims(&self, user: &User, id: Id, token: &str) -> AppResult<QaClaims> {
+    /// Checks a QA token against the path, the caller and their role now; with the token's
+    /// project, read for that check.
+    fn qa_claims(&self, user: &User, id: Id, token: &str) -> AppResult<(QaClaims, Project)> {
         let claims = self
             .keys
             .verify_qa(token)
@@ -297,9 +304,9 @@ impl ReviewCore {
                 "this QA lease belongs to someone else",
             ));
         }
-        let (_, access) = access_blocking(self, user, claims.pid)?;
+        let (project, access) = access_blocking(self, user, claims.pid)?;
         may_check(access)?;
-        Ok(claims)
+        Ok((claims, project))
     }
 
     /// Extends a QA lease; returns its new expiry.
@@ -312,11 +319,7 @@ impl ReviewCore {
         self.ready().await;
         let core = self.clone();
         super::blocking(move || {
-            let claims = core.qa_claims(&user, id, &token)?;
-            let project = core
-                .store
-                .project(claims.pid)?
-                .ok_or(AppError::NotFound("project"))?;
+            let (claims, project) = core.qa_claims(&user, id, &token)?;
             let q = core.queue.project(claims.pid);
             let mut queue = Queue::lock(&q);
             let now = crate::now_ms();
@@ -344,7 +347,7 @@ impl ReviewCore {
         self.ready().await;
         let core = self.clone();
         super::blocking(move || {
-            let claims = core.qa_claims(&user, id, &token)?;
+            let (claims, _) = core.qa_claims(&user, id, &token)?;
             let q = core.queue.project(claims.pid);
             let mut queue = Queue::lock(&q);
             match queue.qa.lease(claims.tid, crate::now_ms()) {
@@ -386,15 +389,11 @@ impl ReviewCore {
         id: Id,
         body: VerdictBody,
     ) -> AppResult<(Value, bool)> {
-        let claims = self.qa_claims(user, id, &body.token)?;
+        let (claims, project) = self.qa_claims(user, id, &body.token)?;
         if let Some(first) = self.store.qa_result(id)? {
             return Ok((first, true));
         }
         let now = crate::now_ms();
-        let project = self
-            .store
-            .project(claims.pid)?
-            .ok_or(AppError::NotFound("project"))?;
         let status = self.qa_item(&claims, now)?;
         let task = self
             .store

@@ -76,7 +76,7 @@ impl ReviewCore {
         token: &str,
         answer: Value,
     ) -> AppResult<Prepared> {
-        let claims = self.claims_for(user, id, token)?;
+        let (claims, project) = self.claims_for(user, id, token)?;
         let now = crate::now_ms();
         let stored = self.store.assignment(id)?;
         let recovered = stored.is_none();
@@ -119,10 +119,6 @@ impl ReviewCore {
             Checked::Valid { scores } => scores,
             Checked::Invalid(errors) => return Err(AppError::InvalidAnswer(errors)),
         };
-        let project = self
-            .store
-            .project(task.project_id)?
-            .ok_or(AppError::NotFound("project"))?;
         let decision = self.on_submit(&project, &task, user, &answer, &scores)?;
         let sampled = super::qa::sampled(a.id, project.qa_rate);
         let submission = Submission {
