@@ -125,7 +125,16 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             poll: (plugins.poll_ms > 0).then(|| std::time::Duration::from_millis(plugins.poll_ms)),
             on_change: Box::new(move || {
                 core.rescan_plugins();
-                templates.reload();
+                // Changed templates get another try at the tasks whose page failed to render.
+                if templates.reload() && core.is_ready() {
+                    match core.retry_unrenderable() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(tasks = n, "tasks set aside by a render retried"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot retry tasks set aside by a render")
+                        }
+                    }
+                }
             }),
         };
         crate::scripting::watch::spawn(config)?;

@@ -150,9 +150,23 @@ pub enum TaskState {
     InQa,
     Complete,
     Archived,
-    /// Quarantined: its form could not be built (see [`BrokenTask`]); not handed out until an
-    /// admin retries it or a new rubric version comes.
+    /// Quarantined: its form, the router's pick or its page failed for it alone (see
+    /// [`BrokenTask`]); not handed out until an admin retries it or a new version of what
+    /// failed comes.
     Broken,
+}
+
+/// Which step of serving a task failed for it alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokenStage {
+    /// The rubric's `criteria(task)`: the form could not be built.
+    #[default]
+    Form,
+    /// The router's `pick` threw whenever this task was among the candidates.
+    Pick,
+    /// The review page could not be rendered for this task.
+    Render,
 }
 
 /// Why a task was quarantined.
@@ -160,10 +174,15 @@ pub enum TaskState {
 pub struct BrokenTask {
     pub task_id: Id,
     pub project_id: Id,
-    /// The script error, with its plugin, function and position (capped).
+    /// The script or render error, with its plugin, function and position (capped).
     pub error: String,
+    #[serde(default)]
+    pub stage: BrokenStage,
     pub rubric: String,
     pub rubric_version: String,
+    /// The router (name, version) whose `pick` failed, for stage `pick`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<(String, String)>,
     pub at: i64,
 }
 

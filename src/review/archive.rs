@@ -9,8 +9,9 @@ use crate::store::Store;
 
 pub struct StoreArchive {
     pub store: Arc<dyn Store>,
-    /// Rubrics whose new version went live, for the core to retry their quarantined tasks.
-    pub rubric_live: Mutex<mpsc::Sender<(String, String)>>,
+    /// Plugins whose new version went live (kind, name, version), for the core to retry the
+    /// tasks their older versions quarantined.
+    pub went_live: Mutex<mpsc::Sender<(PluginKind, String, String)>>,
 }
 
 impl VersionArchive for StoreArchive {
@@ -44,9 +45,9 @@ impl VersionArchive for StoreArchive {
     }
 
     fn loaded(&self, kind: PluginKind, name: &str, outcome: Result<&str, (&str, &ScriptError)>) {
-        if let (PluginKind::Rubric, Ok(hash)) = (kind, &outcome) {
-            if let Ok(live) = self.rubric_live.lock() {
-                let _ = live.send((name.to_owned(), (*hash).to_owned()));
+        if let Ok(hash) = &outcome {
+            if let Ok(live) = self.went_live.lock() {
+                let _ = live.send((kind, name.to_owned(), (*hash).to_owned()));
             }
         }
         let (action, detail) = match outcome {

@@ -15,7 +15,7 @@ use crate::error::{AppError, AppResult, ErrorCode};
 use crate::metrics::Metrics;
 use crate::queue::{Lease, Queue};
 use crate::scripting::rubric::Criterion;
-use crate::scripting::{router, Plugin, PluginKind};
+use crate::scripting::{Plugin, PluginKind};
 use crate::services::projects::access_blocking;
 use crate::store::StoreError;
 
@@ -47,9 +47,6 @@ pub struct TaskView {
 pub(super) fn lease_error(code: ErrorCode, message: &str) -> AppError {
     AppError::conflict(code, message)
 }
-
-/// The longest error kept with a quarantined task.
-const MAX_ERROR_BYTES: usize = 2048;
 
 /// Tasks one `next` may quarantine before it answers with the error.
 const MAX_QUARANTINED_PER_NEXT: usize = 3;
@@ -158,7 +155,15 @@ impl ReviewCore {
                 Err(error) => {
                     // This task's form cannot be built: set it aside and serve the next one, a
                     // few times at most per request (each failure may have taken the deadline).
-                    self.quarantine(&assignment, &error)?;
+                    let failure = super::quarantine::Failure {
+                        task_id: assignment.task_id,
+                        project_id: project.id,
+                        stage: BrokenStage::Form,
+                        error: error.to_string(),
+                        rubric: (&assignment.rubric, &assignment.rubric_version),
+                        router: None,
+                    };
+                    self.quarantine(failure, Some(&assignment))?;
                     quarantined += 1;
                     if quarantined == MAX_QUARANTINED_PER_NEXT {
                         return Err(error.into());
@@ -224,49 +229,6 @@ impl ReviewCore {
         self.lease_next(project, user, now)
     }
 
-    /// Ends a lease whose task's form failed to build and moves the task to `Broken`, with
-    /// the error kept for admins (`broken_tasks`).
-    fn quarantine(&self, a: &Assignment, error: &crate::error::ScriptError) -> AppResult<()> {
-        let q = self.queue.project(a.project_id);
-        let mut queue = Queue::lock(&q);
-        let mut status = match queue.slot(a.task_id) {
-            Some(slot) => slot.status.clone(),
-            None => self
-                .store
-                .task_status(a.task_id)?
-                .ok_or(AppError::NotFound("task"))?,
-        };
-        status.state = TaskState::Broken;
-        let mut ended = a.clone();
-        ended.status = AssignmentStatus::Released;
-        ended.reason = Some("task quarantined".into());
-        let broken = BrokenTask {
-            task_id: a.task_id,
-            project_id: a.project_id,
-            error: crate::text::truncate(&error.to_string(), MAX_ERROR_BYTES).to_owned(),
-            rubric: a.rubric.clone(),
-            rubric_version: a.rubric_version.clone(),
-            at: crate::now_ms(),
-        };
-        match self.store.quarantine(&ended, &status, &broken) {
-            Ok(()) => {}
-            // Ended meanwhile (expiry): the task goes back to the queue as it would anyway.
-            Err(StoreError::AssignmentEnded(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-        queue.remove_lease(a.task_id, a.id);
-        queue.set_status(status);
-        drop(queue);
-        Metrics::count(&self.metrics.quarantined);
-        self.audit(
-            None,
-            AuditAction::TaskQuarantine,
-            format!("task:{}", a.task_id),
-            serde_json::json!({"error": broken.error, "rubric_version": broken.rubric_version}),
-        );
-        Ok(())
-    }
-
     /// The rubric version a lease was served under (every answer is checked against it).
     pub(super) fn served_rubric(&self, a: &Assignment) -> AppResult<Arc<Plugin>> {
         self.registry
@@ -286,8 +248,9 @@ impl ReviewCore {
         // The script runs without the lock, so a slow `pick` never holds up other experts; its
         // choice is checked again under the lock below.
         let choice = if router.has_fn("pick", 2) {
-            // A failing `pick` must not stall the project: the default order serves instead.
-            match self.scripted_pick(&router, user, project.id, now) {
+            // A failing `pick` must not stall the project: the tasks it fails on are set
+            // aside, and when no task is to blame the default order serves instead.
+            match self.scripted_pick(&router, &rubric, user, project.id, now) {
                 Err(AppError::Script(e)) => {
                     tracing::warn!(error = %e, "router pick failed; serving in queue order");
                     Choice::Default
@@ -343,6 +306,7 @@ impl ReviewCore {
     fn scripted_pick(
         &self,
         router: &Plugin,
+        rubric: &Plugin,
         user: &User,
         project: Id,
         now: i64,
@@ -357,33 +321,28 @@ impl ReviewCore {
                 .collect();
             (statuses, queue.handouts(user.id))
         };
-        if window.is_empty() {
-            return Ok(Choice::Nothing);
-        }
+        let mut ids = Vec::with_capacity(window.len());
         let mut candidates = Vec::with_capacity(window.len());
         for status in &window {
             let Some(task) = self.store.task(status.task_id)? else {
                 continue;
             };
+            ids.push(task.id);
             candidates.push(serde_json::json!({
                 "id": task.id, "external_id": task.external_id, "meta": task.meta,
                 "pool": status.pool, "priority": status.priority, "reviews": status.reviews,
                 "done": status.done_by.len(), "is_gold": status.gold,
             }));
         }
+        if candidates.is_empty() {
+            return Ok(Choice::Nothing);
+        }
         let expert = serde_json::json!({
             "id": user.id, "username": user.username, "skills": user.skills, "handouts": handouts,
         });
         Ok(
-            match router::pick(
-                &self.registry.engine,
-                router,
-                &expert,
-                &Value::Array(candidates),
-            )? {
-                Some(i) => window
-                    .get(i)
-                    .map_or(Choice::Default, |s| Choice::Task(s.task_id)),
+            match self.pick_blaming_tasks(router, rubric, &expert, &ids, &candidates, project)? {
+                Some(id) => Choice::Task(id),
                 None => Choice::Nothing,
             },
         )

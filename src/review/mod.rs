@@ -16,6 +16,7 @@ mod commit;
 mod lease;
 pub mod pool;
 pub mod qa;
+mod quarantine;
 mod snapshot;
 mod startup;
 mod submit;
@@ -97,10 +98,10 @@ impl ReviewCore {
             .map_err(|e| format!("cannot start the flusher: {e}"))?;
         let flusher = Arc::new(flusher);
 
-        let (rubric_live, live_rubrics) = std::sync::mpsc::channel();
+        let (went_live, live_versions) = std::sync::mpsc::channel();
         let archive = Arc::new(archive::StoreArchive {
             store: store.clone(),
-            rubric_live: std::sync::Mutex::new(rubric_live),
+            went_live: std::sync::Mutex::new(went_live),
         });
         let registry = Arc::new(Registry::new(ScriptEngine::new(&config.scripting), archive));
         registry.load_dir(PluginKind::Rubric, &config.plugins.rubrics);
@@ -139,7 +140,7 @@ impl ReviewCore {
         });
         startup::spawn_load(&core, started, mark, snapshot, resumed)
             .map_err(|e| format!("cannot start loading the queue: {e}"))?;
-        tasks::spawn_retry_on_new_rubrics(&core, live_rubrics)
+        quarantine::spawn_retry_on_new_versions(&core, live_versions)
             .map_err(|e| format!("cannot start the quarantine retrier: {e}"))?;
         Ok(core)
     }

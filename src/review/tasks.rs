@@ -325,28 +325,6 @@ impl ReviewCore {
         }
         Ok(reopened.len())
     }
-
-    /// Retries the tasks a rubric broke under another version than `version`, in every project
-    /// that uses the rubric.
-    fn retry_for_rubric(&self, rubric: &str, version: &str) -> AppResult<usize> {
-        let mut reopened = 0;
-        for project in self.store.projects()? {
-            if project.rubric != rubric {
-                continue;
-            }
-            let stale: Vec<Id> = self
-                .store
-                .broken_tasks(project.id)?
-                .into_iter()
-                .filter(|b| b.rubric_version != version)
-                .map(|b| b.task_id)
-                .collect();
-            if !stale.is_empty() {
-                reopened += self.retry_broken(None, project.id, Some(&stale))?;
-            }
-        }
-        Ok(reopened)
-    }
 }
 
 /// How an error names a task: its id, and its external id when it has one.
@@ -355,33 +333,6 @@ fn task_label(task: &crate::domain::Task) -> String {
         Some(x) => format!("task {} (external_id {x:?})", task.id),
         None => format!("task {}", task.id),
     }
-}
-
-/// Each new rubric version that goes live gets another try at the tasks older versions broke.
-/// Runs on its own thread, after the hand-out index has loaded.
-pub(super) fn spawn_retry_on_new_rubrics(
-    core: &Arc<ReviewCore>,
-    live: std::sync::mpsc::Receiver<(String, String)>,
-) -> std::io::Result<()> {
-    let core = Arc::downgrade(core);
-    std::thread::Builder::new()
-        .name("assay-retrier".into())
-        .spawn(move || {
-            while let Ok((rubric, version)) = live.recv() {
-                let Some(core) = core.upgrade() else { return };
-                while !core.is_ready() {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                match core.retry_for_rubric(&rubric, &version) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        tracing::info!(rubric, version, tasks = n, "quarantined tasks retried")
-                    }
-                    Err(e) => tracing::warn!(rubric, error = %e, "cannot retry quarantined tasks"),
-                }
-            }
-        })
-        .map(|_| ())
 }
 
 /// Removes upload files an interrupted import left in `data/spool` (a running import's file is

@@ -166,11 +166,12 @@ pub trait Store: Send + Sync + 'static {
     /// Ends an active assignment (skip, release, expiry) and optionally updates its task.
     /// Fails with `AssignmentEnded` when it was ended already.
     fn end_assignment(&self, ended: &Assignment, status: Option<&TaskStatus>) -> StoreResult<()>;
-    /// Ends an active assignment (released) and quarantines its task: the task leaves the
-    /// queue in state `Broken`, with `broken` recording why. One transaction.
+    /// Quarantines a task, ending (released) the lease it was served under when there is one:
+    /// the task leaves the queue in state `Broken`, with `broken` recording why. One
+    /// transaction; `AssignmentEnded` when the lease had ended already.
     fn quarantine(
         &self,
-        ended: &Assignment,
+        ended: Option<&Assignment>,
         status: &TaskStatus,
         broken: &BrokenTask,
     ) -> StoreResult<()>;

@@ -478,3 +478,103 @@ async fn the_project_page_lists_quarantined_tasks_with_their_error() {
     assert!(!html.contains("<b>no form</b>"));
     assert!(html.contains("/broken/retry"));
 }
+
+#[tokio::test]
+async fn a_task_whose_page_fails_to_render_is_set_aside_and_retried_when_templates_change() {
+    let mut s = Server::start_with(Options {
+        rubrics: vec![(
+            "plain",
+            "fn criteria(task) { [#{ id: \"ok\", kind: \"boolean\", label: \"OK?\" }] }\n".into(),
+        )],
+        env: vec![],
+    })
+    .await;
+    // An override that names a field only some tasks have: rendering is strict, so the page
+    // of a task without `title` fails.
+    let dir = s.dir.path().join("templates");
+    std::fs::create_dir_all(&dir).unwrap();
+    let original = std::fs::read_to_string(repo().join("templates/task_view.hbs")).unwrap();
+    std::fs::write(
+        dir.join("task_view.hbs"),
+        format!("<p class=\"title\">{{{{other.title}}}}</p>\n{original}"),
+    )
+    .unwrap();
+    s.restart().await;
+    let admin = s.admin().await;
+    let (eid, expert) = s.expert(&admin, "reader", &[]).await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "titles", "rubric": "plain", "reviews_per_task": 1}),
+        )
+        .await;
+    s.add_member(&admin, p, eid, "expert").await;
+    let tasks = [
+        json!({"external_id": "untitled", "data": {"body": "no title here"}}),
+        json!({"external_id": "t1", "data": {"title": "First title"}}),
+        json!({"external_id": "t2", "data": {"title": "Second title"}}),
+    ]
+    .map(|t| t.to_string())
+    .join("\n");
+    assert_eq!(s.upload(&admin, p, &tasks).await.0, StatusCode::CREATED);
+
+    // The untitled task comes first; starting sets it aside and shows the next one.
+    let (c, csrf) = sign_in(&s, "reader", EXPERT_PASSWORD).await;
+    let html = start_review(&c, &s, p, &csrf).await;
+    assert!(html.contains("First title"), "{html}");
+    let (_, broken) = s.get(&admin, &format!("/api/v1/projects/{p}/broken")).await;
+    assert_eq!(broken.as_array().unwrap().len(), 1, "{broken}");
+    assert_eq!(broken[0]["stage"], "render");
+    assert!(
+        broken[0]["error"].as_str().unwrap().contains("render"),
+        "{broken}"
+    );
+
+    // Finish that task through the API, put the untitled one back by hand and take it through
+    // the API: the page's GET cannot show it and changes nothing; the start form sets it aside.
+    let (_, held) = s.next(&expert, p).await;
+    assert_eq!(held["task"]["external_id"], "t1");
+    let aid = held["assignment"]["id"].as_u64().unwrap();
+    let (status, _) = s
+        .post(
+            &expert,
+            &format!("/api/v1/assignments/{aid}/submit"),
+            json!({"token": held["assignment"]["token"], "answer": {"ok": true}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = s
+        .post(
+            &admin,
+            &format!("/api/v1/projects/{p}/broken/retry"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, held) = s.next(&expert, p).await;
+    assert_eq!(held["task"]["external_id"], "untitled");
+    let url = format!("{}/p/{p}/review", s.url);
+    let (status, html) = fetch(&c, &url).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains("id=\"start-problem\""), "{html}");
+    assert_eq!(
+        s.stats(&admin, p).await["broken"],
+        0,
+        "a GET set nothing aside"
+    );
+    let html = start_review(&c, &s, p, &csrf).await;
+    assert!(html.contains("Second title"), "{html}");
+    assert_eq!(s.stats(&admin, p).await["broken"], 1);
+
+    // Mending the template retries the task on its own.
+    std::fs::write(dir.join("task_view.hbs"), &original).unwrap();
+    let mut reopened = false;
+    for _ in 0..200 {
+        if s.stats(&admin, p).await["broken"] == 0 {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "changed templates did not retry the task");
+}

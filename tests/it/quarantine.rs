@@ -222,3 +222,102 @@ async fn reroute_is_all_or_nothing_and_names_the_failing_task() {
         "a failed reroute changed some tasks"
     );
 }
+
+/// A router whose `pick` throws whenever a poisoned task is among the candidates.
+const CHOOSY: &str = r#"fn route(task) { #{} }
+fn pick(expert, candidates) {
+    for c in candidates { if c.meta.poison == true { throw "cannot rank a poisoned task"; } }
+    0
+}
+"#;
+/// The same router, mended.
+const CHOOSY_MENDED: &str = r#"fn route(task) { #{} }
+fn pick(expert, candidates) { 0 }
+"#;
+/// A router whose `pick` fails for every task: a plain bug, not a bad task.
+const CLUMSY: &str = r#"fn route(task) { #{} }
+fn pick(expert, candidates) { throw "always broken"; }
+"#;
+
+fn picked_tasks() -> String {
+    let mut lines = vec![
+        json!({"external_id": "poison", "data": {"text": "p"}, "meta": {"poison": true}})
+            .to_string(),
+    ];
+    for i in 0..20 {
+        lines.push(json!({"external_id": format!("good-{i}"), "data": {"text": i}}).to_string());
+    }
+    lines.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_the_router_cannot_pick_is_quarantined_and_a_broken_router_blames_none() {
+    let s = Server::start_with(Options {
+        rubrics: vec![("fragile", MENDED.into())],
+        env: vec![],
+    })
+    .await;
+    let admin = s.admin().await;
+    let plugins = s.dir.path().join("plugins");
+    std::fs::write(plugins.join("choosy.rhai"), CHOOSY).unwrap();
+    std::fs::write(plugins.join("clumsy.rhai"), CLUMSY).unwrap();
+    wait_for_plugin(&s, &admin, "choosy", CHOOSY).await;
+    wait_for_plugin(&s, &admin, "clumsy", CLUMSY).await;
+    let (eid, expert) = s.expert(&admin, "worker", &[]).await;
+    let make = |name: &str, router: &str| json!({"name": name, "rubric": "fragile", "router": router, "reviews_per_task": 1});
+    let p = s.project(&admin, make("choosy", "choosy")).await;
+    let q = s.project(&admin, make("clumsy", "clumsy")).await;
+    for project in [p, q] {
+        s.add_member(&admin, project, eid, "expert").await;
+        assert_eq!(
+            s.upload(&admin, project, &picked_tasks()).await.0,
+            StatusCode::CREATED
+        );
+    }
+
+    // The poisoned task makes every pick that sees it throw; it is set aside and the expert
+    // gets all the good tasks.
+    for _ in 0..20 {
+        let (status, next) = s.next(&expert, p).await;
+        assert_eq!(status, StatusCode::OK, "{next}");
+        assert_ne!(next["task"]["external_id"], "poison");
+        assert_eq!(answer(&s, &expert, &next).await, StatusCode::CREATED);
+    }
+    assert_eq!(s.next(&expert, p).await.0, StatusCode::NO_CONTENT);
+    let (_, broken) = s.get(&admin, &format!("/api/v1/projects/{p}/broken")).await;
+    assert_eq!(broken.as_array().unwrap().len(), 1, "{broken}");
+    assert_eq!(broken[0]["stage"], "pick");
+    assert_eq!(broken[0]["router"][0], "choosy");
+    assert!(broken[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot rank a poisoned task"));
+
+    // A router that fails for every task blames none: the project is served in queue order.
+    for _ in 0..21 {
+        let (status, next) = s.next(&expert, q).await;
+        assert_eq!(status, StatusCode::OK, "{next}");
+        assert_eq!(answer(&s, &expert, &next).await, StatusCode::CREATED);
+    }
+    let stats = s.stats(&admin, q).await;
+    assert_eq!(
+        (stats["broken"].as_u64(), stats["complete"].as_u64()),
+        (Some(0), Some(21)),
+        "{stats}"
+    );
+
+    // A new version of the router retries the task it broke, on its own.
+    std::fs::write(plugins.join("choosy.rhai"), CHOOSY_MENDED).unwrap();
+    let mut reopened = false;
+    for _ in 0..200 {
+        if s.stats(&admin, p).await["broken"] == 0 {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reopened, "the new router version did not retry the task");
+    let (status, next) = s.next(&expert, p).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_eq!(next["task"]["external_id"], "poison");
+}

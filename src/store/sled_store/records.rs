@@ -557,7 +557,7 @@ impl Store for SledStore {
 
     fn quarantine(
         &self,
-        ended: &Assignment,
+        ended: Option<&Assignment>,
         status: &TaskStatus,
         broken: &BrokenTask,
     ) -> StoreResult<()> {
@@ -572,7 +572,9 @@ impl Store for SledStore {
         )
             .transaction(
                 |(assignments, leases, statuses, queue, counters, quarantined)| {
-                    tx_end_assignment(assignments, leases, ended)?;
+                    if let Some(ended) = ended {
+                        tx_end_assignment(assignments, leases, ended)?;
+                    }
                     let key = keys::id(status.task_id);
                     let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
                     tx_put(statuses, &key, status)?;

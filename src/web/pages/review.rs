@@ -12,23 +12,56 @@ use serde_json::json;
 
 use super::account::CsrfForm;
 use super::view::{criteria_view, response_labels, task_view};
-use super::{page, PageResult, Session};
+use super::{page, PageError, PageResult, Session};
 use crate::app::AppState;
-use crate::domain::Id;
+use crate::domain::{Id, Project};
+use crate::error::AppError;
+use crate::review::Handout;
 use crate::services::projects;
 
 pub async fn review(state: web::Data<AppState>, session: Session, id: web::Path<Id>) -> PageResult {
     let (project, _) = projects::access(&state.core, &session.user, id.into_inner()).await?;
     let Some(handout) = state.core.current(session.user.clone(), project.id).await? else {
-        let data = json!({ "project": { "id": project.id, "name": project.name } });
-        return page(
-            &state,
-            Some(&session),
-            "start_review",
-            "Start reviewing",
-            data,
-        );
+        return start_page(&state, &session, &project, None);
     };
+    match review_page(&state, &session, &project, &handout) {
+        Ok(page) => Ok(page),
+        // A GET changes nothing: the start form's POST sets the task aside and serves the next.
+        Err(_) => start_page(
+            &state,
+            &session,
+            &project,
+            Some("The task you hold could not be shown. Continuing sets it aside for an administrator and hands you the next one."),
+        ),
+    }
+}
+
+fn start_page(
+    state: &AppState,
+    session: &Session,
+    project: &Project,
+    problem: Option<&str>,
+) -> PageResult {
+    let data = json!({
+        "project": { "id": project.id, "name": project.name },
+        "problem": problem,
+    });
+    page(
+        state,
+        Some(session),
+        "start_review",
+        "Start reviewing",
+        data,
+    )
+}
+
+/// The review page for a held lease.
+fn review_page(
+    state: &AppState,
+    session: &Session,
+    project: &Project,
+    handout: &Handout,
+) -> PageResult {
     let labels = response_labels(&handout.criteria);
     let lease_seconds = project.lease_seconds;
     let data = json!({
@@ -54,8 +87,8 @@ pub async fn review(state: web::Data<AppState>, session: Session, id: web::Path<
         "server_now": crate::now_ms(),
     });
     page(
-        &state,
-        Some(&session),
+        state,
+        Some(session),
         "review",
         &format!("Review · {}", project.name),
         data,
@@ -76,10 +109,52 @@ pub async fn start(
         id.into_inner(),
         form.csrf(),
         "review",
-        |core, user, p| Box::pin(async move { Ok(core.next(user, p).await?.is_some()) }),
+        |core, user, p| {
+            let (state, session) = (state.clone(), session.clone());
+            Box::pin(async move {
+                // A task whose page cannot be rendered (a template that fails on its content)
+                // is set aside like one whose form fails, and the next one is tried.
+                for _ in 0..MAX_UNRENDERABLE_PER_START {
+                    let Some(handout) = core.next(user.clone(), p).await? else {
+                        return Ok(false);
+                    };
+                    let project = core
+                        .store()
+                        .project(p)?
+                        .ok_or(AppError::NotFound("project"))?;
+                    let rendered = review_page(&state, &session, &project, &handout)
+                        .map(|_| ())
+                        .map_err(|e| match e {
+                            // The template's own words, for the admin who reads the quarantine.
+                            PageError::App(AppError::Internal(cause)) => cause,
+                            other => other.to_string(),
+                        });
+                    match rendered {
+                        Ok(()) => return Ok(true),
+                        Err(e) => {
+                            let error = format!("the review page could not be rendered: {e}");
+                            tracing::warn!(task = handout.task.id, %error, "task set aside");
+                            core.set_aside_unrenderable(
+                                user.clone(),
+                                p,
+                                handout.assignment.id,
+                                error,
+                            )
+                            .await?;
+                        }
+                    }
+                }
+                Err(AppError::internal(
+                    "the review page could not be rendered for several tasks in a row",
+                ))
+            })
+        },
     )
     .await
 }
+
+/// Tasks one start may set aside for a failed render before it answers with the error.
+const MAX_UNRENDERABLE_PER_START: usize = 3;
 
 /// What a start form does, for reviews and QA alike: checks the form's CSRF token and the
 /// project, runs `take` (true when something was taken or is held), then sends the browser to

@@ -20,6 +20,7 @@ use crate::web::api::auth::SESSION_COOKIE;
 pub const LOGIN_CSRF_COOKIE: &str = "assay_login";
 
 /// A signed-in user on a page, with the CSRF token for the forms it renders.
+#[derive(Clone)]
 pub struct Session {
     pub user: User,
     pub csrf: String,

@@ -159,8 +159,8 @@ impl Templates {
     }
 
     /// Rebuilds from the defaults plus the folder's overrides. A template that fails to compile
-    /// keeps the source it had before (or the default).
-    pub fn reload(&self) {
+    /// keeps the source it had before (or the default). Returns whether a template changed.
+    pub fn reload(&self) -> bool {
         let mut wanted: BTreeMap<String, (String, &'static str)> = DEFAULT_TEMPLATES
             .iter()
             .map(|(n, s)| (n.to_string(), (s.to_string(), "default")))
@@ -205,7 +205,7 @@ impl Templates {
             loaded.asset_version = Arc::from(version.as_str());
         }
         if wanted == loaded.sources && !loaded.registry.get_templates().is_empty() {
-            return;
+            return false;
         }
         let mut registry = new_registry();
         let mut sources = BTreeMap::new();
@@ -241,6 +241,7 @@ impl Templates {
         loaded.registry = Arc::new(registry);
         loaded.sources = sources;
         loaded.errors = errors;
+        true
     }
 
     fn snapshot(&self) -> (Arc<Handlebars<'static>>, Arc<str>) {
