@@ -1,6 +1,7 @@
-// The QA page: y accepts, n rejects (with a reason), e fixes (JSON, with a diff against the
-// original); once every answer has its verdict they go to the server together. Adjudication:
-// 1-9 copies an answer into the final answer, w writes one, Ctrl+Enter sends it.
+// The QA page: y accepts, n rejects (with a reason), e fixes (the rubric's form, pre-filled
+// with the answer, with a diff against the original); once every answer has its verdict they
+// go to the server together. Adjudication: 1-9 starts the final answer's form from that
+// answer, w writes in it, Ctrl+Enter sends it. The forms are answer_form.js's.
 'use strict';
 (function () {
   const root = document.getElementById('qa');
@@ -20,6 +21,7 @@
   }
 
   const nextItem = () => window.Assay.postTo('/p/' + project + '/qa');
+  const originalOf = (card) => JSON.parse(card.querySelector('.qa-original').value);
 
   function showError(res) {
     const box = document.getElementById(adjudicate ? 'final-error' : 'form-error');
@@ -39,12 +41,31 @@
       nextItem();
     } else if (res.status !== 401) {
       showError(res);
-      if (!adjudicate) {
-        decided.clear();
-        cards.forEach((c) => setState(c, 'pending'));
-        focusCard(current());
-      }
+      if (!adjudicate) startOver(body.verdicts || [], res);
     }
+  }
+
+  // After a refused batch every answer is pending again; a fix the rubric refused reopens with
+  // the reviewer's edits kept and each error beside its field.
+  function startOver(verdicts, res) {
+    decided.clear();
+    cards.forEach((c) => setState(c, 'pending'));
+    const errors = (res.data && res.data.errors) || [];
+    for (const [i, card] of cards.entries()) {
+      const prefix = 'verdicts[' + i + '].answer.';
+      const own = errors.filter((e) => e.field && e.field.startsWith(prefix))
+        .map((e) => ({ field: e.field.slice(prefix.length), message: e.message }));
+      if (!verdicts[i] || verdicts[i].verdict !== 'fix' || !own.length) continue;
+      const fix = forms.get(card);
+      card.querySelector('.qa-fix').hidden = false;
+      editing = card;
+      focusCard(card);
+      const first = window.Assay.showErrors(fix.form, { status: res.status, data: { errors: own } });
+      const field = first && first.closest('.field');
+      if (field) fix.focusField(field); else fix.focusFirst();
+      return;
+    }
+    focusCard(current());
   }
 
   // Heartbeats keep the lease while the page is open.
@@ -56,40 +77,45 @@
   const typing = (e) => e.target && (e.target.tagName === 'TEXTAREA' || e.target.tagName === 'INPUT');
 
   if (adjudicate) {
-    const final = document.getElementById('final');
+    const finalForm = document.getElementById('final-form');
+    const final = window.Assay.answerForm(finalForm, { flash });
+    let inFinal = false; // keys go to the final answer's form
+    finalForm.addEventListener('focusin', () => { inFinal = true; });
+    const sendFinal = () => send({ final: final.collect() });
     document.getElementById('btn-final').addEventListener('click', sendFinal);
-    function sendFinal() {
-      let answer;
-      try {
-        answer = JSON.parse(final.value);
-      } catch (err) {
-        showError({ data: { message: 'The final answer is not valid JSON: ' + err.message } });
-        return;
-      }
-      send({ final: answer });
-    }
     document.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
         e.preventDefault();
         sendFinal();
         return;
       }
-      if (typing(e)) return;
+      if (inFinal) {
+        if (final.handleKey(e)) return;
+        if (e.key === 'Escape') { e.preventDefault(); inFinal = false; document.activeElement.blur(); }
+        return;
+      }
+      if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
       if (/^[1-9]$/.test(e.key)) {
         const card = cards[Number(e.key) - 1];
         if (!card) return;
         e.preventDefault();
-        final.value = card.querySelector('.qa-original').value;
+        final.clear();
+        final.fill(originalOf(card));
         cards.forEach((c) => c.classList.toggle('current', c === card));
+        inFinal = true;
+        final.focusFirst();
       } else if (e.key === 'w') {
         e.preventDefault();
-        final.focus();
+        final.clear();
+        inFinal = true;
+        final.focusFirst();
       }
     });
     return;
   }
 
   // ---------- QA: one verdict per answer, in order ----------
+  let editing = null; // the card whose fix form is open
   function current() {
     return cards.find((c) => !decided.has(c.dataset.submission));
   }
@@ -103,6 +129,7 @@
     s.textContent = state === 'pending' ? '' : state;
     card.querySelector('.qa-reject').hidden = true;
     card.querySelector('.qa-fix').hidden = true;
+    if (editing === card) editing = null;
   }
   function decide(card, verdict) {
     decided.set(card.dataset.submission, verdict);
@@ -116,7 +143,7 @@
     }
   }
 
-  // A line diff (longest common subsequence) of the original and the fixed JSON.
+  // A line diff (longest common subsequence) of the original and the fixed answer.
   function diff(a, b) {
     const x = a.split('\n'), y = b.split('\n');
     const n = x.length, m = y.length;
@@ -136,48 +163,58 @@
     return out.length ? out.join('\n') : '(no change yet)';
   }
 
-  // JSON as the server prints it (keys sorted, two-space indent), so the diff shows changes
-  // of content, not of layout; text that is not JSON yet is compared as typed.
-  function canon(text) {
+  // JSON with sorted keys, one value per line, so the diff shows changes of content only.
+  function canon(value) {
     const sort = (v) => Array.isArray(v) ? v.map(sort)
       : (v && typeof v === 'object') ? Object.keys(v).sort().reduce((o, k) => { o[k] = sort(v[k]); return o; }, {})
         : v;
-    try { return JSON.stringify(sort(JSON.parse(text)), null, 2); } catch (err) { return text; }
+    return JSON.stringify(sort(value), null, 2);
   }
 
+  const forms = new Map(); // card -> its fix form
   cards.forEach((card) => {
     const id = Number(card.dataset.submission);
     const reason = card.querySelector('.qa-reason');
-    const fixed = card.querySelector('.qa-fixed');
-    const original = card.querySelector('.qa-original').value;
     const shown = card.querySelector('.qa-diff');
-    const cancel = () => { setState(card, 'pending'); focusCard(card); };
+    const original = canon(originalOf(card));
+    const fix = window.Assay.answerForm(card.querySelector('.qa-fix-form'), {
+      flash,
+      onChange: () => { shown.textContent = diff(original, canon(fix.collect())); },
+    });
+    forms.set(card, fix);
     reason.addEventListener('keydown', (e) => {
-      if (e.key === 'Escape') { e.preventDefault(); cancel(); }
+      if (e.key === 'Escape') { e.preventDefault(); setState(card, 'pending'); focusCard(card); }
       if (e.key === 'Enter' && !e.shiftKey) {
         e.preventDefault();
         if (!reason.value.trim()) { flash('A rejection needs a reason.'); return; }
         decide(card, { submission: id, verdict: 'reject', reason: reason.value.trim() });
       }
     });
-    fixed.addEventListener('input', () => { shown.textContent = diff(canon(original), canon(fixed.value)); });
-    fixed.addEventListener('keydown', (e) => {
-      if (e.key === 'Escape') { e.preventDefault(); cancel(); }
-      if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
-        e.preventDefault();
-        let answer;
-        try {
-          answer = JSON.parse(fixed.value);
-        } catch (err) {
-          flash('The fixed answer is not valid JSON: ' + err.message);
-          return;
-        }
-        decide(card, { submission: id, verdict: 'fix', answer });
-      }
-    });
   });
 
+  function openFix(card) {
+    const fix = forms.get(card);
+    card.querySelector('.qa-fix').hidden = false;
+    fix.clear();
+    fix.fill(originalOf(card));
+    card.querySelector('.qa-diff').textContent = diff(canon(originalOf(card)), canon(fix.collect()));
+    editing = card;
+    fix.focusFirst();
+  }
+
   document.addEventListener('keydown', (e) => {
+    if (editing) {
+      const card = editing;
+      if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) {
+        e.preventDefault();
+        const answer = forms.get(card).collect();
+        decide(card, { submission: Number(card.dataset.submission), verdict: 'fix', answer });
+        return;
+      }
+      if (forms.get(card).handleKey(e)) return;
+      if (e.key === 'Escape') { e.preventDefault(); setState(card, 'pending'); focusCard(card); }
+      return;
+    }
     if (typing(e) || e.ctrlKey || e.metaKey || e.altKey) return;
     const card = current();
     if (!card || busy) return;
@@ -190,11 +227,7 @@
       card.querySelector('.qa-reason').focus();
     } else if (e.key === 'e') {
       e.preventDefault();
-      card.querySelector('.qa-fix').hidden = false;
-      const fixed = card.querySelector('.qa-fixed');
-      const original = card.querySelector('.qa-original').value;
-      card.querySelector('.qa-diff').textContent = diff(canon(original), canon(fixed.value));
-      fixed.focus();
+      openFix(card);
     }
   });
   focusCard(current());

@@ -573,8 +573,9 @@ async fn an_admin_creates_a_project_uploads_tasks_and_adds_a_member() {
         "document.querySelector('tr[data-user=dana]')",
     )
     .await;
-    b.js("document.querySelector('tr[data-user=dana] input[name=skills]').value = 'oncology'; document.querySelector('tr[data-user=dana] form button[type=submit]').click();").await;
-    b.wait("skills saved", "document.querySelector('tr[data-user=dana] input[name=skills]') && document.querySelector('tr[data-user=dana] input[name=skills]').value === 'oncology' && performance.getEntriesByType('navigation')[0].type === 'reload'").await;
+    // The page reloads after a save: a mark on the old document tells the new one apart.
+    b.js("window.beforeSave = true; document.querySelector('tr[data-user=dana] input[name=skills]').value = 'oncology'; document.querySelector('tr[data-user=dana] form button[type=submit]').click();").await;
+    b.wait("skills saved", "!window.beforeSave && document.querySelector('tr[data-user=dana] input[name=skills]') && document.querySelector('tr[data-user=dana] input[name=skills]').value === 'oncology'").await;
     b.js("document.querySelector('tr[data-user=dana] td.actions form button').click();")
         .await;
     b.wait(
@@ -892,18 +893,41 @@ async fn a_reviewer_accepts_rejects_and_fixes_from_the_keyboard() {
     b.type_text("Too vague about the risk.").await;
     b.press(Key::Enter.into()).await;
     let third = start_qa(&b, &second).await;
-    // e: fix, rewriting the answer; the diff shows what changed.
+    // e: fix, in the rubric's form pre-filled with the answer; the diff shows what changed.
     b.press('e').await;
     b.wait(
-        "fix focused",
-        "document.activeElement && document.activeElement.classList.contains('qa-fixed')",
+        "fix form open",
+        "document.querySelector('.qa-submission.current .qa-fix-form .field.active')",
+    )
+    .await;
+    let prefilled = "return document.querySelector('.qa-submission.current .qa-fix-form input[value=left]').checked;";
+    assert_eq!(
+        b.js(prefilled).await,
+        json!(true),
+        "the form starts from the answer"
+    );
+    b.press('3').await; // strength 3; the preference is complete → the justification
+    b.wait(
+        "justification focused",
+        "document.activeElement && document.activeElement.name === 'justification'",
     )
     .await;
     b.keys(&[&[Key::Control.into(), 'a']]).await;
-    b.type_text(r#"{"preference": {"pick": "left", "strength": 3}, "justification": "A is the standard safe method: nine minutes in boiling water. B can make the egg explode in the microwave, so it is unsafe."}"#).await;
+    b.type_text("A is the standard safe method.").await;
+    // Too short for a strong preference: the rubric refuses the fix, the edits stay and the
+    // error shows beside the field, which has the focus again.
+    b.ctrl_enter().await;
+    b.wait(
+        "fix refused beside its field",
+        "(() => { const e = document.querySelector('.qa-submission.current .qa-fix-form [data-error-for=justification]'); \
+         return e && !e.hidden && document.activeElement && document.activeElement.name === 'justification'; })()",
+    )
+    .await;
+    b.type_text(" B can make the egg explode in the microwave, so it is unsafe.")
+        .await;
     b.wait(
         "diff visible",
-        "document.querySelector('.qa-submission.current .qa-diff').textContent.includes('+ ')",
+        "document.querySelector('.qa-submission.current .qa-diff').textContent.includes('\"strength\": 3')",
     )
     .await;
     b.screenshot("qa-fix-diff").await;
@@ -911,6 +935,24 @@ async fn a_reviewer_accepts_rejects_and_fixes_from_the_keyboard() {
     b.wait("QA queue done", "document.getElementById('nothing-left')")
         .await;
     assert_ne!(third, Value::Null);
+    let rows = server.export(&admin, project).await;
+    let fixed: Vec<&Value> = rows
+        .iter()
+        .filter_map(|r| {
+            r["qa"]["fixed_answer"]
+                .as_object()
+                .map(|_| &r["qa"]["fixed_answer"])
+        })
+        .collect();
+    assert_eq!(fixed.len(), 1, "{rows:?}");
+    assert_eq!(
+        fixed[0]["preference"],
+        json!({"pick": "left", "strength": 3})
+    );
+    assert_eq!(
+        fixed[0]["justification"],
+        "A is the standard safe method. B can make the egg explode in the microwave, so it is unsafe."
+    );
     let stats = server.stats(&admin, project).await;
     assert_eq!(
         (
@@ -931,11 +973,23 @@ async fn a_reviewer_accepts_rejects_and_fixes_from_the_keyboard() {
         json!("adjudicate")
     );
     b.screenshot("adjudicate").await;
-    b.press('1').await;
+    // 2 starts the final answer's form from the second answer; Ctrl+Enter sends it.
+    b.press('2').await;
+    b.wait(
+        "final form filled",
+        "document.querySelector('#final-form input[value=right]').checked",
+    )
+    .await;
     b.ctrl_enter().await;
     b.wait("adjudicated", "document.getElementById('nothing-left')")
         .await;
     assert_eq!(server.stats(&admin, disagree).await["adjudicated"], 1);
+    let rows = server.export(&admin, disagree).await;
+    assert_eq!(
+        rows[0]["final"]["answer"]["preference"],
+        json!({"pick": "right", "strength": 1}),
+        "{rows:?}"
+    );
 
     // The author's "My work": the rejection with its reason.
     b.js("document.getElementById('logout').click(); return true;")

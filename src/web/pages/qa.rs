@@ -1,15 +1,15 @@
 //! The reviewer's QA page and the expert's "My work". Like the review page, a GET only shows
 //! (the held QA item, or a start form) and taking an item is a POST. The page's script talks
-//! to the JSON API: `y` accepts, `n` rejects (with a reason), `e` fixes (the answer as JSON,
-//! with a diff against the original); an adjudication picks an answer (`1`–`9`) or takes one
-//! written fresh.
+//! to the JSON API: `y` accepts, `n` rejects (with a reason), `e` fixes (the rubric's form,
+//! pre-filled with the answer, with a diff against the original); an adjudication starts the
+//! final answer's form from one of the answers (`1`–`9`) or writes it fresh.
 
 use actix_web::web;
 use serde_json::json;
 
 use super::account::CsrfForm;
 use super::review::take_then_show;
-use super::view::{answer_view, response_labels, task_view};
+use super::view::{answer_view, criteria_view, response_labels, task_view};
 use super::{page, PageResult, Session};
 use crate::app::AppState;
 use crate::domain::{Id, QaKind};
@@ -47,6 +47,8 @@ pub async fn qa(state: web::Data<AppState>, session: Session, id: web::Path<Id>)
         "task": { "id": item.task.id, "external_id": item.task.external_id,
                   "view": task_view(&item.task.data, &labels) },
         "submissions": submissions,
+        // The rubric's form, for fixes and final answers.
+        "criteria": criteria_view(&item.criteria, &item.task.data),
         "instructions": if item.instructions.trim().is_empty() { None } else { Some(&item.instructions) },
     });
     let title = if item.kind == QaKind::Adjudicate {

@@ -69,6 +69,11 @@ const DEFAULT_ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../../templates/static/app.js"),
     ),
     (
+        "answer_form.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../templates/static/answer_form.js"),
+    ),
+    (
         "review.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../templates/static/review.js"),
