@@ -90,6 +90,7 @@ api_routes! {
     get "/plugins/{kind}/{name}/versions/{hash}" => api::plugins::version,
     get "/audit" => api::audit::recent,
     get "/audit/verify" => api::audit::verify,
+    get "/admin/backup" => api::backup::backup,
 }
 
 /// Every route of the server, in one place.

@@ -186,3 +186,29 @@ pub async fn export(
     }
     Ok(())
 }
+
+/// Downloads a running server's backup into `out`.
+pub async fn backup(url: &str, tok: Option<String>, user: &str, out: &Path) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let tok = token(&client, url, tok, user).await?;
+    let res = client
+        .get(format!("{url}/api/v1/admin/backup"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {e}"))?;
+    let status = res.status();
+    if !status.is_success() {
+        let body = res.text().await.unwrap_or_default();
+        return Err(describe_error(status, &body));
+    }
+    let mut sink = tokio::fs::File::create(out)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let mut stream = res.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("download failed: {e}"))?;
+        sink.write_all(&chunk).await.map_err(|e| e.to_string())?;
+    }
+    sink.sync_all().await.map_err(|e| e.to_string())
+}

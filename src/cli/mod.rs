@@ -1,4 +1,5 @@
-//! Command-line interface: `serve`, `import`, `export`, `user add`.
+//! Command-line interface: `serve`, `import`, `export`, `backup`, `restore`, `user add`,
+//! `audit verify`, `check`, `bench`.
 
 pub mod bench_args;
 mod client;
@@ -78,6 +79,24 @@ pub enum Command {
         format: String,
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Take a consistent backup: from a running server (`--url`, an admin's token in
+    /// ASSAY_TOKEN) while it serves, or from a stopped server's data folder (`--data`).
+    Backup {
+        /// The backup file to write (written beside it, then renamed once checked).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Back up the data folder directly instead (the server must be stopped).
+        #[command(flatten)]
+        local: ConfigArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Restore a backup into a data folder that has no database yet (the server stopped).
+    Restore {
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Check rubric and router scripts offline: compile, contract, tests() (like `nginx -t`).
     Check {
@@ -252,7 +271,70 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         Command::Audit {
             command: AuditCommand::Verify { config },
         } => audit_verify(load_config(&config, None)?),
+        Command::Backup { out, local, server } => {
+            let part = out.with_extension("part");
+            let written = if local.data.is_some() {
+                backup_offline(load_config(&local, None)?, &part)
+            } else {
+                client::backup(&server.url, server.token, &server.user, &part).await
+            };
+            let checked = written.and_then(|_| {
+                let mut file = std::fs::File::open(&part)
+                    .map_err(|e| format!("cannot read {}: {e}", part.display()))?;
+                crate::store::backup::verify(&mut file)
+            });
+            match checked {
+                Ok(summary) => {
+                    std::fs::rename(&part, &out)
+                        .map_err(|e| format!("cannot rename to {}: {e}", out.display()))?;
+                    println!(
+                        "backup {}: {} bytes, {} entries in {} trees, schema {}, sha256 {}",
+                        out.display(),
+                        summary.bytes,
+                        summary.entries,
+                        summary.trees,
+                        summary.header.schema_version,
+                        summary.sha256
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    Err(e)
+                }
+            }
+        }
+        Command::Restore { file, config } => {
+            let config = load_config(&config, None)?;
+            let data = &config.storage.data;
+            std::fs::create_dir_all(data)
+                .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+            let mut input = std::fs::File::open(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let summary = crate::store::backup::restore(&mut input, &data.join("db"))?;
+            println!(
+                "restored {} entries in {} trees (schema {}, taken at {} ms) into {}",
+                summary.entries,
+                summary.trees,
+                summary.header.schema_version,
+                summary.header.created_at,
+                data.display()
+            );
+            Ok(())
+        }
     }
+}
+
+/// Backs up a stopped server's data folder (opening it fails while a server holds it).
+fn backup_offline(config: Config, part: &std::path::Path) -> Result<(), String> {
+    use crate::store::Store;
+    let store =
+        crate::store::SledStore::open(&config.storage.data.join("db"), config.storage.fsync)
+            .map_err(|e| e.to_string())?;
+    let mut file = std::fs::File::create(part)
+        .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+    store.backup(&mut file).map_err(|e| e.to_string())?;
+    file.sync_all().map_err(|e| e.to_string())
 }
 
 fn audit_verify(config: Config) -> Result<(), String> {

@@ -459,6 +459,8 @@ pub enum AuditAction {
     PluginLoadFailed,
     #[serde(rename = "export")]
     Export,
+    #[serde(rename = "backup")]
+    Backup,
 }
 
 /// The two kinds of script plugin.

@@ -12,6 +12,7 @@
 //! out tasks itself would replace the index lookups in `lease.rs` with its own query.
 
 mod archive;
+mod backup;
 mod commit;
 mod lease;
 pub mod pool;

@@ -12,6 +12,7 @@ pub mod sled_store;
 
 use crate::domain::*;
 
+pub use sled_store::backup::{self, BackupHeader, BackupSummary};
 pub use sled_store::SledStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -270,4 +271,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<AuditEvent>>;
     /// Most recent first.
     fn recent_audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;
+
+    // Backup
+    /// Writes a consistent copy of everything to `out`: no write happens while it is taken.
+    fn backup(&self, out: &mut dyn std::io::Write) -> StoreResult<BackupSummary>;
 }

@@ -109,6 +109,7 @@ fn rules() -> HashMap<(&'static str, &'static str), Rule> {
         (("get", "/plugins/{kind}/{name}/versions/{hash}"), AnyLead),
         (("get", "/audit"), Admin),
         (("get", "/audit/verify"), Admin),
+        (("get", "/admin/backup"), Admin),
     ])
 }
 

@@ -5,6 +5,7 @@
 
 mod auth;
 mod auth_matrix;
+mod backup;
 mod browser;
 mod cli;
 mod crash;

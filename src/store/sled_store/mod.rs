@@ -6,6 +6,7 @@
 //! |--------------------------|---------------------------------------|----------------------|
 //! | `meta`                   | `b"schema_version"`                   | u32 BE               |
 //! | `meta`                   | `b"snapshot_mark"` (after a clean stop) | u64 BE             |
+//! | `meta`                   | `b"id_base"` (a restored database)    | u64 BE               |
 //! | `users_id`               | user id                               | User                 |
 //! | `users_name`             | username bytes                        | user id              |
 //! | `projects_id`            | project id                            | Project              |
@@ -47,9 +48,10 @@
 //!
 //! Files: `open.rs` opens the database and runs the ordered migrations; `tx.rs` holds the
 //! transaction helpers (encoding, counters, state transitions); `records.rs` implements
-//! [`Store`] over the trees.
+//! [`Store`] over the trees; `backup.rs` writes and restores consistent backups.
 
 mod audit_chain;
+pub mod backup;
 mod open;
 mod records;
 mod staging;
@@ -109,4 +111,16 @@ pub struct SledStore {
     sync_file: Option<Mutex<File>>,
     /// One sealer (or pruner) of the audit chain at a time.
     audit_sealer: Mutex<()>,
+    /// Every write holds the shared side; a backup holds the exclusive side for its copy.
+    gate: parking_lot::RwLock<()>,
+    /// Added to sled's id counter: a restored database starts its ids above the backup's.
+    id_base: u64,
+}
+
+impl SledStore {
+    /// The write gate's shared side, held by every write. Recursive, so a write that calls
+    /// another never waits behind a backup that is waiting for the first.
+    pub(super) fn writing(&self) -> parking_lot::RwLockReadGuard<'_, ()> {
+        self.gate.read_recursive()
+    }
 }

@@ -76,12 +76,20 @@ impl SledStore {
         } else {
             None
         };
+        let id_base = t
+            .meta
+            .get(super::backup::ID_BASE)
+            .map_err(backend)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
         let store = Self {
             db,
             t,
             users: Default::default(),
             sync_file,
             audit_sealer: Mutex::new(()),
+            gate: Default::default(),
+            id_base,
         };
         store.migrate()?;
         Ok(store)

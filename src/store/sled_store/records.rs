@@ -51,7 +51,10 @@ impl SledStore {
     }
 
     pub(super) fn next_id(&self) -> StoreResult<Id> {
-        self.db.generate_id().map(|id| id + 1).map_err(backend)
+        self.db
+            .generate_id()
+            .map(|id| id + 1 + self.id_base)
+            .map_err(backend)
     }
 
     pub(super) fn get<T: DeserializeOwned>(
@@ -190,6 +193,7 @@ impl Store for SledStore {
     }
 
     fn take_snapshot_mark(&self) -> StoreResult<Option<u64>> {
+        let _writing = self.writing();
         let old = self.t.meta.remove(b"snapshot_mark").map_err(backend)?;
         if old.is_some() {
             Store::flush(self)?;
@@ -200,6 +204,7 @@ impl Store for SledStore {
     }
 
     fn set_snapshot_mark(&self, mark: u64) -> StoreResult<()> {
+        let _writing = self.writing();
         self.t
             .meta
             .insert(b"snapshot_mark", &mark.to_be_bytes())
@@ -209,6 +214,7 @@ impl Store for SledStore {
     }
 
     fn create_user(&self, mut user: User) -> StoreResult<User> {
+        let _writing = self.writing();
         user.id = self.next_id()?;
         (&self.t.users, &self.t.users_name)
             .transaction(|(users, names)| {
@@ -224,6 +230,7 @@ impl Store for SledStore {
     }
 
     fn update_user(&self, user: &User) -> StoreResult<()> {
+        let _writing = self.writing();
         // Usernames never change, so the name index stays as it is.
         self.replace_existing(&self.t.users, user.id, user, "user")?;
         self.remember(user);
@@ -277,6 +284,7 @@ impl Store for SledStore {
     }
 
     fn create_project(&self, mut project: Project) -> StoreResult<Project> {
+        let _writing = self.writing();
         project.id = self.next_id()?;
         self.t
             .projects
@@ -286,6 +294,7 @@ impl Store for SledStore {
     }
 
     fn update_project(&self, project: &Project) -> StoreResult<()> {
+        let _writing = self.writing();
         self.replace_existing(&self.t.projects, project.id, project, "project")
     }
 
@@ -298,6 +307,7 @@ impl Store for SledStore {
     }
 
     fn set_member(&self, project: Id, user: Id, role: Option<ProjectRole>) -> StoreResult<()> {
+        let _writing = self.writing();
         (&self.t.members_pu, &self.t.members_up)
             .transaction(|(pu, up)| {
                 match role {
@@ -352,18 +362,22 @@ impl Store for SledStore {
     }
 
     fn begin_import(&self, project: Id) -> StoreResult<Id> {
+        let _writing = self.writing();
         self.begin_staged_import(project)
     }
 
     fn publish_import(&self, project: Id, import: Id, created: u64) -> StoreResult<()> {
+        let _writing = self.writing();
         self.publish_staged_import(project, import, created)
     }
 
     fn abandon_import(&self, import: Id) -> StoreResult<u64> {
+        let _writing = self.writing();
         self.abandon_staged_import(import)
     }
 
     fn clean_imports(&self) -> StoreResult<u64> {
+        let _writing = self.writing();
         self.clean_staged_imports()
     }
 
@@ -373,6 +387,7 @@ impl Store for SledStore {
         import: Id,
         batch: Vec<NewTask>,
     ) -> StoreResult<ImportedBatch> {
+        let _writing = self.writing();
         let now = crate::now_ms();
         // Ids are taken before the transaction so the closure stays pure if sled retries it.
         let mut prepared = Vec::with_capacity(batch.len());
@@ -476,6 +491,7 @@ impl Store for SledStore {
     }
 
     fn put_task_statuses(&self, all: &[TaskStatus]) -> StoreResult<()> {
+        let _writing = self.writing();
         let t = &self.t;
         (&t.taskstatus, &t.queue, &t.counters)
             .transaction(|(statuses, queue, counters)| {
@@ -514,6 +530,7 @@ impl Store for SledStore {
     }
 
     fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
+        let _writing = self.writing();
         // No transaction (see the module notes): the index entry of an active lease goes first,
         // so the index never misses a live lease; the record of an ended one goes first, so a
         // live-looking index entry is always checked against it.
@@ -534,6 +551,7 @@ impl Store for SledStore {
     }
 
     fn end_assignment(&self, ended: &Assignment, status: Option<&TaskStatus>) -> StoreResult<()> {
+        let _writing = self.writing();
         let t = &self.t;
         (
             &t.assignments,
@@ -561,6 +579,7 @@ impl Store for SledStore {
         status: &TaskStatus,
         broken: &BrokenTask,
     ) -> StoreResult<()> {
+        let _writing = self.writing();
         let t = &self.t;
         (
             &t.assignments,
@@ -600,6 +619,7 @@ impl Store for SledStore {
     }
 
     fn reopen_broken(&self, project: Id, tasks: Option<&[Id]>) -> StoreResult<Vec<TaskStatus>> {
+        let _writing = self.writing();
         let wanted: Vec<Id> = match tasks {
             Some(ids) => ids.to_vec(),
             None => self
@@ -654,6 +674,7 @@ impl Store for SledStore {
     }
 
     fn commit_verdict(&self, w: &VerdictWrite) -> StoreResult<()> {
+        let _writing = self.writing();
         let subs = w
             .submissions
             .iter()
@@ -721,6 +742,7 @@ impl Store for SledStore {
     }
 
     fn commit_submissions(&self, batch: Vec<SubmissionWrite>) -> StoreResult<Vec<Submission>> {
+        let _writing = self.writing();
         // Ids and encodings are made before the transaction: its closure may run more than once.
         struct Prepared {
             submission: Submission,
@@ -873,6 +895,7 @@ impl Store for SledStore {
     }
 
     fn put_plugin_version(&self, version: &PluginVersion) -> StoreResult<()> {
+        let _writing = self.writing();
         // First write wins: a hash names one source forever.
         let bytes = enc(version)?;
         let mut index = plugin_prefix(version.kind.as_str(), &version.name);
@@ -906,6 +929,7 @@ impl Store for SledStore {
     }
 
     fn revoke_session(&self, sid: &str, exp: i64, now_s: i64) -> StoreResult<()> {
+        let _writing = self.writing();
         for (old, old_exp) in self.revoked_sessions()? {
             if old_exp <= now_s {
                 let key = [REVOKED_PREFIX, old.as_bytes()].concat();
@@ -936,6 +960,7 @@ impl Store for SledStore {
     }
 
     fn set_alive_at(&self, at: i64) -> StoreResult<()> {
+        let _writing = self.writing();
         self.t
             .meta
             .insert(b"alive_at", &at.to_be_bytes())
@@ -954,6 +979,7 @@ impl Store for SledStore {
     }
 
     fn set_served_plugin(&self, kind: PluginKind, name: &str, hash: &str) -> StoreResult<()> {
+        let _writing = self.writing();
         let key = [b"served\0".as_slice(), &plugin_prefix(kind.as_str(), name)].concat();
         self.t.meta.insert(key, hash.as_bytes()).map_err(backend)?;
         Ok(())
@@ -974,6 +1000,7 @@ impl Store for SledStore {
     }
 
     fn append_audit(&self, event: &AuditEvent) -> StoreResult<()> {
+        let _writing = self.writing();
         let id = self.next_id()?;
         self.t
             .audit
@@ -983,6 +1010,7 @@ impl Store for SledStore {
     }
 
     fn seal_audit(&self, settled_before: i64) -> StoreResult<u64> {
+        let _writing = self.writing();
         self.seal_audit_events(settled_before)
     }
 
@@ -995,6 +1023,7 @@ impl Store for SledStore {
     }
 
     fn prune_audit(&self, before: i64) -> StoreResult<u64> {
+        let _writing = self.writing();
         self.prune_audit_events(before)
     }
 
@@ -1037,6 +1066,10 @@ impl Store for SledStore {
             .take(limit)
             .map(|v| v.map_err(backend).and_then(|b| dec("audit_time_id", &b)))
             .collect()
+    }
+
+    fn backup(&self, out: &mut dyn std::io::Write) -> StoreResult<crate::store::BackupSummary> {
+        self.write_backup(out)
     }
 }
 
