@@ -91,6 +91,7 @@ api_routes! {
     get "/audit" => api::audit::recent,
     get "/audit/verify" => api::audit::verify,
     get "/admin/backup" => api::backup::backup,
+    get "/openapi.json" => crate::web::openapi::serve,
 }
 
 /// Every route of the server, in one place.

@@ -32,7 +32,7 @@ pub struct RecordError {
 }
 
 /// A script failure, with enough detail to find and fix it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct ScriptError {
     pub plugin: String,
     /// The entry point that was running, or `None` while compiling / loading.
@@ -109,6 +109,7 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     AlreadyExists,
     InvalidLeaseToken,
     ForeignLease,
@@ -142,6 +143,7 @@ impl ErrorCode {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::AlreadyExists => "already_exists",
             Self::InvalidLeaseToken => "invalid_lease_token",
             Self::ForeignLease => "foreign_lease",
@@ -182,6 +184,9 @@ pub enum AppError {
     Forbidden(&'static str),
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The path exists, with other methods (named).
+    #[error("this path takes {0}")]
+    MethodNotAllowed(String),
     #[error("{message}")]
     Conflict { code: ErrorCode, message: String },
     #[error("too many attempts, try again later")]
@@ -302,6 +307,7 @@ impl AppError {
             Self::Unauthorized(_) => ErrorCode::Unauthorized,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::NotFound(_) => ErrorCode::NotFound,
+            Self::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             Self::TooManyRequests => ErrorCode::TooManyRequests,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::RequestTimeout => ErrorCode::RequestTimeout,

@@ -6,14 +6,14 @@ use serde_json::Value;
 
 pub type Id = u64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum GlobalRole {
     Admin,
     Member,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProjectRole {
     Expert,
@@ -29,7 +29,7 @@ impl ProjectRole {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct User {
     pub id: Id,
     pub username: String,
@@ -47,7 +47,7 @@ pub struct User {
 }
 
 /// What clients see of a user.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct UserView {
     pub id: Id,
     pub username: String,
@@ -72,7 +72,7 @@ impl From<&User> for UserView {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Project {
     pub id: Id,
     pub name: String,
@@ -99,7 +99,7 @@ fn yes() -> bool {
 }
 
 /// What a task in QA waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum QaKind {
     /// A verdict on each unchecked submission.
@@ -109,7 +109,7 @@ pub enum QaKind {
 }
 
 /// A reviewer's verdict on one submission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Accept,
@@ -118,7 +118,7 @@ pub enum Verdict {
 }
 
 /// The QA record of a submission, kept beside it (the answer itself is never changed).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct QaRecord {
     pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,7 +133,7 @@ pub struct QaRecord {
 }
 
 /// A task's adjudicated final answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct FinalAnswer {
     pub task_id: Id,
     pub answer: Value,
@@ -143,7 +143,7 @@ pub struct FinalAnswer {
     pub at: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     Open,
@@ -157,7 +157,9 @@ pub enum TaskState {
 }
 
 /// Which step of serving a task failed for it alone.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum BrokenStage {
     /// The rubric's `criteria(task)`: the form could not be built.
@@ -170,7 +172,7 @@ pub enum BrokenStage {
 }
 
 /// Why a task was quarantined.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct BrokenTask {
     pub task_id: Id,
     pub project_id: Id,
@@ -188,7 +190,7 @@ pub struct BrokenTask {
 
 /// An imported item. Its content never changes after import; the mutable part lives in
 /// [`TaskStatus`], kept small because the hand-out reads and writes it constantly.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Task {
     pub id: Id,
     pub project_id: Id,
@@ -203,7 +205,7 @@ pub struct Task {
 }
 
 /// Routing decision and progress of one task.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct TaskStatus {
     pub task_id: Id,
     pub project_id: Id,
@@ -246,7 +248,7 @@ pub struct NewTask {
 }
 
 /// What a router's `route` decided for a task.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Routing {
     pub pool: Option<String>,
     pub reviews: u32,
@@ -255,7 +257,7 @@ pub struct Routing {
     pub router_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AssignmentStatus {
     Active,
@@ -266,7 +268,7 @@ pub enum AssignmentStatus {
 }
 
 /// A lease: one task handed to one expert until `expires_at`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Assignment {
     pub id: Id,
     pub task_id: Id,
@@ -291,7 +293,7 @@ pub struct Assignment {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct Submission {
     pub id: Id,
     pub task_id: Id,
@@ -334,7 +336,7 @@ impl Submission {
 }
 
 /// Counts kept per project (never computed by scanning).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ProjectCounts {
     pub tasks: u64,
     pub open: u64,
@@ -356,7 +358,7 @@ pub struct ProjectCounts {
 }
 
 /// A stored version of a plugin's source.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct PluginVersion {
     pub hash: String,
     pub kind: PluginKind,
@@ -366,7 +368,7 @@ pub struct PluginVersion {
 }
 
 /// Append-only record of who did what.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct AuditEvent {
     pub at: i64,
     pub actor: Option<Id>,
@@ -409,7 +411,7 @@ pub fn audit_changes<T: Serialize>(before: &T, after: &T, secret: &[&str]) -> Va
 }
 
 /// What an audit event records. Stored by its dotted name, which is also what clients see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum AuditAction {
     #[serde(rename = "auth.login")]
     Login,
@@ -464,7 +466,7 @@ pub enum AuditAction {
 }
 
 /// The two kinds of script plugin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginKind {
     Rubric,

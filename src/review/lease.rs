@@ -20,15 +20,17 @@ use crate::services::projects::access_blocking;
 use crate::store::StoreError;
 
 /// What `next` hands to the expert.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Handout {
     pub assignment: AssignmentView,
     pub task: TaskView,
+    /// The rubric's criteria (their shape: "Rubric plugins" in the README).
+    #[schemars(with = "Vec<serde_json::Value>")]
     pub criteria: Vec<Criterion>,
     pub instructions: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct AssignmentView {
     pub id: Id,
     pub token: String,
@@ -37,7 +39,7 @@ pub struct AssignmentView {
     pub rubric_version: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct TaskView {
     pub id: Id,
     pub external_id: Option<String>,

@@ -48,17 +48,19 @@ pub fn sampled(key: Id, rate: f64) -> bool {
 }
 
 /// A QA item handed to a reviewer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct QaHandout {
     pub kind: QaKind,
     pub assignment: QaAssignment,
     pub task: TaskView,
     pub submissions: Vec<QaSubmission>,
+    /// The rubric's criteria (their shape: "Rubric plugins" in the README).
+    #[schemars(with = "Vec<serde_json::Value>")]
     pub criteria: Vec<Criterion>,
     pub instructions: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct QaAssignment {
     pub id: Id,
     pub token: String,
@@ -66,7 +68,7 @@ pub struct QaAssignment {
 }
 
 /// A submission as a reviewer sees it; the author only when the project is not blind.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct QaSubmission {
     pub id: Id,
     pub answer: Value,
@@ -80,7 +82,7 @@ pub struct QaSubmission {
 }
 
 /// `POST /qa/{id}/verdict`: verdicts for a QA item, or the final answer for adjudication.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerdictBody {
     pub token: String,
@@ -90,7 +92,7 @@ pub struct VerdictBody {
     pub final_answer: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerdictItem {
     pub submission: Id,

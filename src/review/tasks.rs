@@ -23,14 +23,14 @@ use crate::scripting::{router, rubric, PluginKind};
 const BATCH: usize = 1000;
 const MAX_REPORTED: usize = 100;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct RerouteReport {
     pub rerouted: u64,
     pub completed: u64,
     pub router_version: String,
 }
 
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct ImportReport {
     /// Records in the upload.
     pub records: u64,

@@ -129,7 +129,7 @@ impl Plugin {
 }
 
 /// What `GET /api/v1/plugins` shows of a plugin.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PluginStatus {
     pub name: String,
     pub kind: PluginKind,

@@ -7,7 +7,7 @@ use crate::domain::{AuditAction, GlobalRole, Id, Project, ProjectRole, User};
 use crate::error::{AppError, AppResult};
 use crate::scripting::PluginKind;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectInput {
     pub name: String,
@@ -37,7 +37,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectPatch {
     pub name: Option<String>,

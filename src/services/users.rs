@@ -8,7 +8,7 @@ use crate::domain::{AuditAction, GlobalRole, Id, User};
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::store::Store;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     pub username: String,
@@ -25,7 +25,7 @@ fn member() -> GlobalRole {
     GlobalRole::Member
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
     pub password: Option<String>,

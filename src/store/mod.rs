@@ -67,7 +67,7 @@ pub struct VerdictWrite {
 }
 
 /// What `verify_audit` found.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct AuditCheck {
     pub events: u64,
     pub sealed: u64,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod body_deadline;
 pub mod client;
 pub mod error;
+pub mod openapi;
 pub mod pages;
 pub mod request_id;
 

@@ -110,6 +110,7 @@ fn rules() -> HashMap<(&'static str, &'static str), Rule> {
         (("get", "/audit"), Admin),
         (("get", "/audit/verify"), Admin),
         (("get", "/admin/backup"), Admin),
+        (("get", "/openapi.json"), Anyone),
     ])
 }
 
@@ -225,4 +226,32 @@ async fn every_route_admits_exactly_who_it_should() {
 fn short(v: &Value) -> String {
     let text = v.to_string();
     text.chars().take(160).collect()
+}
+
+/// The OpenAPI document is served to anyone and names every route of the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_the_route_table() {
+    let s = Server::start().await;
+    let res = s
+        .client
+        .get(format!("{}/api/v1/openapi.json", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let doc: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    for (method, path) in assay::app::API_ROUTES {
+        let op = &doc["paths"][format!("/api/v1{path}")][*method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+    }
+    // A known path with another method: 405 naming the methods it takes.
+    let res = s
+        .client
+        .delete(format!("{}/api/v1/auth/me", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(res.headers()["allow"], "GET");
 }

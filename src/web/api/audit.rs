@@ -12,7 +12,7 @@ use crate::services::blocking;
 /// Events looked at for one filtered read at most (the newest first).
 const SCAN: usize = 200_000;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     pub limit: Option<usize>,
@@ -26,6 +26,7 @@ pub struct AuditQuery {
     pub from: Option<i64>,
     pub to: Option<i64>,
     /// `json` (default) or `csv`.
+    #[schemars(extend("enum" = ["json", "csv"]))]
     pub format: Option<String>,
 }
 

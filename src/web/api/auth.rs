@@ -12,7 +12,7 @@ use crate::web::client;
 
 pub const SESSION_COOKIE: &str = "assay_session";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     username: String,

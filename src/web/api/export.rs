@@ -11,11 +11,13 @@ use crate::error::{AppError, AppResult};
 use crate::services::projects;
 use crate::web::error::error_body;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
+    #[schemars(extend("enum" = ["jsonl", "records", "dpo", "sft"]))]
     format: Option<String>,
     /// By QA verdict: accepted, rejected, pending, all; everything but rejected by default.
+    #[schemars(extend("enum" = ["accepted", "rejected", "pending", "all"]))]
     status: Option<String>,
 }
 

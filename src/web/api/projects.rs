@@ -7,8 +7,8 @@ use crate::domain::{Id, Project, ProjectRole};
 use crate::error::AppResult;
 use crate::services::{blocking, projects};
 
-#[derive(Serialize)]
-struct ProjectView {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ProjectView {
     #[serde(flatten)]
     project: Project,
     /// The caller's role in the project (`None` for admins who are not members).
@@ -53,7 +53,7 @@ pub async fn update(
     Ok(HttpResponse::Ok().json(project))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberInput {
     role: ProjectRole,

@@ -18,7 +18,7 @@ pub async fn next(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     token: String,
@@ -71,7 +71,7 @@ pub async fn verdict(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Since {
     /// Milliseconds since the epoch; the last 30 days by default.

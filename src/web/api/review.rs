@@ -15,7 +15,7 @@ pub async fn next(state: State, caller: Caller, id: web::Path<Id>) -> AppResult<
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     token: String,
@@ -36,7 +36,7 @@ pub async fn heartbeat(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndBody {
     token: String,
@@ -102,7 +102,7 @@ pub async fn release(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
     token: String,

@@ -53,7 +53,7 @@ pub async fn import(
     Ok(HttpResponse::Created().json(report))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     after: Option<Id>,
@@ -145,7 +145,7 @@ pub async fn broken(state: State, caller: Caller, id: web::Path<Id>) -> AppResul
     Ok(HttpResponse::Ok().json(list))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBroken {
     /// Task ids; all of the project's quarantined tasks when left out.
