@@ -151,11 +151,33 @@ pub async fn export(
     format: &str,
     out: Option<&Path>,
 ) -> Result<(), String> {
+    let path = format!("/api/v1/projects/{project}/export?format={format}");
+    let bytes = download(url, tok, user, &path, out).await?;
+    if out.is_some() {
+        eprintln!("exported {bytes} bytes");
+    }
+    Ok(())
+}
+
+/// Downloads a running server's backup into `out`.
+pub async fn backup(url: &str, tok: Option<String>, user: &str, out: &Path) -> Result<(), String> {
+    download(url, tok, user, "/api/v1/admin/backup", Some(out))
+        .await
+        .map(|_| ())
+}
+
+/// Streams a GET's body into `out` (standard output when `None`); returns its length.
+async fn download(
+    url: &str,
+    tok: Option<String>,
+    user: &str,
+    path: &str,
+    out: Option<&Path>,
+) -> Result<u64, String> {
     let client = reqwest::Client::new();
     let tok = token(&client, url, tok, user).await?;
     let res = client
-        .get(format!("{url}/api/v1/projects/{project}/export"))
-        .query(&[("format", format)])
+        .get(format!("{url}{path}"))
         .bearer_auth(&tok)
         .send()
         .await
@@ -165,12 +187,16 @@ pub async fn export(
         let body = res.text().await.unwrap_or_default();
         return Err(describe_error(status, &body));
     }
-    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = match out {
-        Some(path) => Box::new(
+    let file = match out {
+        Some(path) => Some(
             tokio::fs::File::create(path)
                 .await
                 .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
         ),
+        None => None,
+    };
+    let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = match file {
+        Some(f) => Box::new(f),
         None => Box::new(tokio::io::stdout()),
     };
     let mut stream = res.bytes_stream();
@@ -181,34 +207,5 @@ pub async fn export(
         sink.write_all(&chunk).await.map_err(|e| e.to_string())?;
     }
     sink.flush().await.map_err(|e| e.to_string())?;
-    if out.is_some() {
-        eprintln!("exported {bytes} bytes");
-    }
-    Ok(())
-}
-
-/// Downloads a running server's backup into `out`.
-pub async fn backup(url: &str, tok: Option<String>, user: &str, out: &Path) -> Result<(), String> {
-    let client = reqwest::Client::new();
-    let tok = token(&client, url, tok, user).await?;
-    let res = client
-        .get(format!("{url}/api/v1/admin/backup"))
-        .bearer_auth(&tok)
-        .send()
-        .await
-        .map_err(|e| format!("cannot reach {url}: {e}"))?;
-    let status = res.status();
-    if !status.is_success() {
-        let body = res.text().await.unwrap_or_default();
-        return Err(describe_error(status, &body));
-    }
-    let mut sink = tokio::fs::File::create(out)
-        .await
-        .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let mut stream = res.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| format!("download failed: {e}"))?;
-        sink.write_all(&chunk).await.map_err(|e| e.to_string())?;
-    }
-    sink.sync_all().await.map_err(|e| e.to_string())
+    Ok(bytes)
 }

@@ -281,6 +281,8 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             let checked = written.and_then(|_| {
                 let mut file = std::fs::File::open(&part)
                     .map_err(|e| format!("cannot read {}: {e}", part.display()))?;
+                // Durable before it takes its name.
+                file.sync_all().map_err(|e| e.to_string())?;
                 crate::store::backup::verify(&mut file)
             });
             match checked {

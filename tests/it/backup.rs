@@ -17,21 +17,6 @@ fn assay() -> Command {
     cmd
 }
 
-async fn export_text(s: &Server, token: &str, project: u64) -> String {
-    let res = s
-        .client
-        .get(format!(
-            "{}/api/v1/projects/{project}/export?format=jsonl",
-            s.url
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.text().await.unwrap()
-}
-
 fn submission_id(line: &str) -> u64 {
     serde_json::from_str::<Value>(line).unwrap()["submission_id"]
         .as_u64()
@@ -107,7 +92,7 @@ async fn a_backup_under_load_restores_to_the_same_point() {
     for task in load {
         task.await.unwrap();
     }
-    let live = export_text(&s, &admin, p).await;
+    let live = s.export_text(&admin, p, "jsonl").await;
 
     // Restore into a new data folder and serve it.
     let restored_dir = tempfile::tempdir().unwrap();
@@ -125,7 +110,7 @@ async fn a_backup_under_load_restores_to_the_same_point() {
         env: vec![("ASSAY_STORAGE__DATA", data.display().to_string())],
     })
     .await;
-    let restored = export_text(&r, &admin, p).await;
+    let restored = r.export_text(&admin, p, "jsonl").await;
     let kept: BTreeSet<u64> = restored.lines().map(submission_id).collect();
 
     // Every submission acknowledged before the backup was asked for is in it…
@@ -163,7 +148,7 @@ async fn a_backup_under_load_restores_to_the_same_point() {
     // The restored server works on: a new submission gets an id of its own.
     let (status, body) = r.review_next(&experts[0], p, pairwise_answer()).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let after = export_text(&r, &admin, p).await;
+    let after = r.export_text(&admin, p, "jsonl").await;
     let ids: BTreeSet<u64> = after.lines().map(submission_id).collect();
     assert_eq!(ids.len(), kept.len() + 1);
     assert!(ids.iter().max() > kept.iter().max());

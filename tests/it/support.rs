@@ -372,6 +372,22 @@ impl Server {
             .await
     }
 
+    /// A project's export in `format`, as the server sent it.
+    pub async fn export_text(&self, token: &str, project: u64, format: &str) -> String {
+        let res = self
+            .client
+            .get(format!(
+                "{}/api/v1/projects/{project}/export?format={format}",
+                self.url
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("export");
+        assert_eq!(res.status(), StatusCode::OK);
+        res.text().await.expect("text")
+    }
+
     pub async fn export(&self, token: &str, project: u64) -> Vec<Value> {
         let res = self
             .client

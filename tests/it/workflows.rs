@@ -592,20 +592,8 @@ async fn training_formats_dpo_sft_and_rubric_records() {
 }
 
 async fn export_format(s: &Server, token: &str, project: u64, format: &str) -> Vec<Value> {
-    let res = s
-        .client
-        .get(format!(
-            "{}/api/v1/projects/{project}/export?format={format}",
-            s.url
-        ))
-        .bearer_auth(token)
-        .send()
+    s.export_text(token, project, format)
         .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.text()
-        .await
-        .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
