@@ -259,6 +259,8 @@ fn restore_into(input: &mut dyn Read, path: &Path) -> Result<BackupSummary, Stri
     let db = sled::Config::new()
         .path(path)
         .mode(sled::Mode::HighThroughput)
+        // Written once, in order: a small cache keeps the restore's memory flat.
+        .cache_capacity(64 << 20)
         .open()
         .map_err(|e| format!("cannot create the database in {}: {e}", path.display()))?;
     let write = |e: sled::Error| format!("cannot write the restored database: {e}");
@@ -282,6 +284,8 @@ fn restore_into(input: &mut dyn Read, path: &Path) -> Result<BackupSummary, Stri
                         t.apply_batch(std::mem::take(&mut batch)).map_err(write)?;
                     }
                     pending = 0;
+                    // Written pages leave memory only once flushed.
+                    db.flush().map_err(write)?;
                 }
             }
             Record::End => {
