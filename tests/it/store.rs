@@ -726,3 +726,28 @@ fn pruning_the_audit_log_keeps_the_rest_verifiable() {
     assert!(check.problems.is_empty(), "{:?}", check.problems);
     assert_eq!((check.events, check.sealed, check.head_seq), (10, 10, 15));
 }
+
+/// A busy log is sealed in several short transactions; the chain is one all the same, and a
+/// late arrival inside the look-back window is sealed by the next pass.
+#[test]
+fn a_busy_audit_log_is_sealed_in_chunks_into_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..1_000 {
+        s.append_audit(&event(1_000 + i * 10, &format!("task:{i}")))
+            .unwrap();
+    }
+    assert_eq!(s.seal_audit(50_000).unwrap(), 1_000);
+    // Arrives late, with a time the last pass already went over.
+    s.append_audit(&event(45_000, "task:late")).unwrap();
+    assert_eq!(s.seal_audit(51_000).unwrap(), 1);
+    assert_eq!(s.seal_audit(52_000).unwrap(), 0);
+    // A new process (nothing remembered) seals nothing twice.
+    s.flush().unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.seal_audit(53_000).unwrap(), 0);
+    let check = s.verify_audit().unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!((check.sealed, check.head_seq), (1_001, 1_001));
+}

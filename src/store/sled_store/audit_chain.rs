@@ -23,6 +23,9 @@ use crate::store::keys;
 /// Events this much older than the newest sealed time are looked at again for late arrivals.
 const WINDOW_MS: i64 = 10_000;
 
+/// Seals written per transaction (see `commit_seals`).
+const SEALS_PER_TRANSACTION: usize = 128;
+
 const HEAD: &[u8] = b"audit_head";
 const BASE: &[u8] = b"audit_base";
 
@@ -84,11 +87,27 @@ impl SledStore {
         let from = keys::time(head.cursor.saturating_sub(WINDOW_MS).max(0)).to_be_bytes();
         let to = keys::time(settled_before).to_be_bytes();
         let mut seals = Vec::new();
+        let mut sealed = 0u64;
+        // Keys this process sealed inside the look-back window: checked in memory, so a busy
+        // log costs one pass over new events, not a lookup per event of the whole window.
+        let mut recent = self
+            .audit_recently_sealed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let window_start = head.cursor.saturating_sub(WINDOW_MS);
+        recent.retain(|k| key_time(k) >= window_start);
         for item in self.t.audit.range(from.as_slice()..to.as_slice()) {
             let (key, bytes) = item.map_err(backend)?;
-            if self.t.audit_sealed.contains_key(&key).map_err(backend)? {
+            // Past the last pass's end nothing is sealed yet; before it, only late arrivals
+            // are not (and what an earlier process sealed, looked up).
+            let looked_at_before = key_time(&key) < head.cursor;
+            if looked_at_before
+                && (recent.contains(key.as_ref())
+                    || self.t.audit_sealed.contains_key(&key).map_err(backend)?)
+            {
                 continue;
             }
+
             head.seq += 1;
             head.hash = link(&head.hash, &key, &bytes);
             let seal = Seal {
@@ -96,13 +115,32 @@ impl SledStore {
                 hash: head.hash.clone(),
             };
             seals.push((head.seq, key, enc(&seal)?));
+            if seals.len() == SEALS_PER_TRANSACTION {
+                let chunk = std::mem::take(&mut seals);
+                sealed += self.commit_seals(&chunk, &head)?;
+                recent.extend(chunk.into_iter().map(|(_, key, _)| key.to_vec()));
+            }
         }
         head.cursor = head.cursor.max(settled_before);
-        let head_bytes = enc(&head)?;
+        sealed += self.commit_seals(&seals, &head)?;
+        recent.extend(seals.into_iter().map(|(_, key, _)| key.to_vec()));
+        Ok(sealed)
+    }
+
+    /// Writes seals and the head after them in one transaction. A sled transaction holds a
+    /// process-wide lock that stops every other read and write, so a busy second's events are
+    /// sealed in several short transactions, never one long one; a crash between two leaves a
+    /// consistent prefix of the chain (the next pass continues from its head).
+    fn commit_seals(
+        &self,
+        seals: &[(u64, sled::IVec, Vec<u8>)],
+        head: &ChainPoint,
+    ) -> StoreResult<u64> {
+        let head_bytes = enc(head)?;
         let t = &self.t;
         (&t.audit_chain, &t.audit_sealed, &t.meta)
             .transaction(|(chain, sealed, meta)| {
-                for (seq, key, seal) in &seals {
+                for (seq, key, seal) in seals {
                     chain.insert(&seq.to_be_bytes(), seal.as_slice())?;
                     sealed.insert(key.as_ref(), &seq.to_be_bytes())?;
                 }

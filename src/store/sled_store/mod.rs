@@ -111,6 +111,8 @@ pub struct SledStore {
     sync_file: Option<Mutex<File>>,
     /// One sealer (or pruner) of the audit chain at a time.
     audit_sealer: Mutex<()>,
+    /// Audit keys sealed by this process inside the sealer's look-back window.
+    audit_recently_sealed: Mutex<std::collections::HashSet<Vec<u8>>>,
     /// Every write holds the shared side; a backup holds the exclusive side for its copy.
     gate: parking_lot::RwLock<()>,
     /// Added to sled's id counter: a restored database starts its ids above the backup's.

@@ -88,6 +88,7 @@ impl SledStore {
             users: Default::default(),
             sync_file,
             audit_sealer: Mutex::new(()),
+            audit_recently_sealed: Default::default(),
             gate: Default::default(),
             id_base,
         };
