@@ -389,19 +389,9 @@ impl Server {
     }
 
     pub async fn export(&self, token: &str, project: u64) -> Vec<Value> {
-        let res = self
-            .client
-            .get(format!(
-                "{}/api/v1/projects/{project}/export?format=jsonl",
-                self.url
-            ))
-            .bearer_auth(token)
-            .send()
+        self.export_text(token, project, "jsonl")
             .await
-            .expect("export");
-        assert_eq!(res.status(), StatusCode::OK);
-        let text = res.text().await.expect("text");
-        text.lines()
+            .lines()
             .map(|l| serde_json::from_str(l).expect("jsonl line"))
             .collect()
     }
