@@ -761,9 +761,10 @@ struct Fault {
     message: String,
 }
 
-/// `GET /api/v1/openapi.json`.
+/// `GET /api/v1/openapi.json`. The document depends on the code alone: built once.
 pub async fn serve() -> actix_web::HttpResponse {
-    match document() {
+    static DOCUMENT: std::sync::OnceLock<Result<Value, String>> = std::sync::OnceLock::new();
+    match DOCUMENT.get_or_init(document) {
         Ok(doc) => actix_web::HttpResponse::Ok().json(doc),
         Err(e) => actix_web::HttpResponse::InternalServerError()
             .json(json!({"code": "internal", "message": e})),

@@ -182,16 +182,6 @@ impl<R: Read> Checked<R> {
     }
 }
 
-/// Reads a backup's header (and checks its magic), without restoring anything.
-pub fn read_header(input: &mut dyn Read) -> Result<BackupHeader, String> {
-    let mut r = Checked {
-        inner: input,
-        hash: Sha256::new(),
-        bytes: 0,
-    };
-    header(&mut r)
-}
-
 fn header<R: Read>(r: &mut Checked<R>) -> Result<BackupHeader, String> {
     let mut magic = [0u8; MAGIC.len()];
     r.exact(&mut magic)?;

@@ -41,11 +41,7 @@ fn path_matches(pattern: &str, path: &str) -> bool {
     loop {
         match (p.next(), q.next()) {
             (None, None) => return true,
-            (Some(a), Some(b)) if a.starts_with('{') || a == b => {
-                if a.starts_with('{') && b.is_empty() {
-                    return false;
-                }
-            }
+            (Some(a), Some(b)) if a == b || (a.starts_with('{') && !b.is_empty()) => {}
             _ => return false,
         }
     }

@@ -78,7 +78,7 @@ pub async fn start(
         id.into_inner(),
         form.csrf(),
         "qa",
-        |core, user, p| Box::pin(async move { Ok(core.qa_next(user, p).await?.is_some()) }),
+        |core, user, p| Box::pin(async move { Ok(core.qa_next(user, p.id).await?.is_some()) }),
     )
     .await
 }

@@ -109,19 +109,15 @@ pub async fn start(
         id.into_inner(),
         form.csrf(),
         "review",
-        |core, user, p| {
+        |core, user, project| {
             let (state, session) = (state.clone(), session.clone());
             Box::pin(async move {
                 // A task whose page cannot be rendered (a template that fails on its content)
                 // is set aside like one whose form fails, and the next one is tried.
                 for _ in 0..MAX_UNRENDERABLE_PER_START {
-                    let Some(handout) = core.next(user.clone(), p).await? else {
+                    let Some(handout) = core.next(user.clone(), project.id).await? else {
                         return Ok(false);
                     };
-                    let project = core
-                        .store()
-                        .project(p)?
-                        .ok_or(AppError::NotFound("project"))?;
                     let rendered = review_page(&state, &session, &project, &handout)
                         .map(|_| ())
                         .map_err(|e| match e {
@@ -136,7 +132,7 @@ pub async fn start(
                             tracing::warn!(task = handout.task.id, %error, "task set aside");
                             core.set_aside_unrenderable(
                                 user.clone(),
-                                p,
+                                project.id,
                                 handout.assignment.id,
                                 error,
                             )
@@ -157,7 +153,7 @@ pub async fn start(
 const MAX_UNRENDERABLE_PER_START: usize = 3;
 
 /// What a start form does, for reviews and QA alike: checks the form's CSRF token and the
-/// project, runs `take` (true when something was taken or is held), then sends the browser to
+/// project, runs `take` on the project (true when something was taken or is held), then sends the browser to
 /// `/p/{id}/{page}` by a GET, or shows "nothing waiting".
 pub(super) async fn take_then_show<F>(
     state: &web::Data<AppState>,
@@ -171,13 +167,14 @@ where
     F: FnOnce(
         std::sync::Arc<crate::review::ReviewCore>,
         crate::domain::User,
-        Id,
+        Project,
     ) -> futures_util::future::BoxFuture<'static, crate::error::AppResult<bool>>,
 {
     session.check_form(state, csrf)?;
     let (project, _) = projects::access(&state.core, &session.user, id).await?;
-    if !take(state.core.clone(), session.user.clone(), project.id).await? {
-        let data = json!({ "project": { "id": project.id, "name": project.name } });
+    let (pid, name) = (project.id, project.name.clone());
+    if !take(state.core.clone(), session.user.clone(), project).await? {
+        let data = json!({ "project": { "id": pid, "name": name } });
         return page(
             state,
             Some(session),
@@ -187,6 +184,6 @@ where
         );
     }
     Ok(HttpResponse::SeeOther()
-        .insert_header((header::LOCATION, format!("/p/{}/{page_name}", project.id)))
+        .insert_header((header::LOCATION, format!("/p/{pid}/{page_name}")))
         .finish())
 }
