@@ -751,3 +751,83 @@ fn a_busy_audit_log_is_sealed_in_chunks_into_one_chain() {
     assert!(check.problems.is_empty(), "{:?}", check.problems);
     assert_eq!((check.sealed, check.head_seq), (1_001, 1_001));
 }
+
+/// Version 5 stored a record per seal and one per sealed event; version 6 stores blocks. The
+/// upgrade keeps every hash, so the old chain verifies, goes on, and still names an edit.
+#[test]
+fn upgrading_to_6_keeps_the_audit_chain_verifiable() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..300 {
+        s.append_audit(&event(1_000 + i * 10, &format!("task:{i}")))
+            .unwrap();
+    }
+    s.flush().unwrap();
+    drop(s);
+    {
+        // The version 5 layout, written as version 5 wrote it.
+        let db = raw_db(dir.path());
+        let audit = db.open_tree("audit_time_id").unwrap();
+        let seals = db.open_tree("audit_chain_seq").unwrap();
+        let sealed = db.open_tree("audit_sealed_key").unwrap();
+        let mut hash = "0".repeat(64);
+        for (seq, item) in (1u64..).zip(audit.iter()) {
+            let (key, bytes) = item.unwrap();
+            let mut h = Sha256::new();
+            h.update(hex::decode(&hash).unwrap());
+            h.update(&key);
+            h.update(&bytes);
+            hash = hex::encode(h.finalize());
+            let seal = json!({"key": hex::encode(&key), "hash": hash});
+            seals
+                .insert(seq.to_be_bytes(), serde_json::to_vec(&seal).unwrap())
+                .unwrap();
+            sealed.insert(&key, &seq.to_be_bytes()).unwrap();
+        }
+        let meta = db.open_tree("meta").unwrap();
+        let head = json!({"seq": 300, "hash": hash, "cursor": 10_000});
+        meta.insert(b"audit_head", serde_json::to_vec(&head).unwrap())
+            .unwrap();
+        meta.insert(b"schema_version", &5u32.to_be_bytes()).unwrap();
+        db.drop_tree("audit_blocks_seq").unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    let check = s.verify_audit().unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(
+        (check.events, check.sealed, check.head_seq),
+        (300, 300, 300)
+    );
+    // Nothing is sealed twice, and the chain goes on from the old head.
+    assert_eq!(s.seal_audit(12_000).unwrap(), 0);
+    s.append_audit(&event(20_000, "task:new")).unwrap();
+    assert_eq!(s.seal_audit(30_000).unwrap(), 1);
+    let check = s.verify_audit().unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!((check.sealed, check.head_seq), (301, 301));
+    s.flush().unwrap();
+    drop(s);
+    let db = raw_db(dir.path());
+    let names = db.tree_names();
+    for old in ["audit_chain_seq", "audit_sealed_key"] {
+        assert!(
+            !names.iter().any(|n| n.as_ref() == old.as_bytes()),
+            "{old} is dropped"
+        );
+    }
+    assert_eq!(db.open_tree("audit_blocks_seq").unwrap().len(), 4);
+    // An edit of an upgraded event is still named by its seal.
+    let audit = db.open_tree("audit_time_id").unwrap();
+    let key = audit.iter().keys().nth(199).unwrap().unwrap();
+    let edited = String::from_utf8(audit.get(&key).unwrap().unwrap().to_vec())
+        .unwrap()
+        .replace("task:199", "task:x");
+    audit.insert(&key, edited.as_bytes()).unwrap();
+    db.flush().unwrap();
+    drop((audit, db));
+    let problems = open(dir.path()).verify_audit().unwrap().problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("seal 200") && problems[0].contains("changed"));
+}

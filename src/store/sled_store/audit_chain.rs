@@ -1,15 +1,19 @@
 //! The audit log's hash chain. Events are appended as they happen (many of them inside the
 //! transaction of the change they record), so their order of arrival is not known when they are
 //! written. A sealer, one pass a second, takes the events that have settled (older than a
-//! moment ago) and not yet sealed, in key order, and appends a seal for each: the next sequence
-//! number and `sha256(previous hash ‖ event key ‖ event bytes)`. Verification walks the seals:
-//! an edited event no longer matches its seal, a deleted one leaves its seal pointing nowhere,
-//! a deleted seal leaves a gap in the sequence, and an event older than the sealed window but
-//! outside the chain was slipped in later. Rewriting the whole chain after an edit is only
-//! caught against a head recorded elsewhere: `assay audit verify` and the API print it.
+//! moment ago) and not yet sealed, in key order, and gives each a seal: the next sequence
+//! number and `sha256(previous hash ‖ event key ‖ event bytes)`. Seals are stored in blocks of
+//! up to [`SEALS_PER_BLOCK`] (one write per block, keyed by its first sequence number), because
+//! a write per event doubled the audit log's share of the store's work. Verification walks the
+//! seals: an edited event no longer matches its seal, a deleted one leaves its seal pointing
+//! nowhere, a deleted block leaves a gap in the sequence, and an event older than the sealed
+//! window but outside the chain was slipped in later. Rewriting the whole chain after an edit
+//! is only caught against a head recorded elsewhere: `assay audit verify` and the API print it.
 //!
 //! Retention removes the oldest sealed events with their seals and keeps the last removed hash
 //! as the base the chain continues from.
+
+use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,8 +27,12 @@ use crate::store::keys;
 /// Events this much older than the newest sealed time are looked at again for late arrivals.
 const WINDOW_MS: i64 = 10_000;
 
-/// Seals written per transaction (see `commit_seals`).
-const SEALS_PER_TRANSACTION: usize = 128;
+/// Seals stored in one block (one write).
+pub(super) const SEALS_PER_BLOCK: usize = 128;
+
+/// Blocks written per transaction: a sled transaction holds a process-wide lock that stops
+/// every other read and write, so a busy second is sealed in several short ones.
+const BLOCKS_PER_TRANSACTION: usize = 16;
 
 const HEAD: &[u8] = b"audit_head";
 const BASE: &[u8] = b"audit_base";
@@ -48,11 +56,19 @@ impl ChainPoint {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Seal {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Seal {
     /// The event's key, hex.
-    key: String,
-    hash: String,
+    pub key: String,
+    pub hash: String,
+}
+
+/// Consecutive seals, the first with the sequence number the block is stored under.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Block {
+    pub seals: Vec<Seal>,
+    /// The sealing pass's end (ms): every event in the block is older.
+    pub cursor: i64,
 }
 
 fn link(prev: &str, key: &[u8], event: &[u8]) -> String {
@@ -68,6 +84,14 @@ fn key_time(key: &[u8]) -> i64 {
     keys::u64_at(key, 0).map_or(0, keys::time_back)
 }
 
+/// A block as stored: its first sequence number and its seals.
+fn read_block(key: &[u8], bytes: &[u8]) -> StoreResult<(u64, Block)> {
+    Ok((
+        keys::u64_at(key, 0).unwrap_or(0),
+        dec("audit_blocks_seq", bytes)?,
+    ))
+}
+
 impl SledStore {
     fn chain_point(&self, name: &[u8]) -> StoreResult<ChainPoint> {
         Ok(match self.t.meta.get(name).map_err(backend)? {
@@ -81,74 +105,101 @@ impl SledStore {
         Ok((head.seq, head.hash))
     }
 
+    /// Keys sealed inside the look-back window, from the newest blocks: what a new process
+    /// needs to know so as to seal nothing twice.
+    fn sealed_since(&self, window_start: i64) -> StoreResult<HashSet<Vec<u8>>> {
+        let mut keys = HashSet::new();
+        for item in self.t.audit_blocks.iter().rev() {
+            let (key, bytes) = item.map_err(backend)?;
+            let (_, block) = read_block(&key, &bytes)?;
+            // Blocks come in the order of their passes; an older pass sealed only older events.
+            if block.cursor < window_start {
+                break;
+            }
+            keys.extend(block.seals.iter().filter_map(|s| hex::decode(&s.key).ok()));
+        }
+        Ok(keys)
+    }
+
     pub(super) fn seal_audit_events(&self, settled_before: i64) -> StoreResult<u64> {
         let _one_sealer = self.audit_sealer.lock().unwrap_or_else(|p| p.into_inner());
         let mut head = self.chain_point(HEAD)?;
-        let from = keys::time(head.cursor.saturating_sub(WINDOW_MS).max(0)).to_be_bytes();
+        let window_start = head.cursor.saturating_sub(WINDOW_MS).max(0);
+        let from = keys::time(window_start).to_be_bytes();
         let to = keys::time(settled_before).to_be_bytes();
-        let mut seals = Vec::new();
-        let mut sealed = 0u64;
-        // Keys this process sealed inside the look-back window: checked in memory, so a busy
-        // log costs one pass over new events, not a lookup per event of the whole window.
-        let mut recent = self
+        // Keys sealed inside the look-back window, checked in memory: a busy log costs one
+        // pass over new events, not a lookup per event of the whole window.
+        let mut recent_slot = self
             .audit_recently_sealed
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let window_start = head.cursor.saturating_sub(WINDOW_MS);
+        let recent = match &mut *recent_slot {
+            Some(recent) => recent,
+            empty => empty.insert(self.sealed_since(window_start)?),
+        };
         recent.retain(|k| key_time(k) >= window_start);
+        let pass_end = head.cursor.max(settled_before);
+        let mut blocks: Vec<(u64, Block)> = Vec::new();
+        // Keys of `blocks`, remembered as sealed once they are committed.
+        let mut pending: Vec<Vec<u8>> = Vec::new();
+        let mut sealed = 0u64;
         for item in self.t.audit.range(from.as_slice()..to.as_slice()) {
             let (key, bytes) = item.map_err(backend)?;
-            // Past the last pass's end nothing is sealed yet; before it, only late arrivals
-            // are not (and what an earlier process sealed, looked up).
-            let looked_at_before = key_time(&key) < head.cursor;
-            if looked_at_before
-                && (recent.contains(key.as_ref())
-                    || self.t.audit_sealed.contains_key(&key).map_err(backend)?)
-            {
+            // Past the last pass's end nothing is sealed yet; before it, only late arrivals.
+            if key_time(&key) < head.cursor && recent.contains(key.as_ref()) {
                 continue;
             }
-
             head.seq += 1;
             head.hash = link(&head.hash, &key, &bytes);
             let seal = Seal {
                 key: hex::encode(&key),
                 hash: head.hash.clone(),
             };
-            seals.push((head.seq, key, enc(&seal)?));
-            if seals.len() == SEALS_PER_TRANSACTION {
-                let chunk = std::mem::take(&mut seals);
-                sealed += self.commit_seals(&chunk, &head)?;
-                recent.extend(chunk.into_iter().map(|(_, key, _)| key.to_vec()));
+            match blocks.last_mut() {
+                Some((_, block)) if block.seals.len() < SEALS_PER_BLOCK => block.seals.push(seal),
+                _ => blocks.push((
+                    head.seq,
+                    Block {
+                        seals: vec![seal],
+                        cursor: pass_end,
+                    },
+                )),
+            }
+            pending.push(key.to_vec());
+            if blocks.len() == BLOCKS_PER_TRANSACTION
+                && blocks
+                    .last()
+                    .is_some_and(|(_, b)| b.seals.len() == SEALS_PER_BLOCK)
+            {
+                sealed += self.commit_blocks(&std::mem::take(&mut blocks), &head)?;
+                recent.extend(pending.drain(..));
             }
         }
-        head.cursor = head.cursor.max(settled_before);
-        sealed += self.commit_seals(&seals, &head)?;
-        recent.extend(seals.into_iter().map(|(_, key, _)| key.to_vec()));
+        head.cursor = pass_end;
+        sealed += self.commit_blocks(&blocks, &head)?;
+        recent.extend(pending);
         Ok(sealed)
     }
 
-    /// Writes seals and the head after them in one transaction. A sled transaction holds a
-    /// process-wide lock that stops every other read and write, so a busy second's events are
-    /// sealed in several short transactions, never one long one; a crash between two leaves a
-    /// consistent prefix of the chain (the next pass continues from its head).
-    fn commit_seals(
-        &self,
-        seals: &[(u64, sled::IVec, Vec<u8>)],
-        head: &ChainPoint,
-    ) -> StoreResult<u64> {
+    /// Writes blocks and the head after them in one transaction; a crash between two leaves
+    /// a consistent prefix of the chain (the next pass continues from its head).
+    fn commit_blocks(&self, blocks: &[(u64, Block)], head: &ChainPoint) -> StoreResult<u64> {
         let head_bytes = enc(head)?;
+        let encoded = blocks
+            .iter()
+            .map(|(first, block)| Ok((first.to_be_bytes(), enc(block)?)))
+            .collect::<StoreResult<Vec<_>>>()?;
         let t = &self.t;
-        (&t.audit_chain, &t.audit_sealed, &t.meta)
-            .transaction(|(chain, sealed, meta)| {
-                for (seq, key, seal) in seals {
-                    chain.insert(&seq.to_be_bytes(), seal.as_slice())?;
-                    sealed.insert(key.as_ref(), &seq.to_be_bytes())?;
+        (&t.audit_blocks, &t.meta)
+            .transaction(|(chain, meta)| {
+                for (first, block) in &encoded {
+                    chain.insert(first, block.as_slice())?;
                 }
                 meta.insert(HEAD, head_bytes.as_slice())?;
                 Ok(())
             })
             .map_err(from_tx)?;
-        Ok(seals.len() as u64)
+        Ok(blocks.iter().map(|(_, b)| b.seals.len() as u64).sum())
     }
 
     pub(super) fn verify_audit_chain(&self) -> StoreResult<AuditCheck> {
@@ -160,35 +211,42 @@ impl SledStore {
                 problems.push(p);
             }
         };
+        // Every event the sealer has passed over must be in the chain.
+        let settled = keys::time(head.cursor.saturating_sub(WINDOW_MS).max(0)).to_be_bytes();
         let (mut prev, mut expect, mut sealed) = (base.hash.clone(), base.seq + 1, 0u64);
-        for item in self.t.audit_chain.iter() {
-            let (seq_key, bytes) = item.map_err(backend)?;
-            let seq = keys::u64_at(&seq_key, 0).unwrap_or(0);
-            let seal: Seal = dec("audit_chain_seq", &bytes)?;
-            if seq != expect {
+        let mut present_before_settled = 0u64;
+        for item in self.t.audit_blocks.iter() {
+            let (block_key, bytes) = item.map_err(backend)?;
+            let (first, block) = read_block(&block_key, &bytes)?;
+            if first != expect {
                 note(format!(
                     "seals {expect} to {} are missing",
-                    seq.saturating_sub(1)
+                    first.saturating_sub(1)
                 ));
             }
-            expect = seq + 1;
-            let key = hex::decode(&seal.key).unwrap_or_default();
-            match self.t.audit.get(&key).map_err(backend)? {
-                None => note(format!(
-                    "the event of seal {seq} (at {} ms) was deleted",
-                    key_time(&key)
-                )),
-                Some(event) => {
-                    if link(&prev, &key, &event) != seal.hash {
-                        note(format!(
+            for (seq, seal) in (first..).zip(block.seals) {
+                let key = hex::decode(&seal.key).unwrap_or_default();
+                match self.t.audit.get(&key).map_err(backend)? {
+                    None => note(format!(
+                        "the event of seal {seq} (at {} ms) was deleted",
+                        key_time(&key)
+                    )),
+                    Some(event) => {
+                        if link(&prev, &key, &event) != seal.hash {
+                            note(format!(
                             "the event of seal {seq} (at {} ms), or the seal before it, was changed",
                             key_time(&key)
                         ));
+                        }
+                        if key.as_slice() < settled.as_slice() {
+                            present_before_settled += 1;
+                        }
                     }
                 }
+                prev = seal.hash;
+                sealed += 1;
+                expect = seq + 1;
             }
-            prev = seal.hash;
-            sealed += 1;
         }
         if head.seq != expect - 1 || (head.seq > base.seq && head.hash != prev) {
             note(format!(
@@ -197,15 +255,23 @@ impl SledStore {
                 expect - 1
             ));
         }
-        // Every event the sealer has passed over must be in the chain.
-        let settled = keys::time(head.cursor.saturating_sub(WINDOW_MS).max(0)).to_be_bytes();
-        for item in self.t.audit.range(..settled.as_slice()) {
-            let (key, _) = item.map_err(backend)?;
-            if !self.t.audit_sealed.contains_key(&key).map_err(backend)? {
-                note(format!(
-                    "the event at {} ms is not in the chain (added after sealing)",
-                    key_time(&key)
-                ));
+        // Counting is enough while nothing was slipped in; only then are the events named.
+        let before_settled = self.t.audit.range(..settled.as_slice()).count() as u64;
+        if before_settled != present_before_settled {
+            let mut in_chain = HashSet::new();
+            for item in self.t.audit_blocks.iter() {
+                let (block_key, bytes) = item.map_err(backend)?;
+                let (_, block) = read_block(&block_key, &bytes)?;
+                in_chain.extend(block.seals.iter().filter_map(|s| hex::decode(&s.key).ok()));
+            }
+            for item in self.t.audit.range(..settled.as_slice()) {
+                let (key, _) = item.map_err(backend)?;
+                if !in_chain.contains(key.as_ref()) {
+                    note(format!(
+                        "the event at {} ms is not in the chain (added after sealing)",
+                        key_time(&key)
+                    ));
+                }
             }
         }
         Ok(AuditCheck {
@@ -222,35 +288,45 @@ impl SledStore {
         let mut base = self.chain_point(BASE)?;
         let mut removed = 0;
         loop {
-            let mut batch = Vec::new();
-            for item in self.t.audit_chain.iter().take(1000) {
-                let (seq_key, bytes) = item.map_err(backend)?;
-                let seal: Seal = dec("audit_chain_seq", &bytes)?;
-                let key = hex::decode(&seal.key).unwrap_or_default();
-                if key_time(&key) >= before {
-                    break;
-                }
-                batch.push((seq_key, key, seal.hash));
-            }
-            let Some((last_seq, _, last_hash)) = batch.last() else {
+            let Some(item) = self.t.audit_blocks.first().map_err(backend)? else {
                 return Ok(removed);
             };
-            base.seq = keys::u64_at(last_seq, 0).unwrap_or(base.seq);
-            base.hash = last_hash.clone();
+            let (first, mut block) = read_block(&item.0, &item.1)?;
+            // Seals are removed from the front, up to the first event that is kept.
+            let cut = block
+                .seals
+                .iter()
+                .take_while(|s| key_time(&hex::decode(&s.key).unwrap_or_default()) < before)
+                .count();
+            let Some(last) = cut.checked_sub(1).map(|i| block.seals[i].clone()) else {
+                return Ok(removed);
+            };
+            base.seq = first + cut as u64 - 1;
+            base.hash = last.hash;
+            let gone: Vec<Seal> = block.seals.drain(..cut).collect();
+            let rest = match block.seals.is_empty() {
+                true => None,
+                false => Some(((first + cut as u64).to_be_bytes(), enc(&block)?)),
+            };
             let base_bytes = enc(&base)?;
             let t = &self.t;
-            (&t.audit, &t.audit_chain, &t.audit_sealed, &t.meta)
-                .transaction(|(audit, chain, sealed, meta)| {
-                    for (seq_key, key, _) in &batch {
-                        audit.remove(key.as_slice())?;
-                        sealed.remove(key.as_slice())?;
-                        chain.remove(seq_key)?;
+            (&t.audit, &t.audit_blocks, &t.meta)
+                .transaction(|(audit, chain, meta)| {
+                    for seal in &gone {
+                        audit.remove(hex::decode(&seal.key).unwrap_or_default())?;
+                    }
+                    chain.remove(&item.0)?;
+                    if let Some((key, bytes)) = &rest {
+                        chain.insert(key, bytes.as_slice())?;
                     }
                     meta.insert(BASE, base_bytes.as_slice())?;
                     Ok(())
                 })
                 .map_err(from_tx)?;
-            removed += batch.len() as u64;
+            removed += cut as u64;
+            if rest.is_some() {
+                return Ok(removed);
+            }
         }
     }
 }

@@ -96,9 +96,8 @@ struct Trees {
     finals: Tree,
     /// The answer to each QA verdict, by QA lease id: a retry gets the first result.
     qa_results: Tree,
-    /// The audit hash chain: seals by sequence number, and each sealed event's sequence.
-    audit_chain: Tree,
-    audit_sealed: Tree,
+    /// The audit hash chain: blocks of seals by the sequence number of their first.
+    audit_blocks: Tree,
 }
 
 pub struct SledStore {
@@ -111,8 +110,9 @@ pub struct SledStore {
     sync_file: Option<Mutex<File>>,
     /// One sealer (or pruner) of the audit chain at a time.
     audit_sealer: Mutex<()>,
-    /// Audit keys sealed by this process inside the sealer's look-back window.
-    audit_recently_sealed: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// Audit keys sealed inside the sealer's look-back window (read from the newest blocks at
+    /// the first pass, then kept up by the sealer).
+    audit_recently_sealed: Mutex<Option<std::collections::HashSet<Vec<u8>>>>,
     /// Every write holds the shared side; a backup holds the exclusive side for its copy.
     gate: parking_lot::RwLock<()>,
     /// Added to sled's id counter: a restored database starts its ids above the backup's.

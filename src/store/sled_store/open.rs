@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use super::super::{queue_codec, StoreError, StoreResult};
+use super::audit_chain::{Block, Seal, SEALS_PER_BLOCK};
 use super::tx::*;
 use super::{SledStore, Trees};
 use crate::domain::*;
@@ -13,7 +14,7 @@ use crate::store::keys;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 impl SledStore {
     /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
@@ -68,8 +69,7 @@ impl SledStore {
             imports: tree("imports_id")?,
             finals: tree("finals_task")?,
             qa_results: tree("qa_results_lease")?,
-            audit_chain: tree("audit_chain_seq")?,
-            audit_sealed: tree("audit_sealed_key")?,
+            audit_blocks: tree("audit_blocks_seq")?,
         };
         let sync_file = if fsync {
             File::open(path.join("db")).ok().map(Mutex::new)
@@ -125,7 +125,11 @@ impl SledStore {
                 self.upgrade_4_to_5()?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(5) => self.upgrade_5_to_6()`, ...
+            Some(5) => {
+                self.upgrade_5_to_6()?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(6) => self.upgrade_6_to_7()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t
@@ -135,6 +139,66 @@ impl SledStore {
                 Ok(())
             }
         }
+    }
+
+    /// Version 6: the audit chain's seals are stored in blocks (`audit_blocks_seq`) instead of
+    /// one record per seal plus one per sealed event; the hashes are the same, so the chain
+    /// verifies as before.
+    fn upgrade_5_to_6(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 6");
+        const OLD_SEALS: &str = "audit_chain_seq";
+        const OLD_SEALED: &str = "audit_sealed_key";
+        let old = self.db.open_tree(OLD_SEALS).map_err(backend)?;
+        // A crash halfway leaves version 5: start over.
+        self.t.audit_blocks.clear().map_err(backend)?;
+        let mut block: Option<(u64, Block)> = None;
+        // Every event of a block and of the blocks before it is older than the block's cursor.
+        let mut cursor = 0i64;
+        let write = |first: u64, block: &Block| -> StoreResult<()> {
+            self.t
+                .audit_blocks
+                .insert(first.to_be_bytes(), enc(block)?)
+                .map_err(backend)?;
+            Ok(())
+        };
+        for item in old.iter() {
+            let (key, bytes) = item.map_err(backend)?;
+            let seq = keys::u64_at(&key, 0).unwrap_or(0);
+            let seal: Seal = dec(OLD_SEALS, &bytes)?;
+            let time = hex::decode(&seal.key)
+                .ok()
+                .and_then(|k| keys::u64_at(&k, 0))
+                .map_or(0, keys::time_back);
+            cursor = cursor.max(time + 1);
+            match &mut block {
+                // A gap (a seal someone removed) starts a new block, so it stays visible.
+                Some((first, b))
+                    if b.seals.len() < SEALS_PER_BLOCK && *first + b.seals.len() as u64 == seq =>
+                {
+                    b.seals.push(seal);
+                    b.cursor = cursor;
+                }
+                _ => {
+                    if let Some((first, b)) = block.take() {
+                        write(first, &b)?;
+                    }
+                    block = Some((
+                        seq,
+                        Block {
+                            seals: vec![seal],
+                            cursor,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some((first, b)) = block.take() {
+            write(first, &b)?;
+        }
+        self.finish_upgrade(6)?;
+        self.db.drop_tree(OLD_SEALS).map_err(backend)?;
+        self.db.drop_tree(OLD_SEALED).map_err(backend)?;
+        Ok(())
     }
 
     /// Version 5: tasks waiting in QA are kept in the open-task index too (the QA queue is
