@@ -169,7 +169,8 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<(), String> {
     Err("the server did not become ready after a restart".into())
 }
 
-/// Reads everything back after a restart and counts what breaks the rules.
+/// Reads everything back after a restart and counts what breaks the rules; an audit chain
+/// that no longer verifies fails the run.
 async fn check(
     client: &reqwest::Client,
     url: &str,
@@ -223,5 +224,19 @@ async fn check(
         outcome.half_imports += 1;
     }
     outcome.imports_whole = tasks / IMPORT_SIZE as u64;
-    Ok(())
+    // The audit chain survives every kill too: a problem here is a broken rule, not a count.
+    let (_, audit) = call(
+        client,
+        reqwest::Method::GET,
+        format!("{url}/api/v1/audit/verify"),
+        admin,
+        None,
+    )
+    .await?;
+    match audit["problems"].as_array() {
+        Some(problems) if problems.is_empty() => Ok(()),
+        _ => Err(format!(
+            "the audit chain does not verify after a restart: {audit}"
+        )),
+    }
 }
