@@ -831,3 +831,41 @@ fn upgrading_to_6_keeps_the_audit_chain_verifiable() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("seal 200") && problems[0].contains("changed"));
 }
+
+/// A pass long enough to commit in chunks, cut by a crash after its first chunk: the stored
+/// head is still the old one (its cursor before the chunk's events), and the next process must
+/// seal the rest once and the chunk's events not again.
+#[test]
+fn a_pass_cut_after_its_first_chunk_seals_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..2_100 {
+        s.append_audit(&event(1_000 + i * 10, &format!("task:{i}")))
+            .unwrap();
+    }
+    assert_eq!(s.seal_audit(50_000).unwrap(), 2_100);
+    s.flush().unwrap();
+    drop(s);
+    {
+        // What a kill between the pass's two transactions leaves: 16 full blocks (2,048 seals)
+        // and the head the first transaction wrote, with the cursor of before the pass.
+        let db = raw_db(dir.path());
+        let blocks = db.open_tree("audit_blocks_seq").unwrap();
+        assert_eq!(blocks.len(), 17);
+        blocks.remove(2_049u64.to_be_bytes()).unwrap();
+        let (_, last) = blocks.last().unwrap().unwrap();
+        let last: serde_json::Value = serde_json::from_slice(&last).unwrap();
+        let hash = last["seals"][127]["hash"].clone();
+        let head = json!({"seq": 2_048, "hash": hash, "cursor": 0});
+        db.open_tree("meta")
+            .unwrap()
+            .insert(b"audit_head", serde_json::to_vec(&head).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.seal_audit(50_000).unwrap(), 52);
+    let check = s.verify_audit().unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!((check.sealed, check.head_seq), (2_100, 2_100));
+}

@@ -145,8 +145,9 @@ impl SledStore {
         let mut sealed = 0u64;
         for item in self.t.audit.range(from.as_slice()..to.as_slice()) {
             let (key, bytes) = item.map_err(backend)?;
-            // Past the last pass's end nothing is sealed yet; before it, only late arrivals.
-            if key_time(&key) < head.cursor && recent.contains(key.as_ref()) {
+            // Sealed already: by an earlier pass, or by this one's chunks before a crash
+            // (those may be past the stored head's cursor).
+            if recent.contains(key.as_ref()) {
                 continue;
             }
             head.seq += 1;
