@@ -6,12 +6,16 @@
 //!   so a rubric that always runs into its time limit slows its own project only;
 //! - `hashing`: argon2 (logins, password changes), so anonymous logins cost no one else time.
 //!
-//! With a thread pool per HTTP worker (tokio's default) dozens of threads compete for two cores
-//! and throughput drops by a fifth; a few hot threads and a queue do better. Like the tokio
-//! runtime itself they are executors, set once at start-up, not application state.
+//! Each pool is a fixed set of threads taking jobs from one queue. Handing a job to a thread is
+//! most of what a short job costs (a loop's next and submit are two such hand-offs each way), and
+//! waking a sleeping thread is the dear part of it, so a thread that finishes a job looks for the
+//! next one for a moment before it sleeps. Like the async runtime itself they are executors, set
+//! once at start-up, not application state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -19,36 +23,88 @@ use crate::config::ServerConfig;
 use crate::domain::Id;
 use crate::error::{AppError, AppResult};
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// How long a thread that ran out of jobs keeps looking before it sleeps.
+const LINGER: Duration = Duration::from_micros(50);
+
+/// A fixed set of threads and their job queue.
+struct Workers {
+    queue: parking_lot::Mutex<VecDeque<Job>>,
+    wake: parking_lot::Condvar,
+    /// Threads waiting on `wake` (changed under the queue's lock).
+    sleeping: AtomicUsize,
+}
+
+impl Workers {
+    fn start(name: &str, threads: usize) -> std::io::Result<Arc<Self>> {
+        let workers = Arc::new(Self {
+            queue: parking_lot::Mutex::new(VecDeque::new()),
+            wake: parking_lot::Condvar::new(),
+            sleeping: AtomicUsize::new(0),
+        });
+        for i in 0..threads.max(1) {
+            let w = workers.clone();
+            std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || loop {
+                    let job = w.next_job();
+                    job();
+                })?;
+        }
+        Ok(workers)
+    }
+
+    fn run(&self, job: Job) {
+        self.queue.lock().push_back(job);
+        // A sleeper counted itself under the lock the job was pushed under: none is missed.
+        if self.sleeping.load(Ordering::Acquire) > 0 {
+            self.wake.notify_one();
+        }
+    }
+
+    fn next_job(&self) -> Job {
+        let lingering = Instant::now();
+        while lingering.elapsed() < LINGER {
+            if let Some(job) = self.queue.lock().pop_front() {
+                return job;
+            }
+            std::thread::yield_now();
+        }
+        let mut queue = self.queue.lock();
+        loop {
+            if let Some(job) = queue.pop_front() {
+                return job;
+            }
+            self.sleeping.fetch_add(1, Ordering::AcqRel);
+            self.wake.wait(&mut queue);
+            self.sleeping.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 struct Pools {
-    storage: tokio::runtime::Runtime,
-    scripts: tokio::runtime::Runtime,
-    hashing: tokio::runtime::Runtime,
+    storage: Arc<Workers>,
+    scripts: Arc<Workers>,
+    hashing: Arc<Workers>,
 }
 
 static POOLS: OnceLock<Pools> = OnceLock::new();
-
-fn pool(name: &str, threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(threads.max(1))
-        .thread_name(name)
-        .build()
-}
 
 /// Sizes the pools; call once before serving. Later calls have no effect.
 pub fn init(config: &ServerConfig) -> std::io::Result<()> {
     if POOLS.get().is_none() {
         let pools = Pools {
-            storage: pool("assay-blocking", config.blocking_threads)?,
-            scripts: pool("assay-scripts", config.script_threads)?,
-            hashing: pool("assay-hashing", config.hashing_threads)?,
+            storage: Workers::start("assay-blocking", config.blocking_threads)?,
+            scripts: Workers::start("assay-scripts", config.script_threads)?,
+            hashing: Workers::start("assay-hashing", config.hashing_threads)?,
         };
         let _ = POOLS.set(pools);
     }
     Ok(())
 }
 
-async fn run_on<R, F>(pick: fn(&Pools) -> &tokio::runtime::Runtime, f: F) -> AppResult<R>
+async fn run_on<R, F>(pick: fn(&Pools) -> &Workers, f: F) -> AppResult<R>
 where
     F: FnOnce() -> AppResult<R> + Send + 'static,
     R: Send + 'static,
@@ -56,13 +112,21 @@ where
     // The caller's tracing span goes along.
     let span = tracing::Span::current();
     let task = move || span.in_scope(f);
-    let handle = match POOLS.get() {
-        Some(pools) => pick(pools).spawn_blocking(task),
-        None => tokio::task::spawn_blocking(task),
+    let Some(pools) = POOLS.get() else {
+        return tokio::task::spawn_blocking(task)
+            .await
+            .map_err(|e| AppError::internal(format!("blocking task failed: {e}")))?;
     };
-    handle
-        .await
-        .map_err(|e| AppError::internal(format!("blocking task failed: {e}")))?
+    let (done, result) = tokio::sync::oneshot::channel();
+    pick(pools).run(Box::new(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+        let _ = done.send(outcome);
+    }));
+    match result.await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(AppError::internal("blocking task panicked")),
+        Err(_) => Err(AppError::internal("blocking task was dropped")),
+    }
 }
 
 /// Runs storage work on the storage pool.
