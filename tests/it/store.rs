@@ -653,6 +653,14 @@ fn upgrading_to_5_puts_tasks_waiting_in_qa_into_the_index() {
     assert_eq!(indexed[0].qa, Some(QaKind::Qa));
 }
 
+/// Events `task:{i}` for each i of `ids`, at `start + i * step` ms.
+fn append_events(s: &dyn Store, ids: std::ops::Range<i64>, start: i64, step: i64) {
+    for i in ids {
+        s.append_audit(&event(start + i * step, &format!("task:{i}")))
+            .unwrap();
+    }
+}
+
 fn event(at: i64, object: &str) -> AuditEvent {
     AuditEvent {
         at,
@@ -669,10 +677,7 @@ fn event(at: i64, object: &str) -> AuditEvent {
 fn the_audit_chain_catches_edits_deletions_and_late_insertions() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    for i in 0..20 {
-        s.append_audit(&event(1_000 + i * 1_000, &format!("task:{i}")))
-            .unwrap();
-    }
+    append_events(s.as_ref(), 0..20, 1_000, 1_000);
     assert_eq!(s.seal_audit(100_000).unwrap(), 20);
     let check = s.verify_audit().unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
@@ -711,16 +716,10 @@ fn the_audit_chain_catches_edits_deletions_and_late_insertions() {
 fn pruning_the_audit_log_keeps_the_rest_verifiable() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    for i in 0..10 {
-        s.append_audit(&event(1_000 + i * 1_000, &format!("task:{i}")))
-            .unwrap();
-    }
+    append_events(s.as_ref(), 0..10, 1_000, 1_000);
     s.seal_audit(100_000).unwrap();
     assert_eq!(s.prune_audit(5_500).unwrap(), 5);
-    for i in 10..15 {
-        s.append_audit(&event(200_000 + i * 1_000, &format!("task:{i}")))
-            .unwrap();
-    }
+    append_events(s.as_ref(), 10..15, 200_000, 1_000);
     s.seal_audit(300_000).unwrap();
     let check = s.verify_audit().unwrap();
     assert!(check.problems.is_empty(), "{:?}", check.problems);
@@ -733,10 +732,7 @@ fn pruning_the_audit_log_keeps_the_rest_verifiable() {
 fn a_busy_audit_log_is_sealed_in_chunks_into_one_chain() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    for i in 0..1_000 {
-        s.append_audit(&event(1_000 + i * 10, &format!("task:{i}")))
-            .unwrap();
-    }
+    append_events(s.as_ref(), 0..1_000, 1_000, 10);
     assert_eq!(s.seal_audit(50_000).unwrap(), 1_000);
     // Arrives late, with a time the last pass already went over.
     s.append_audit(&event(45_000, "task:late")).unwrap();
@@ -759,10 +755,7 @@ fn upgrading_to_6_keeps_the_audit_chain_verifiable() {
     use sha2::{Digest, Sha256};
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    for i in 0..300 {
-        s.append_audit(&event(1_000 + i * 10, &format!("task:{i}")))
-            .unwrap();
-    }
+    append_events(s.as_ref(), 0..300, 1_000, 10);
     s.flush().unwrap();
     drop(s);
     {
@@ -839,10 +832,7 @@ fn upgrading_to_6_keeps_the_audit_chain_verifiable() {
 fn a_pass_cut_after_its_first_chunk_seals_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
-    for i in 0..2_100 {
-        s.append_audit(&event(1_000 + i * 10, &format!("task:{i}")))
-            .unwrap();
-    }
+    append_events(s.as_ref(), 0..2_100, 1_000, 10);
     assert_eq!(s.seal_audit(50_000).unwrap(), 2_100);
     s.flush().unwrap();
     drop(s);

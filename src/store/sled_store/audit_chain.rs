@@ -63,6 +63,18 @@ pub(super) struct Seal {
     pub hash: String,
 }
 
+impl Seal {
+    /// The sealed event's key (empty if the stored hex is damaged: no event has that key).
+    fn event_key(&self) -> Vec<u8> {
+        hex::decode(&self.key).unwrap_or_default()
+    }
+
+    /// The time (ms) of the sealed event.
+    pub fn time(&self) -> i64 {
+        key_time(&self.event_key())
+    }
+}
+
 /// Consecutive seals, the first with the sequence number the block is stored under.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Block {
@@ -116,7 +128,7 @@ impl SledStore {
             if block.cursor < window_start {
                 break;
             }
-            keys.extend(block.seals.iter().filter_map(|s| hex::decode(&s.key).ok()));
+            keys.extend(block.seals.iter().map(Seal::event_key));
         }
         Ok(keys)
     }
@@ -226,7 +238,7 @@ impl SledStore {
                 ));
             }
             for (seq, seal) in (first..).zip(block.seals) {
-                let key = hex::decode(&seal.key).unwrap_or_default();
+                let key = seal.event_key();
                 match self.t.audit.get(&key).map_err(backend)? {
                     None => note(format!(
                         "the event of seal {seq} (at {} ms) was deleted",
@@ -263,7 +275,7 @@ impl SledStore {
             for item in self.t.audit_blocks.iter() {
                 let (block_key, bytes) = item.map_err(backend)?;
                 let (_, block) = read_block(&block_key, &bytes)?;
-                in_chain.extend(block.seals.iter().filter_map(|s| hex::decode(&s.key).ok()));
+                in_chain.extend(block.seals.iter().map(Seal::event_key));
             }
             for item in self.t.audit.range(..settled.as_slice()) {
                 let (key, _) = item.map_err(backend)?;
@@ -294,17 +306,13 @@ impl SledStore {
             };
             let (first, mut block) = read_block(&item.0, &item.1)?;
             // Seals are removed from the front, up to the first event that is kept.
-            let cut = block
-                .seals
-                .iter()
-                .take_while(|s| key_time(&hex::decode(&s.key).unwrap_or_default()) < before)
-                .count();
-            let Some(last) = cut.checked_sub(1).map(|i| block.seals[i].clone()) else {
+            let cut = block.seals.iter().take_while(|s| s.time() < before).count();
+            let gone: Vec<Seal> = block.seals.drain(..cut).collect();
+            let Some(last) = gone.last() else {
                 return Ok(removed);
             };
             base.seq = first + cut as u64 - 1;
-            base.hash = last.hash;
-            let gone: Vec<Seal> = block.seals.drain(..cut).collect();
+            base.hash = last.hash.clone();
             let rest = match block.seals.is_empty() {
                 true => None,
                 false => Some(((first + cut as u64).to_be_bytes(), enc(&block)?)),
@@ -314,7 +322,7 @@ impl SledStore {
             (&t.audit, &t.audit_blocks, &t.meta)
                 .transaction(|(audit, chain, meta)| {
                     for seal in &gone {
-                        audit.remove(hex::decode(&seal.key).unwrap_or_default())?;
+                        audit.remove(seal.event_key())?;
                     }
                     chain.remove(&item.0)?;
                     if let Some((key, bytes)) = &rest {

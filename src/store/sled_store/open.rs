@@ -165,11 +165,7 @@ impl SledStore {
             let (key, bytes) = item.map_err(backend)?;
             let seq = keys::u64_at(&key, 0).unwrap_or(0);
             let seal: Seal = dec(OLD_SEALS, &bytes)?;
-            let time = hex::decode(&seal.key)
-                .ok()
-                .and_then(|k| keys::u64_at(&k, 0))
-                .map_or(0, keys::time_back);
-            cursor = cursor.max(time + 1);
+            cursor = cursor.max(seal.time() + 1);
             match &mut block {
                 // A gap (a seal someone removed) starts a new block, so it stays visible.
                 Some((first, b))

@@ -153,8 +153,8 @@ pub async fn start(
 const MAX_UNRENDERABLE_PER_START: usize = 3;
 
 /// What a start form does, for reviews and QA alike: checks the form's CSRF token and the
-/// project, runs `take` on the project (true when something was taken or is held), then sends the browser to
-/// `/p/{id}/{page}` by a GET, or shows "nothing waiting".
+/// project, runs `take` on the project (true when something was taken or is held), then sends
+/// the browser to `/p/{id}/{page}` by a GET, or shows "nothing waiting".
 pub(super) async fn take_then_show<F>(
     state: &web::Data<AppState>,
     session: &Session,
