@@ -61,13 +61,14 @@ pub struct ServerConfig {
     pub bind: String,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
-    /// Threads for storage work.
+    /// Threads of the blocking pool always left for storage work.
     pub blocking_threads: usize,
-    /// Threads for work that runs scripts (hand-out, submit checks, imports, reroutes).
+    /// Threads of the blocking pool that may run scripts at once (hand-out, submit checks,
+    /// imports, reroutes).
     pub script_threads: usize,
     /// Of those, how many one project may hold at once, so a slow rubric cannot take them all.
     pub script_threads_per_project: usize,
-    /// Threads for password hashing (logins, password changes).
+    /// Threads of the blocking pool that may hash passwords at once (logins, password changes).
     pub hashing_threads: usize,
     /// Largest accepted request body for imports, in MiB.
     pub max_import_mb: u64,

@@ -90,7 +90,7 @@ pub(crate) async fn run_isolation(
             }
         }));
     }
-    // Let the stalled project fill its share of the script pool first.
+    // Let the stalled project fill its share of the script permits first.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let healthy = second_project(client, api, admin, run_id, args.tasks).await?;
     let outcome = run_loop(

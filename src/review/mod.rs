@@ -56,7 +56,7 @@ pub struct ReviewCore {
     /// Sessions ended by a logout.
     pub revoked: crate::auth::revoked::RevokedSessions,
     pub metrics: Arc<Metrics>,
-    /// Each project's share of the script pool.
+    /// Each project's share of the script permits.
     gates: pool::ProjectGates,
     /// Set by `shutdown`: timers stop changing state.
     stopping: AtomicBool,
@@ -153,8 +153,8 @@ impl ReviewCore {
         &self.store
     }
 
-    /// Runs work for a project that may call its scripts: on the script pool, within the
-    /// project's share of it (waiting for a turn holds no thread).
+    /// Runs work for a project that may call its scripts: on the blocking pool, with a script
+    /// permit and one of the project's own (waiting for a turn holds no thread).
     pub async fn in_project<R, F>(&self, project: Id, f: F) -> AppResult<R>
     where
         F: FnOnce() -> AppResult<R> + Send + 'static,

@@ -1,16 +1,23 @@
-//! The pools of threads for blocking work, one per kind so no kind waits behind another:
+//! The one pool of threads for blocking work (sled, Rhai, argon2), with admission so no kind
+//! of work waits behind another:
 //!
-//! - `blocking`: storage work (sled reads and writes that run no script);
-//! - `scripted`: work that runs Rhai (hand-out, submit checks, imports, reroutes). A project
-//!   holds at most `script_threads_per_project` of these at once (its `ProjectGates` permit),
-//!   so a rubric that always runs into its time limit slows its own project only;
-//! - `hashing`: argon2 (logins, password changes), so anonymous logins cost no one else time.
+//! - storage work (sled reads and writes that run no script) needs no permit;
+//! - work that runs Rhai (hand-out, submit checks, imports, reroutes) holds one of
+//!   `script_threads` permits, and its project's permit (`ProjectGates`: at most
+//!   `script_threads_per_project` at once), so a rubric that always runs into its time limit
+//!   slows its own project only;
+//! - argon2 (logins, password changes) holds one of `hashing_threads` permits, so anonymous
+//!   logins cost no one else time.
 //!
-//! Each pool is a fixed set of threads taking jobs from one queue. Handing a job to a thread is
-//! most of what a short job costs (a loop's next and submit are two such hand-offs each way), and
-//! waking a sleeping thread is the dear part of it, so a thread that finishes a job looks for the
-//! next one for a moment before it sleeps. Like the async runtime itself they are executors, set
-//! once at start-up, not application state.
+//! The pool has `blocking_threads + script_threads + hashing_threads` threads, so however many
+//! scripts and hashes are running, `blocking_threads` threads are left for storage work. Waiting
+//! for a permit holds no thread.
+//!
+//! The threads take jobs from one queue. Handing a job to a thread is most of what a short job
+//! costs (a loop's next and submit are two such hand-offs each way), and waking a sleeping
+//! thread is the dear part of it, so a thread that finishes a job looks for the next one for a
+//! moment before it sleeps. Like the async runtime itself the pool is an executor, set once at
+//! start-up, not application state.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,6 +41,8 @@ struct Workers {
     wake: parking_lot::Condvar,
     /// Threads waiting on `wake` (changed under the queue's lock).
     sleeping: AtomicUsize,
+    /// Threads looking for their next job before they sleep (changed under the queue's lock).
+    lingering: AtomicUsize,
 }
 
 impl Workers {
@@ -42,6 +51,7 @@ impl Workers {
             queue: parking_lot::Mutex::new(VecDeque::new()),
             wake: parking_lot::Condvar::new(),
             sleeping: AtomicUsize::new(0),
+            lingering: AtomicUsize::new(0),
         });
         for i in 0..threads.max(1) {
             let w = workers.clone();
@@ -56,55 +66,81 @@ impl Workers {
     }
 
     fn run(&self, job: Job) {
-        self.queue.lock().push_back(job);
-        // A sleeper counted itself under the lock the job was pushed under: none is missed.
-        if self.sleeping.load(Ordering::Acquire) > 0 {
+        let mut queue = self.queue.lock();
+        queue.push_back(job);
+        // Each lingering thread will take one job; a sleeper is woken only for the jobs beyond
+        // those (waking one is the dear part). Sleepers and lingerers count themselves under
+        // this lock, so no job is left without a thread to take it.
+        let wake = queue.len() > self.lingering.load(Ordering::Acquire)
+            && self.sleeping.load(Ordering::Acquire) > 0;
+        drop(queue);
+        if wake {
             self.wake.notify_one();
         }
     }
 
     fn next_job(&self) -> Job {
+        self.lingering.fetch_add(1, Ordering::AcqRel);
         let lingering = Instant::now();
-        while lingering.elapsed() < LINGER {
-            if let Some(job) = self.queue.lock().pop_front() {
-                return job;
-            }
-            std::thread::yield_now();
-        }
-        let mut queue = self.queue.lock();
         loop {
-            if let Some(job) = queue.pop_front() {
-                return job;
+            let mut queue = self.queue.lock();
+            let job = queue.pop_front();
+            if job.is_some() || lingering.elapsed() >= LINGER {
+                // Stops lingering under the lock it takes its job (or gives up) under.
+                self.lingering.fetch_sub(1, Ordering::AcqRel);
+                if let Some(job) = job {
+                    return job;
+                }
+                loop {
+                    self.sleeping.fetch_add(1, Ordering::AcqRel);
+                    self.wake.wait(&mut queue);
+                    self.sleeping.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(job) = queue.pop_front() {
+                        return job;
+                    }
+                }
             }
-            self.sleeping.fetch_add(1, Ordering::AcqRel);
-            self.wake.wait(&mut queue);
-            self.sleeping.fetch_sub(1, Ordering::AcqRel);
+            drop(queue);
+            std::thread::yield_now();
         }
     }
 }
 
-struct Pools {
-    storage: Arc<Workers>,
-    scripts: Arc<Workers>,
-    hashing: Arc<Workers>,
+struct Pool {
+    workers: Arc<Workers>,
+    /// Permits for work that runs scripts.
+    scripts: Semaphore,
+    /// Permits for password hashing.
+    hashing: Semaphore,
 }
 
-static POOLS: OnceLock<Pools> = OnceLock::new();
+static POOL: OnceLock<Pool> = OnceLock::new();
 
-/// Sizes the pools; call once before serving. Later calls have no effect.
+/// Sizes the pool; call once before serving. Later calls have no effect.
 pub fn init(config: &ServerConfig) -> std::io::Result<()> {
-    if POOLS.get().is_none() {
-        let pools = Pools {
-            storage: Workers::start("assay-blocking", config.blocking_threads)?,
-            scripts: Workers::start("assay-scripts", config.script_threads)?,
-            hashing: Workers::start("assay-hashing", config.hashing_threads)?,
+    if POOL.get().is_none() {
+        let scripts = config.script_threads.max(1);
+        let hashing = config.hashing_threads.max(1);
+        let threads = config.blocking_threads.max(1) + scripts + hashing;
+        let pool = Pool {
+            workers: Workers::start("assay-blocking", threads)?,
+            scripts: Semaphore::new(scripts),
+            hashing: Semaphore::new(hashing),
         };
-        let _ = POOLS.set(pools);
+        let _ = POOL.set(pool);
     }
     Ok(())
 }
 
-async fn run_on<R, F>(pick: fn(&Pools) -> &Workers, f: F) -> AppResult<R>
+/// Which permit a job needs before it may take a thread.
+#[derive(Clone, Copy)]
+enum Admission {
+    Storage,
+    Script,
+    Hashing,
+}
+
+async fn run_on<R, F>(admission: Admission, f: F) -> AppResult<R>
 where
     F: FnOnce() -> AppResult<R> + Send + 'static,
     R: Send + 'static,
@@ -112,13 +148,27 @@ where
     // The caller's tracing span goes along.
     let span = tracing::Span::current();
     let task = move || span.in_scope(f);
-    let Some(pools) = POOLS.get() else {
+    let Some(pool) = POOL.get() else {
         return tokio::task::spawn_blocking(task)
             .await
             .map_err(|e| AppError::internal(format!("blocking task failed: {e}")))?;
     };
+    let permits = match admission {
+        Admission::Storage => None,
+        Admission::Script => Some(&pool.scripts),
+        Admission::Hashing => Some(&pool.hashing),
+    };
+    let _admitted = match permits {
+        Some(permits) => Some(
+            permits
+                .acquire()
+                .await
+                .map_err(|_| AppError::internal("pool closed"))?,
+        ),
+        None => None,
+    };
     let (done, result) = tokio::sync::oneshot::channel();
-    pick(pools).run(Box::new(move || {
+    pool.workers.run(Box::new(move || {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
         let _ = done.send(outcome);
     }));
@@ -129,31 +179,31 @@ where
     }
 }
 
-/// Runs storage work on the storage pool.
+/// Runs storage work.
 pub async fn blocking<R, F>(f: F) -> AppResult<R>
 where
     F: FnOnce() -> AppResult<R> + Send + 'static,
     R: Send + 'static,
 {
-    run_on(|p| &p.storage, f).await
+    run_on(Admission::Storage, f).await
 }
 
-/// Runs work that may call scripts on the script pool; the caller holds its project's permit.
+/// Runs work that may call scripts; the caller holds its project's permit.
 pub async fn scripted<R, F>(_permit: &OwnedSemaphorePermit, f: F) -> AppResult<R>
 where
     F: FnOnce() -> AppResult<R> + Send + 'static,
     R: Send + 'static,
 {
-    run_on(|p| &p.scripts, f).await
+    run_on(Admission::Script, f).await
 }
 
-/// Runs password hashing on its own pool.
+/// Runs password hashing.
 pub async fn hashing<R, F>(f: F) -> AppResult<R>
 where
     F: FnOnce() -> AppResult<R> + Send + 'static,
     R: Send + 'static,
 {
-    run_on(|p| &p.hashing, f).await
+    run_on(Admission::Hashing, f).await
 }
 
 /// One semaphore per project: how many script-pool threads it may hold at once.
@@ -182,5 +232,57 @@ impl ProjectGates {
         gate.acquire_owned()
             .await
             .map_err(|_| AppError::internal("project gate closed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Jobs pushed while one thread lingers each get a thread: the first job waits for the
+    /// second, which a pool that counted on the lingering thread for both would never run.
+    #[test]
+    fn jobs_beyond_the_lingering_threads_wake_a_sleeper() {
+        let workers = Workers::start("test-pool", 2).expect("threads");
+        for _ in 0..200 {
+            let (ran_second, wait_second) = mpsc::channel::<()>();
+            let (done, finished) = mpsc::channel::<bool>();
+            workers.run(Box::new(move || {
+                let _ = done.send(wait_second.recv_timeout(Duration::from_secs(20)).is_ok());
+            }));
+            workers.run(Box::new(move || {
+                let _ = ran_second.send(());
+            }));
+            assert_eq!(finished.recv_timeout(Duration::from_secs(30)), Ok(true));
+            // Let both threads go back to sleep now and then, so pushes meet sleepers too.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    #[test]
+    fn many_pushers_lose_no_job() {
+        let workers = Workers::start("test-pool", 3).expect("threads");
+        let (done, finished) = mpsc::channel::<()>();
+        let pushers: Vec<_> = (0..4)
+            .map(|_| {
+                let workers = workers.clone();
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..2_000 {
+                        let done = done.clone();
+                        workers.run(Box::new(move || {
+                            let _ = done.send(());
+                        }));
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().expect("pusher");
+        }
+        for _ in 0..8_000 {
+            assert!(finished.recv_timeout(Duration::from_secs(30)).is_ok());
+        }
     }
 }

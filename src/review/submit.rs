@@ -43,7 +43,7 @@ impl ReviewCore {
     ) -> AppResult<Submitted> {
         self.ready().await;
         let core = self.clone();
-        // The project's share of the script pool; a bad token is refused inside, under any gate.
+        // The project's share of the script permits; a bad token is refused inside, under any gate.
         let project = self.keys.verify_assignment(&token).map_or(0, |c| c.pid);
         let who = user.clone();
         let prepared = self
