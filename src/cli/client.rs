@@ -151,8 +151,8 @@ pub async fn export(
     format: &str,
     out: Option<&Path>,
 ) -> Result<(), String> {
-    let path = format!("/api/v1/projects/{project}/export?format={format}");
-    let bytes = download(url, tok, user, &path, out).await?;
+    let path = format!("/api/v1/projects/{project}/export");
+    let bytes = download(url, tok, user, &path, &[("format", format)], out).await?;
     if out.is_some() {
         eprintln!("exported {bytes} bytes");
     }
@@ -161,23 +161,26 @@ pub async fn export(
 
 /// Downloads a running server's backup into `out`.
 pub async fn backup(url: &str, tok: Option<String>, user: &str, out: &Path) -> Result<(), String> {
-    download(url, tok, user, "/api/v1/admin/backup", Some(out))
+    download(url, tok, user, "/api/v1/admin/backup", &[], Some(out))
         .await
         .map(|_| ())
 }
 
-/// Streams a GET's body into `out` (standard output when `None`); returns its length.
+/// Streams a GET's body into `out` (standard output when `None`); returns its length. The
+/// query's values are sent encoded, whatever they hold.
 async fn download(
     url: &str,
     tok: Option<String>,
     user: &str,
     path: &str,
+    query: &[(&str, &str)],
     out: Option<&Path>,
 ) -> Result<u64, String> {
     let client = reqwest::Client::new();
     let tok = token(&client, url, tok, user).await?;
     let res = client
         .get(format!("{url}{path}"))
+        .query(query)
         .bearer_auth(&tok)
         .send()
         .await

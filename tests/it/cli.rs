@@ -113,6 +113,34 @@ async fn import_and_export_commands_talk_to_a_running_server() {
         serde_json::from_str::<serde_json::Value>(text.lines().next().unwrap()).unwrap()["expert"],
         "clier"
     );
+
+    // A format is sent as one encoded value: one that looks like more query parameters is
+    // refused by name, not split into a different request.
+    let (url, token) = (s.url.clone(), admin.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        assay()
+            .args([
+                "export",
+                "--project",
+                &p.to_string(),
+                "--url",
+                &url,
+                "--token",
+                &token,
+                "--format",
+                "dpo&status=all",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown format `dpo&status=all`"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
