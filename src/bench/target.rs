@@ -96,7 +96,12 @@ fn spawn_server(
         .env("ASSAY_PLUGINS__PLUGINS", here.join("plugins"))
         .env("ASSAY_SERVER__BIND", "127.0.0.1:0")
         .env("ASSAY_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .env("RUST_LOG", "warn")
+        // The bench's own server logs warnings only, unless ASSAY_BENCH_LOG asks for more
+        // (`info` shows, for instance, how an import's time splits between its two passes).
+        .env(
+            "RUST_LOG",
+            std::env::var("ASSAY_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

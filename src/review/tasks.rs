@@ -40,6 +40,15 @@ pub struct ImportReport {
     pub duplicates: u64,
 }
 
+/// What pass 2 of an import did.
+#[derive(Default)]
+struct Staged {
+    /// Records skipped because their `external_id` was in the project already.
+    duplicates: u64,
+    /// Time spent in the store's writes (the rest of the pass is reading and parsing).
+    store: std::time::Duration,
+}
+
 fn open(path: &Path) -> AppResult<BufReader<File>> {
     File::open(path)
         .map(|f| BufReader::with_capacity(256 * 1024, f))
@@ -135,8 +144,9 @@ impl ReviewCore {
         let import = st.store.begin_import(project.id)?;
         let mut created = Vec::new();
         let written = self.write_staged(project, import, path, routings, &mut created);
-        let report = match written {
-            Ok(duplicates) => {
+        let (report, store_ms) = match written {
+            Ok(staged) => {
+                let duplicates = staged.duplicates;
                 st.store
                     .publish_import(project.id, import, created.len() as u64)?;
                 let q = st.queue.project(project.id);
@@ -144,11 +154,12 @@ impl ReviewCore {
                 for status in created.drain(..) {
                     queue.set_status(status);
                 }
-                ImportReport {
+                let report = ImportReport {
                     records,
                     imported: records - duplicates,
                     duplicates,
-                }
+                };
+                (report, staged.store.as_millis() as u64)
             }
             Err(e) => {
                 if let Err(cleanup) = st.store.abandon_import(import) {
@@ -169,6 +180,7 @@ impl ReviewCore {
             records = report.records,
             imported = report.imported,
             checked_ms,
+            store_ms,
             ms = started.elapsed().as_millis() as u64,
             "import written"
         );
@@ -182,7 +194,7 @@ impl ReviewCore {
     }
 
     /// Pass 2 of an import: writes the checked records under `import`, collecting the created
-    /// statuses; returns how many were duplicates.
+    /// statuses.
     fn write_staged(
         &self,
         project: &Project,
@@ -190,17 +202,19 @@ impl ReviewCore {
         path: &Path,
         routings: Vec<Routing>,
         created: &mut Vec<crate::domain::TaskStatus>,
-    ) -> AppResult<u64> {
+    ) -> AppResult<Staged> {
         let mut routings = routings.into_iter();
         let mut batch = Vec::with_capacity(BATCH);
-        let mut duplicates = 0;
+        let mut staged = Staged::default();
         let mut failure = None;
         let mut write = |batch: &mut Vec<NewTask>| -> AppResult<()> {
             if !batch.is_empty() {
+                let writing = std::time::Instant::now();
                 let written = self
                     .store
                     .import_tasks(project.id, import, std::mem::take(batch))?;
-                duplicates += written.duplicates;
+                staged.store += writing.elapsed();
+                staged.duplicates += written.duplicates;
                 created.extend(written.created);
             }
             Ok(())
@@ -233,7 +247,7 @@ impl ReviewCore {
             return Err(e);
         }
         write(&mut batch)?;
-        Ok(duplicates)
+        Ok(staged)
     }
 
     /// Applies the project's current router to every open task. Progress (who has reviewed, who
