@@ -22,6 +22,16 @@ fn json_report(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Runs `assay ARGS --project P --url URL --token TOKEN` off the test's runtime.
+async fn against(s: &Server, token: &str, project: u64, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let project = project.to_string();
+    all.extend(["--project", &project, "--url", &s.url, "--token", token].map(String::from));
+    tokio::task::spawn_blocking(move || assay().args(&all).output().unwrap())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_and_export_commands_talk_to_a_running_server() {
     let s = Server::start().await;
@@ -52,24 +62,7 @@ async fn import_and_export_commands_talk_to_a_running_server() {
     // A bad file: non-zero exit and the bad line named.
     let bad = s.dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"a\": 1}\n{nope\n").unwrap();
-    let (url, token) = (s.url.clone(), admin.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        assay()
-            .args([
-                "import",
-                bad.to_str().unwrap(),
-                "--project",
-                &p.to_string(),
-                "--url",
-                &url,
-                "--token",
-                &token,
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = against(&s, &admin, p, &["import", bad.to_str().unwrap()]).await;
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("line 2"),
@@ -83,25 +76,13 @@ async fn import_and_export_commands_talk_to_a_running_server() {
     assert_eq!(status, StatusCode::CREATED);
 
     let target = s.dir.path().join("out.jsonl");
-    let (url, token, t) = (s.url.clone(), admin.clone(), target.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        assay()
-            .args([
-                "export",
-                "--project",
-                &p.to_string(),
-                "--url",
-                &url,
-                "--token",
-                &token,
-                "--out",
-                t.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = against(
+        &s,
+        &admin,
+        p,
+        &["export", "--out", target.to_str().unwrap()],
+    )
+    .await;
     assert!(
         out.status.success(),
         "{}",
@@ -116,25 +97,7 @@ async fn import_and_export_commands_talk_to_a_running_server() {
 
     // A format is sent as one encoded value: one that looks like more query parameters is
     // refused by name, not split into a different request.
-    let (url, token) = (s.url.clone(), admin.clone());
-    let out = tokio::task::spawn_blocking(move || {
-        assay()
-            .args([
-                "export",
-                "--project",
-                &p.to_string(),
-                "--url",
-                &url,
-                "--token",
-                &token,
-                "--format",
-                "dpo&status=all",
-            ])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = against(&s, &admin, p, &["export", "--format", "dpo&status=all"]).await;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
