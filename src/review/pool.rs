@@ -41,7 +41,8 @@ struct Workers {
     wake: parking_lot::Condvar,
     /// Threads waiting on `wake` (changed under the queue's lock).
     sleeping: AtomicUsize,
-    /// Threads looking for their next job before they sleep (changed under the queue's lock).
+    /// Threads looking for their next job before they sleep: raised before a thread's first
+    /// look at the queue, lowered under the queue's lock as it takes a job or gives up.
     lingering: AtomicUsize,
 }
 
@@ -68,9 +69,10 @@ impl Workers {
     fn run(&self, job: Job) {
         let mut queue = self.queue.lock();
         queue.push_back(job);
-        // Each lingering thread will take one job; a sleeper is woken only for the jobs beyond
-        // those (waking one is the dear part). Sleepers and lingerers count themselves under
-        // this lock, so no job is left without a thread to take it.
+        // Each lingering thread will look at the queue again and take one job; a sleeper is
+        // woken only for the jobs beyond those (waking one is the dear part). A thread counts
+        // itself as lingering before it looks and stops under this lock, and counts itself
+        // asleep under it, so no job is left without a thread to take it.
         let wake = queue.len() > self.lingering.load(Ordering::Acquire)
             && self.sleeping.load(Ordering::Acquire) > 0;
         drop(queue);
