@@ -248,17 +248,24 @@ mod tests {
     fn jobs_beyond_the_lingering_threads_wake_a_sleeper() {
         let workers = Workers::start("test-pool", 2).expect("threads");
         for _ in 0..200 {
+            // Both threads asleep, then one wakes for a quick job and lingers after it.
+            std::thread::sleep(Duration::from_millis(1));
+            let (quick_done, quick) = mpsc::channel::<()>();
+            workers.run(Box::new(move || {
+                let _ = quick_done.send(());
+            }));
+            quick
+                .recv_timeout(Duration::from_secs(30))
+                .expect("quick job");
             let (ran_second, wait_second) = mpsc::channel::<()>();
             let (done, finished) = mpsc::channel::<bool>();
             workers.run(Box::new(move || {
-                let _ = done.send(wait_second.recv_timeout(Duration::from_secs(20)).is_ok());
+                let _ = done.send(wait_second.recv_timeout(Duration::from_secs(5)).is_ok());
             }));
             workers.run(Box::new(move || {
                 let _ = ran_second.send(());
             }));
             assert_eq!(finished.recv_timeout(Duration::from_secs(30)), Ok(true));
-            // Let both threads go back to sleep now and then, so pushes meet sleepers too.
-            std::thread::sleep(Duration::from_micros(200));
         }
     }
 
