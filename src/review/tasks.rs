@@ -1,8 +1,8 @@
 //! Importing tasks, and re-routing them when a router changes.
 //!
-//! Importing: an upload is spooled to a file in the data folder, read once to check every
-//! record (and route it), and read again to write the tasks in batches, so memory stays flat
-//! whatever the file size. Any bad record rejects the whole upload before anything is written.
+//! Importing: an upload is spooled to a file in the data folder and read once: every record is
+//! checked, routed and written (staged) in batches, so memory stays flat whatever the file size.
+//! Any bad record rejects the whole upload, and what was staged is removed.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -13,12 +13,12 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::ReviewCore;
-use crate::domain::{AuditAction, BrokenTask, Id, NewTask, Project, Routing, TaskState};
+use crate::domain::{AuditAction, BrokenTask, Id, NewTask, Project, TaskState};
 use crate::error::{AppError, AppResult, ErrorCode, RecordError};
 use crate::import::{read_records, RawRecord};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
-use crate::scripting::{router, rubric, PluginKind};
+use crate::scripting::{router, rubric, Plugin, PluginKind};
 
 const BATCH: usize = 1000;
 const MAX_REPORTED: usize = 100;
@@ -40,12 +40,14 @@ pub struct ImportReport {
     pub duplicates: u64,
 }
 
-/// What pass 2 of an import did.
+/// What an import wrote.
 #[derive(Default)]
 struct Staged {
+    /// Good records read.
+    records: u64,
     /// Records skipped because their `external_id` was in the project already.
     duplicates: u64,
-    /// Time spent in the store's writes (the rest of the pass is reading and parsing).
+    /// Time spent in the store's writes (the rest is reading, parsing and routing).
     store: std::time::Duration,
 }
 
@@ -55,49 +57,192 @@ fn open(path: &Path) -> AppResult<BufReader<File>> {
         .map_err(AppError::internal)
 }
 
-fn task_json(r: &RawRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": null, "external_id": r.external_id, "data": r.data, "meta": r.meta,
-        "is_gold": r.gold.is_some(),
-    })
+/// A record as the router sees it: only the fields its `route` may read are built.
+fn routed_view(router: &Plugin, r: &RawRecord) -> serde_json::Value {
+    let mut task = serde_json::Map::new();
+    let mut put = |field: &str, value: &dyn Fn() -> serde_json::Value| {
+        if router.route_reads(field) {
+            task.insert(field.to_owned(), value());
+        }
+    };
+    put("id", &|| serde_json::Value::Null);
+    put("external_id", &|| r.external_id.clone().into());
+    put("data", &|| r.data.clone());
+    put("meta", &|| r.meta.clone());
+    put("is_gold", &|| r.gold.is_some().into());
+    serde_json::Value::Object(task)
+}
+
+/// Routing decisions of one import, by what the router saw. A router is a pure function of
+/// its argument (scripts reach no clock, randomness or outside state), so records that look
+/// the same to it (often: the router reads one small field) are routed once.
+#[derive(Default)]
+struct RouteMemo {
+    seen: std::collections::HashMap<String, crate::domain::Routing>,
+}
+
+impl RouteMemo {
+    /// Views larger than this are routed each time (keying them would cost more than it saves).
+    const MAX_KEY: usize = 512;
+    const MAX_ENTRIES: usize = 4096;
+
+    fn route(
+        &mut self,
+        engine: &crate::scripting::ScriptEngine,
+        router: &Plugin,
+        project: &Project,
+        r: &RawRecord,
+    ) -> Result<crate::domain::Routing, crate::scripting::ScriptError> {
+        let view = routed_view(router, r);
+        let key = serde_json::to_string(&view)
+            .ok()
+            .filter(|k| k.len() <= Self::MAX_KEY);
+        if let Some(routing) = key.as_ref().and_then(|k| self.seen.get(k)) {
+            return Ok(routing.clone());
+        }
+        let routing = router::route(engine, router, project, &view)?;
+        if let Some(key) = key {
+            if self.seen.len() < Self::MAX_ENTRIES {
+                self.seen.insert(key, routing.clone());
+            }
+        }
+        Ok(routing)
+    }
 }
 
 impl ReviewCore {
     /// Imports a spooled upload into a project (blocking).
+    ///
+    /// One pass: every record is checked and routed, and written staged as it goes (in
+    /// batches, so memory stays flat whatever the file size). Nothing shows until all of it
+    /// is written and published in one step; a bad record, a router failure or a crash leaves
+    /// nothing, and every bad record is named.
     pub fn import_file(
         &self,
         project: &Project,
         path: &Path,
         actor: Id,
     ) -> AppResult<ImportReport> {
-        let st = self;
-        let router = st.registry.current(PluginKind::Router, &project.router)?;
-        let engine = &st.registry.engine;
         let started = std::time::Instant::now();
+        let import = self.store.begin_import(project.id)?;
+        let mut created = Vec::new();
+        let written = self.write_staged(project, import, path, &mut created);
+        let staged = match written {
+            Ok(staged) => staged,
+            Err(e) => {
+                if let Err(cleanup) = self.store.abandon_import(import) {
+                    // Start-up removes it then.
+                    tracing::warn!(error = %cleanup, "cannot remove a failed import yet");
+                }
+                return Err(e);
+            }
+        };
+        self.store
+            .publish_import(project.id, import, created.len() as u64)?;
+        {
+            let q = self.queue.project(project.id);
+            let mut queue = Queue::lock(&q);
+            for status in created.drain(..) {
+                queue.set_status(status);
+            }
+        }
+        drop(created);
+        let report = ImportReport {
+            records: staged.records,
+            imported: staged.records - staged.duplicates,
+            duplicates: staged.duplicates,
+        };
+        Metrics::count(&self.metrics.imports);
+        self.metrics
+            .imported_tasks
+            .fetch_add(report.imported, std::sync::atomic::Ordering::Relaxed);
+        crate::memory::give_back();
+        tracing::info!(
+            project = project.id,
+            records = report.records,
+            imported = report.imported,
+            store_ms = staged.store.as_millis() as u64,
+            ms = started.elapsed().as_millis() as u64,
+            "import written"
+        );
+        self.audit(
+            Some(actor),
+            AuditAction::TasksImport,
+            format!("project:{}", project.id),
+            serde_json::json!({"records": report.records, "imported": report.imported, "duplicates": report.duplicates}),
+        );
+        Ok(report)
+    }
 
-        // Pass 1: check and route every record.
+    /// Reads, checks, routes and writes every record under the staged `import`, collecting
+    /// the created statuses. After the first bad record nothing more is written, but reading
+    /// goes on to name the others.
+    ///
+    /// Reading and routing run here while a second thread writes the batches (a bounded
+    /// channel between them keeps memory flat): the two halves cost about the same, so an
+    /// import takes the time of one.
+    fn write_staged(
+        &self,
+        project: &Project,
+        import: Id,
+        path: &Path,
+        created: &mut Vec<crate::domain::TaskStatus>,
+    ) -> AppResult<Staged> {
+        let (batches, to_write) = std::sync::mpsc::sync_channel::<Vec<NewTask>>(4);
+        std::thread::scope(|scope| {
+            let writer = std::thread::Builder::new()
+                .name("assay-import".into())
+                .spawn_scoped(scope, move || -> AppResult<Staged> {
+                    let mut written = Staged::default();
+                    for batch in to_write {
+                        let started = std::time::Instant::now();
+                        let done = self.store.import_tasks(project.id, import, batch)?;
+                        written.store += started.elapsed();
+                        written.duplicates += done.duplicates;
+                        created.extend(done.created);
+                    }
+                    Ok(written)
+                })
+                .map_err(AppError::internal)?;
+            let read = self.read_and_route(project, path, batches);
+            let written = writer
+                .join()
+                .map_err(|_| AppError::internal("the import writer panicked"))?;
+            // A write failure ends the reading early: report it rather than what was read.
+            let written = written?;
+            let read = read?;
+            Ok(Staged {
+                records: read.records,
+                duplicates: written.duplicates,
+                store: written.store,
+            })
+        })
+    }
+
+    /// The reading half of an import: checks and routes every record, sending good ones to
+    /// `batches` until a record is bad. Returns how many good records there were.
+    fn read_and_route(
+        &self,
+        project: &Project,
+        path: &Path,
+        batches: std::sync::mpsc::SyncSender<Vec<NewTask>>,
+    ) -> AppResult<Staged> {
+        let router = self.registry.current(PluginKind::Router, &project.router)?;
+        let engine = &self.registry.engine;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut staged = Staged::default();
         let mut errors: Vec<RecordError> = Vec::new();
         let mut bad = 0u64;
-        let mut routings: Vec<Routing> = Vec::new();
-        let mut script_error = None;
-        let records = read_records(open(path)?, &mut |pos, rec| {
-            if script_error.is_some() {
+        let mut failure: Option<AppError> = None;
+        let mut routes = RouteMemo::default();
+        // The writer has stopped (it failed): its error is the one to report.
+        let mut writer_gone = false;
+        let read = read_records(open(path)?, &mut |pos, rec| {
+            if failure.is_some() || writer_gone {
                 return;
             }
-            match rec {
-                Ok(r) => match router::route(engine, &router, project, &task_json(&r)) {
-                    Ok(routing) => routings.push(routing),
-                    Err(e) => {
-                        let mut what = format!("record {}", pos.record);
-                        if let Some(line) = pos.line {
-                            what.push_str(&format!(", line {line}"));
-                        }
-                        if let Some(x) = &r.external_id {
-                            what.push_str(&format!(", external_id {x:?}"));
-                        }
-                        script_error = Some(e.about(what));
-                    }
-                },
+            let r = match rec {
+                Ok(r) => r,
                 Err(message) => {
                     bad += 1;
                     if errors.len() < MAX_REPORTED {
@@ -107,128 +252,27 @@ impl ReviewCore {
                             message,
                         });
                     }
+                    return;
                 }
-            }
-        })
-        .map_err(|f| {
-            let record = errors.len() as u64 + routings.len() as u64 + 1;
-            let mut errors = errors.clone();
-            errors.truncate(MAX_REPORTED - 1);
-            errors.push(RecordError {
-                record,
-                line: f.line,
-                message: f.message,
-            });
-            AppError::ImportRejected {
-                bad: bad + 1,
-                errors,
-            }
-        })?;
-        if let Some(e) = script_error {
-            return Err(e.into());
-        }
-        if bad > 0 {
-            return Err(AppError::ImportRejected { bad, errors });
-        }
-        if records == 0 {
-            return Err(AppError::bad_request(
-                ErrorCode::EmptyImport,
-                "the upload holds no records",
-            ));
-        }
-
-        let checked_ms = started.elapsed().as_millis() as u64;
-
-        // Pass 2: write in batches, in upload order, staged: nothing shows until all of it
-        // is written and published in one step; a failure (or a crash) leaves nothing.
-        let import = st.store.begin_import(project.id)?;
-        let mut created = Vec::new();
-        let written = self.write_staged(project, import, path, routings, &mut created);
-        let (report, store_ms) = match written {
-            Ok(staged) => {
-                let duplicates = staged.duplicates;
-                st.store
-                    .publish_import(project.id, import, created.len() as u64)?;
-                let q = st.queue.project(project.id);
-                let mut queue = Queue::lock(&q);
-                for status in created.drain(..) {
-                    queue.set_status(status);
-                }
-                let report = ImportReport {
-                    records,
-                    imported: records - duplicates,
-                    duplicates,
-                };
-                (report, staged.store.as_millis() as u64)
-            }
-            Err(e) => {
-                if let Err(cleanup) = st.store.abandon_import(import) {
-                    // Start-up removes it then.
-                    tracing::warn!(error = %cleanup, "cannot remove a failed import yet");
-                }
-                return Err(e);
-            }
-        };
-        drop(created);
-        Metrics::count(&st.metrics.imports);
-        st.metrics
-            .imported_tasks
-            .fetch_add(report.imported, std::sync::atomic::Ordering::Relaxed);
-        crate::memory::give_back();
-        tracing::info!(
-            project = project.id,
-            records = report.records,
-            imported = report.imported,
-            checked_ms,
-            store_ms,
-            ms = started.elapsed().as_millis() as u64,
-            "import written"
-        );
-        st.audit(
-        Some(actor),
-        AuditAction::TasksImport,
-        format!("project:{}", project.id),
-        serde_json::json!({"records": report.records, "imported": report.imported, "duplicates": report.duplicates}),
-    );
-        Ok(report)
-    }
-
-    /// Pass 2 of an import: writes the checked records under `import`, collecting the created
-    /// statuses.
-    fn write_staged(
-        &self,
-        project: &Project,
-        import: Id,
-        path: &Path,
-        routings: Vec<Routing>,
-        created: &mut Vec<crate::domain::TaskStatus>,
-    ) -> AppResult<Staged> {
-        let mut routings = routings.into_iter();
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut staged = Staged::default();
-        let mut failure = None;
-        let mut write = |batch: &mut Vec<NewTask>| -> AppResult<()> {
-            if !batch.is_empty() {
-                let writing = std::time::Instant::now();
-                let written = self
-                    .store
-                    .import_tasks(project.id, import, std::mem::take(batch))?;
-                staged.store += writing.elapsed();
-                staged.duplicates += written.duplicates;
-                created.extend(written.created);
-            }
-            Ok(())
-        };
-        read_records(open(path)?, &mut |_, rec| {
-            if failure.is_some() {
-                return;
-            }
-            let (Ok(r), Some(routing)) = (rec, routings.next()) else {
-                failure = Some(AppError::internal(
-                    "the spooled upload changed between passes",
-                ));
-                return;
             };
+            staged.records += 1;
+            let routing = match routes.route(engine, &router, project, &r) {
+                Ok(routing) => routing,
+                Err(e) => {
+                    let mut what = format!("record {}", pos.record);
+                    if let Some(line) = pos.line {
+                        what.push_str(&format!(", line {line}"));
+                    }
+                    if let Some(x) = &r.external_id {
+                        what.push_str(&format!(", external_id {x:?}"));
+                    }
+                    failure = Some(e.about(what).into());
+                    return;
+                }
+            };
+            if bad > 0 {
+                return;
+            }
             batch.push(NewTask {
                 external_id: r.external_id,
                 data: r.data,
@@ -237,16 +281,42 @@ impl ReviewCore {
                 routing,
             });
             if batch.len() >= BATCH {
-                if let Err(e) = write(&mut batch) {
-                    failure = Some(e);
-                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                writer_gone = batches.send(full).is_err();
             }
-        })
-        .map_err(|f| AppError::internal(f.message))?;
+        });
+        if writer_gone {
+            return Ok(staged);
+        }
+        if let Err(f) = read {
+            let record = staged.records + bad + 1;
+            errors.truncate(MAX_REPORTED - 1);
+            errors.push(RecordError {
+                record,
+                line: f.line,
+                message: f.message,
+            });
+            return Err(AppError::ImportRejected {
+                bad: bad + 1,
+                errors,
+            });
+        }
         if let Some(e) = failure {
             return Err(e);
         }
-        write(&mut batch)?;
+        if bad > 0 {
+            return Err(AppError::ImportRejected { bad, errors });
+        }
+        if staged.records == 0 {
+            return Err(AppError::bad_request(
+                ErrorCode::EmptyImport,
+                "the upload holds no records",
+            ));
+        }
+        if !batch.is_empty() {
+            // A send fails only when the writer failed; its error is reported then.
+            let _ = batches.send(batch);
+        }
         Ok(staged)
     }
 

@@ -96,6 +96,10 @@ pub struct Plugin {
     /// Whether the rubric's `criteria(task)` reads its argument at all (see
     /// `analysis::reads_parameter`); when it does not, one result serves every task.
     pub criteria_reads_task: bool,
+    /// The task fields a router's `route(task)` may read (see `analysis::parameter_fields`);
+    /// `None`: all of them. Importing builds only these, instead of converting every task
+    /// whole.
+    pub route_reads: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Plugin {
@@ -109,6 +113,7 @@ impl Plugin {
         ast: AST,
     ) -> Self {
         let criteria_reads_task = super::analysis::reads_parameter(&ast, "criteria", 1);
+        let route_reads = super::analysis::parameter_fields(&ast, "route", 1);
         Self {
             name: name.to_owned(),
             kind,
@@ -118,7 +123,13 @@ impl Plugin {
             ast,
             loaded_at: crate::now_ms(),
             criteria_reads_task,
+            route_reads,
         }
+    }
+
+    /// Whether `route(task)` may read this field of its task.
+    pub fn route_reads(&self, field: &str) -> bool {
+        self.route_reads.as_ref().is_none_or(|f| f.contains(field))
     }
 
     pub fn has_fn(&self, name: &str, arity: usize) -> bool {

@@ -106,6 +106,10 @@ impl SledStore {
         w.write_all(&json).map_err(io)?;
         let (mut trees, mut entries) = (0u64, 0u64);
         for name in self.db.tree_names() {
+            // Segments are written below as the tree entries they stand for.
+            if name.as_ref() == b"segments_import" {
+                continue;
+            }
             let tree = self.db.open_tree(&name).map_err(backend)?;
             let is_meta = name.as_ref() == b"meta";
             w.write_all(&[TREE]).map_err(io)?;
@@ -121,6 +125,13 @@ impl SledStore {
                 put_bytes(&mut w, &v)?;
                 entries += 1;
             }
+            self.segment_entries(&name, &mut |k, v| {
+                w.write_all(&[ENTRY]).map_err(io)?;
+                put_bytes(&mut w, k)?;
+                put_bytes(&mut w, v)?;
+                entries += 1;
+                Ok(())
+            })?;
         }
         w.write_all(&[END]).map_err(io)?;
         w.write_all(&entries.to_be_bytes()).map_err(io)?;

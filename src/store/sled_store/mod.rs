@@ -29,6 +29,13 @@
 //! | `audit_time_id`          | time ++ event id                      | AuditEvent           |
 //! | `broken_project_task`    | project id ++ task id (quarantined)   | BrokenTask           |
 //! | `imports_id`             | import id (begun, not yet published)  | import record        |
+//! | `segments_import`        | import id (a published segment)       | project id, u64 BE   |
+//!
+//! Large imports (batches of 256 tasks or more) do not write the task trees: their tasks go to a
+//! write-once segment file (`segment_file.rs`) holding each task and its first status, and the
+//! trees hold only what changes later. Every task read looks in both: `taskstatus_id` wins over
+//! a segment's first status, and `tasks_id`, `tasks_project_task` and the open-task scan take
+//! the segments' tasks in as well (`segments.rs`).
 //!
 //! An import's tasks name it in `tasks_project_task`; while its `imports_id` record exists they
 //! are uncounted, unlisted and not in the hand-out index, and start-up removes them
@@ -48,12 +55,15 @@
 //!
 //! Files: `open.rs` opens the database and runs the ordered migrations; `tx.rs` holds the
 //! transaction helpers (encoding, counters, state transitions); `records.rs` implements
-//! [`Store`] over the trees; `backup.rs` writes and restores consistent backups.
+//! [`Store`] over the trees; `backup.rs` writes and restores consistent backups (segments'
+//! tasks are written into it as tree entries, so a restored database has no segments).
 
 mod audit_chain;
 pub mod backup;
 mod open;
 mod records;
+mod segment_file;
+mod segments;
 mod staging;
 mod tx;
 
@@ -98,6 +108,8 @@ struct Trees {
     qa_results: Tree,
     /// The audit hash chain: blocks of seals by the sequence number of their first.
     audit_blocks: Tree,
+    /// Published import segments: import id → project id (`segments.rs`).
+    segments: Tree,
 }
 
 pub struct SledStore {
@@ -117,6 +129,8 @@ pub struct SledStore {
     gate: parking_lot::RwLock<()>,
     /// Added to sled's id counter: a restored database starts its ids above the backup's.
     id_base: u64,
+    /// The tasks of large imports, in files of their own (`segments.rs`).
+    segments: segments::Segments,
 }
 
 impl SledStore {

@@ -14,7 +14,7 @@ use crate::store::keys;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 impl SledStore {
     /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
@@ -70,7 +70,15 @@ impl SledStore {
             finals: tree("finals_task")?,
             qa_results: tree("qa_results_lease")?,
             audit_blocks: tree("audit_blocks_seq")?,
+            segments: tree("segments_import")?,
         };
+        let published: Vec<Id> = t
+            .segments
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| keys::u64_at(&k, 0)))
+            .collect();
+        let segments = super::segments::Segments::open(path, &published)?;
         let sync_file = if fsync {
             File::open(path.join("db")).ok().map(Mutex::new)
         } else {
@@ -91,6 +99,7 @@ impl SledStore {
             audit_recently_sealed: Default::default(),
             gate: Default::default(),
             id_base,
+            segments,
         };
         store.migrate()?;
         Ok(store)
@@ -129,7 +138,13 @@ impl SledStore {
                 self.upgrade_5_to_6()?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(6) => self.upgrade_6_to_7()`, ...
+            // Version 7 adds import segments; a version-6 database has none, so nothing changes
+            // but the number (which keeps older binaries from missing a segment's tasks).
+            Some(6) => {
+                self.finish_upgrade(7)?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(7) => self.upgrade_7_to_8()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t

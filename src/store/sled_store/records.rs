@@ -50,6 +50,41 @@ impl SledStore {
         users.insert(user.id, user.clone());
     }
 
+    /// A task's stored status inside a transaction: the trees', else its segment's first.
+    /// (A segment never changes, so reading it outside the transaction is safe.)
+    fn tx_old_status(
+        &self,
+        statuses: &sled::transaction::TransactionalTree,
+        task: Id,
+    ) -> TxResult<Option<TaskStatus>> {
+        match tx_get(statuses, "taskstatus_id", &keys::id(task))? {
+            Some(status) => Ok(Some(status)),
+            None => self.segments.first_status(task).map_err(abort),
+        }
+    }
+
+    /// The first statuses of segment tasks whose status never changed (a changed one is in
+    /// `taskstatus_id`, and in the open-task index when it is still open).
+    pub(super) fn untouched_segment_tasks(&self) -> StoreResult<Vec<TaskStatus>> {
+        let mut out = Vec::new();
+        for segment in self.segments.all() {
+            let (Some(&first), Some(&last)) = (segment.ids().first(), segment.ids().last()) else {
+                continue;
+            };
+            let mut changed = Vec::new();
+            for key in self
+                .t
+                .taskstatus
+                .range(keys::id(first)..=keys::id(last))
+                .keys()
+            {
+                changed.extend(keys::u64_at(&key.map_err(backend)?, 0));
+            }
+            out.extend(segment.first_statuses(&mut |id| changed.binary_search(&id).is_err())?);
+        }
+        Ok(out)
+    }
+
     pub(super) fn next_id(&self) -> StoreResult<Id> {
         self.db
             .generate_id()
@@ -388,76 +423,20 @@ impl Store for SledStore {
         batch: Vec<NewTask>,
     ) -> StoreResult<ImportedBatch> {
         let _writing = self.writing();
-        let now = crate::now_ms();
-        // Ids are taken before the transaction so the closure stays pure if sled retries it.
-        let mut prepared = Vec::with_capacity(batch.len());
-        for new in batch {
-            let id = self.next_id()?;
-            let has_gold = new.gold.is_some();
-            let task = Task {
-                id,
-                project_id: project,
-                external_id: new.external_id,
-                data: new.data,
-                meta: new.meta,
-                gold: new.gold,
-                created_at: now,
-            };
-            let status = TaskStatus {
-                task_id: id,
-                project_id: project,
-                state: TaskState::Open,
-                pool: new.routing.pool,
-                reviews: new.routing.reviews,
-                priority: new.routing.priority,
-                estimate_minutes: new.routing.estimate_minutes,
-                done_by: Vec::new(),
-                skipped_by: Vec::new(),
-                router_version: new.routing.router_version,
-                gold: has_gold,
-                qa: None,
-            };
-            prepared.push((enc(&task)?, task.external_id, status));
-        }
-        let t = &self.t;
-        let import_key = keys::id(import);
-        (
-            &t.tasks,
-            &t.taskstatus,
-            &t.tasks_project,
-            &t.tasks_external,
-            &t.queue,
-        )
-            .transaction(|(tasks, statuses, by_project, by_external, queue)| {
-                let mut out = ImportedBatch::default();
-                for (task_bytes, external_id, status) in &prepared {
-                    let id = keys::id(status.task_id);
-                    if let Some(ext) = external_id {
-                        let ext_key = keys::with_suffix(project, ext.as_bytes());
-                        if by_external.get(&ext_key)?.is_some() {
-                            out.duplicates += 1;
-                            continue;
-                        }
-                        by_external.insert(ext_key, &id)?;
-                    }
-                    tasks.insert(&id, task_bytes.as_slice())?;
-                    tx_put(statuses, &id, status)?;
-                    // The entry names the import: hidden until it is published.
-                    by_project.insert(&keys::pair(project, status.task_id), &import_key)?;
-                    // Counted when the import is published.
-                    tx_transition_counted(&mut CounterDeltas::default(), queue, status, None)?;
-                    out.created.push(status.clone());
-                }
-                Ok(out)
-            })
-            .map_err(from_tx)
+        self.write_import_batch(project, import, batch)
     }
 
     fn task(&self, id: Id) -> StoreResult<Option<Task>> {
-        self.get(&self.t.tasks, "tasks_id", &keys::id(id))
+        match self.task_json(id)? {
+            Some(bytes) => dec("tasks_id", &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn task_json(&self, id: Id) -> StoreResult<Option<Vec<u8>>> {
+        if let Some(body) = self.segments.body(id)? {
+            return Ok(Some(body));
+        }
         Ok(self
             .t
             .tasks
@@ -467,15 +446,20 @@ impl Store for SledStore {
     }
 
     fn task_status(&self, id: Id) -> StoreResult<Option<TaskStatus>> {
-        self.get(&self.t.taskstatus, "taskstatus_id", &keys::id(id))
+        match self.get(&self.t.taskstatus, "taskstatus_id", &keys::id(id))? {
+            Some(status) => Ok(Some(status)),
+            None => self.segments.first_status(id),
+        }
     }
 
     fn tasks_page(&self, project: Id, after: Option<Id>, limit: usize) -> StoreResult<Vec<Task>> {
-        let start = keys::pair(project, after.map(|a| a.saturating_add(1)).unwrap_or(0));
+        let first = after.map(|a| a.saturating_add(1)).unwrap_or(0);
+        let start = keys::pair(project, first);
         let end = keys::pair(project, u64::MAX);
-        let mut out = Vec::new();
+        // The first `limit` ids of the trees and of each segment, merged.
+        let mut ids = Vec::new();
         for item in self.t.tasks_project.range(start..=end) {
-            if out.len() >= limit {
+            if ids.len() >= limit {
                 break;
             }
             let (key, import) = item.map_err(backend)?;
@@ -483,9 +467,18 @@ impl Store for SledStore {
             if self.hidden_by_import(&import)? {
                 continue;
             }
-            if let Some(id) = keys::u64_at(&key, 8) {
-                out.extend(self.task(id)?);
-            }
+            ids.extend(keys::u64_at(&key, 8));
+        }
+        for segment in self.segments.of_project(project) {
+            let held = segment.ids();
+            let from = held.partition_point(|&id| id < first);
+            ids.extend(held[from..].iter().take(limit));
+        }
+        ids.sort_unstable();
+        ids.truncate(limit);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.extend(self.task(id)?);
         }
         Ok(out)
     }
@@ -498,7 +491,7 @@ impl Store for SledStore {
                 let mut deltas = CounterDeltas::default();
                 for status in all {
                     let key = keys::id(status.task_id);
-                    let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                    let old = self.tx_old_status(statuses, status.task_id)?;
                     let Some(old) = old else {
                         return Err(abort(StoreError::Missing("task")));
                     };
@@ -516,7 +509,7 @@ impl Store for SledStore {
             self.t.queue.first().map_err(backend)?,
             self.t.queue.last().map_err(backend)?,
         ) else {
-            return Ok(Vec::new());
+            return self.untouched_segment_tasks();
         };
         let middle = keys::midpoint(&first, &last);
         let (low, high) = std::thread::scope(|scope| {
@@ -526,6 +519,7 @@ impl Store for SledStore {
         });
         let mut out = low.map_err(|_| backend("the index scan thread panicked"))??;
         out.extend(high?);
+        out.extend(self.untouched_segment_tasks()?);
         Ok(out)
     }
 
@@ -564,7 +558,7 @@ impl Store for SledStore {
                 tx_end_assignment(assignments, leases, ended)?;
                 if let Some(status) = status {
                     let key = keys::id(status.task_id);
-                    let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                    let old = self.tx_old_status(statuses, status.task_id)?;
                     tx_put(statuses, &key, status)?;
                     tx_transition(counters, queue, status, old.map(|s| s.state))?;
                 }
@@ -595,7 +589,7 @@ impl Store for SledStore {
                         tx_end_assignment(assignments, leases, ended)?;
                     }
                     let key = keys::id(status.task_id);
-                    let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                    let old = self.tx_old_status(statuses, status.task_id)?;
                     tx_put(statuses, &key, status)?;
                     tx_transition(counters, queue, status, old.map(|s| s.state))?;
                     tx_put(
@@ -639,8 +633,7 @@ impl Store for SledStore {
                         continue;
                     }
                     let skey = keys::id(task);
-                    let Some(mut status) = tx_get::<TaskStatus>(statuses, "taskstatus_id", &skey)?
-                    else {
+                    let Some(mut status) = self.tx_old_status(statuses, task)? else {
                         continue;
                     };
                     if status.state != TaskState::Broken {
@@ -715,7 +708,7 @@ impl Store for SledStore {
                     submissions.insert(key, bytes.as_slice())?;
                 }
                 let key = keys::id(w.status.task_id);
-                let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                let old = self.tx_old_status(statuses, w.status.task_id)?;
                 tx_put(statuses, &key, &w.status)?;
                 tx_transition(counters, queue, &w.status, old.map(|s| s.state))?;
                 if let Some(bytes) = &final_answer {
@@ -801,7 +794,7 @@ impl Store for SledStore {
                     by_expert.insert(&keys::pair(sub.expert_id, sub.id), &[])?;
                     by_project.insert(&keys::pair(sub.project_id, sub.id), &[])?;
                     let key = keys::id(p.status.task_id);
-                    let old: Option<TaskStatus> = tx_get(statuses, "taskstatus_id", &key)?;
+                    let old = self.tx_old_status(statuses, p.status.task_id)?;
                     tx_put(statuses, &key, &p.status)?;
                     tx_transition_counted(&mut deltas, queue, &p.status, old.map(|s| s.state))?;
                     deltas.add(sub.project_id, "submissions", 1);
