@@ -187,3 +187,88 @@ async fn task_count(s: &Server, admin: &str, p: u64) -> u64 {
         .as_u64()
         .unwrap()
 }
+
+/// A large upload (its tasks go to a segment file, not the store's records) behaves like any
+/// other through kills and restarts: duplicates inside it and across uploads are skipped, its
+/// tasks are handed out, reviewed and exported, reviewed ones stay reviewed, and a bad record
+/// deep inside another upload leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_import_survives_kills_and_is_reviewed_like_any_other() {
+    let mut s = Server::start().await;
+    let admin = s.admin().await;
+    let p = s.project(&admin, pairwise_project("large", 1)).await;
+    let upload = format!(
+        "{}\n{}",
+        pairwise_tasks("big", 600),
+        pairwise_tasks("big", 10)
+    );
+    let (status, r) = s.upload(&admin, p, &upload).await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    assert_eq!(
+        r,
+        json!({"records": 610, "imported": 600, "duplicates": 10})
+    );
+    let segments = s.data_dir().join("db").join("segments");
+    let files = || std::fs::read_dir(&segments).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(files(), 1, "the upload went to one segment");
+
+    s.kill();
+    s.start_again().await;
+    s.ready().await;
+    let admin = s.admin().await;
+    let (_, expert) = {
+        let (id, token) = s.expert(&admin, "reviewer", &[]).await;
+        s.add_member(&admin, p, id, "expert").await;
+        (id, token)
+    };
+    for _ in 0..5 {
+        let (status, body) = s.review_next(&expert, p, pairwise_answer()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    s.kill();
+    s.start_again().await;
+    s.ready().await;
+    let admin = s.admin().await;
+    let stats = s.stats(&admin, p).await;
+    assert_eq!(
+        (
+            stats["tasks"].as_u64(),
+            stats["complete"].as_u64(),
+            stats["open"].as_u64()
+        ),
+        (Some(600), Some(5), Some(595)),
+        "{stats}"
+    );
+    let exported = s.export(&admin, p).await;
+    assert_eq!(exported.len(), 5);
+    assert!(exported
+        .iter()
+        .all(|e| e.to_string().contains("how do I boil an egg")));
+    // The reviewed tasks are not handed out again; the next one is an unreviewed one.
+    let (_, next) = s
+        .post(&expert, &format!("/api/v1/projects/{p}/next"), json!({}))
+        .await;
+    let served = next["task"]["external_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(served.starts_with("big-"), "{next}");
+    assert!(!exported
+        .iter()
+        .any(|e| e.to_string().contains(&format!("\"{served}\""))));
+    let (_, r) = s.upload(&admin, p, &pairwise_tasks("big", 300)).await;
+    assert_eq!(r, json!({"records": 300, "imported": 0, "duplicates": 300}));
+
+    // A bad record after many good ones: refused by line, nothing shows, no file stays.
+    let q = s.project(&admin, pairwise_project("refused", 1)).await;
+    let mut lines: Vec<String> = pairwise_tasks("r", 2500)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines[2200] = "{\"data\": 5}".into();
+    let (status, r) = s.upload(&admin, q, &lines.join("\n")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{r}");
+    assert_eq!(r["errors"][0]["line"], 2201, "{r}");
+    assert_eq!(s.stats(&admin, q).await["tasks"], 0);
+    assert_eq!(files(), 1, "the refused upload's segment is gone");
+}

@@ -209,6 +209,183 @@ fn import_counts_and_skips_known_external_ids() {
     assert_eq!((status.state, status.reviews), (TaskState::Open, 2));
 }
 
+fn many(prefix: &str, range: std::ops::Range<usize>) -> Vec<NewTask> {
+    range
+        .map(|i| new_task(Some(&format!("{prefix}{i}")), 1))
+        .collect()
+}
+
+fn segment_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("segments"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// A large import goes to a segment file; every read, change, count and duplicate check treats
+/// its tasks as any other, also after a reopen.
+#[test]
+fn a_large_import_reads_and_changes_like_a_small_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = s.create_project(project("p")).unwrap();
+    let small = s.import_batch(p.id, many("s", 0..3)).unwrap();
+    assert_eq!(
+        segment_files(dir.path()),
+        0,
+        "a small import stays in the trees"
+    );
+    // A large batch whose ids repeat a small import's, and one another's: both are skipped.
+    let mut batch = many("k", 0..300);
+    batch.push(new_task(Some("s1"), 1));
+    batch.push(new_task(Some("k7"), 1));
+    let large = s.import_batch(p.id, batch).unwrap();
+    assert_eq!((large.created.len(), large.duplicates), (300, 2));
+    assert_eq!(segment_files(dir.path()), 1);
+    // Repeats of its ids, in a small batch and in a large one, are skipped too.
+    let again = s.import_batch(p.id, many("k", 295..305)).unwrap();
+    assert_eq!((again.created.len(), again.duplicates), (5, 5));
+    let again = s.import_batch(p.id, many("k", 0..400)).unwrap();
+    assert_eq!((again.created.len(), again.duplicates), (95, 305));
+    assert_eq!(segment_files(dir.path()), 2);
+
+    let counts = s.project_counts(p.id).unwrap();
+    assert_eq!((counts.tasks, counts.open), (403, 403));
+    let first = &large.created[0];
+    let task = s.task(first.task_id).unwrap().unwrap();
+    assert_eq!(task.external_id.as_deref(), Some("k0"));
+    assert_eq!(task.data, json!({"prompt": "k0"}));
+    assert!(s.task_json(first.task_id).unwrap().is_some());
+    assert_eq!(s.task_status(first.task_id).unwrap().as_ref(), Some(first));
+    // Pages run through the trees' tasks and the segments' in id order.
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.tasks_page(p.id, after, 70).unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        listed.extend(page.into_iter().map(|t| t.id));
+    }
+    let mut expected: Vec<Id> = small.created.iter().map(|t| t.task_id).collect();
+    expected.extend(large.created.iter().map(|t| t.task_id));
+    expected.extend(again.created.iter().map(|t| t.task_id));
+    assert_eq!(listed.len(), 403);
+    assert!(listed.windows(2).all(|w| w[0] < w[1]));
+    assert!(expected.iter().all(|id| listed.contains(id)));
+
+    // A segment task's first change: counted from its first status, the index follows.
+    let a = assignment(s.as_ref(), first, 1, 10);
+    s.put_assignment(&a).unwrap();
+    let mut done = first.clone();
+    done.done_by.push(1);
+    done.state = TaskState::Complete;
+    s.commit_submission(write(&a, &done)).unwrap();
+    let counts = s.project_counts(p.id).unwrap();
+    assert_eq!((counts.open, counts.complete), (402, 1));
+    assert_eq!(
+        s.task_status(first.task_id).unwrap().unwrap().state,
+        TaskState::Complete
+    );
+    let mut moved = large.created[1].clone();
+    moved.priority = 9;
+    s.put_task_statuses(&[moved.clone()]).unwrap();
+    assert_eq!(s.project_counts(p.id).unwrap().open, 402);
+
+    let open_before: Vec<TaskStatus> = s.open_tasks().unwrap();
+    assert_eq!(open_before.len(), 402);
+    drop(s);
+    let s = open(dir.path());
+    let open_after = s.open_tasks().unwrap();
+    assert_eq!(
+        open_after.len(),
+        402,
+        "the completed task stays out of the index"
+    );
+    assert!(!open_after.iter().any(|t| t.task_id == first.task_id));
+    let reread = open_after
+        .iter()
+        .find(|t| t.task_id == moved.task_id)
+        .unwrap();
+    assert_eq!(
+        reread.priority, 9,
+        "a changed status wins over the segment's first"
+    );
+    assert_eq!(
+        s.task(first.task_id)
+            .unwrap()
+            .unwrap()
+            .external_id
+            .as_deref(),
+        Some("k0")
+    );
+    let again = s.import_batch(p.id, many("k", 0..300)).unwrap();
+    assert_eq!((again.created.len(), again.duplicates), (0, 300));
+}
+
+/// An abandoned large import leaves no file; a file no published import names is removed when
+/// the store opens; a damaged segment stops the open with an error naming it.
+#[test]
+fn segments_of_unfinished_imports_go_and_damaged_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let p = s.create_project(project("p")).unwrap();
+    let import = s.begin_import(p.id).unwrap();
+    let written = s.import_tasks(p.id, import, many("a", 0..300)).unwrap();
+    assert_eq!(written.created.len(), 300);
+    assert_eq!(
+        segment_files(dir.path()),
+        2,
+        "the tasks and the statuses being written"
+    );
+    assert_eq!(s.abandon_import(import).unwrap(), 300);
+    assert_eq!(segment_files(dir.path()), 0);
+    assert!(s.task(written.created[0].task_id).unwrap().is_none());
+    assert_eq!(s.project_counts(p.id).unwrap().tasks, 0);
+
+    // Killed before publishing: the file is there at the next open, and goes.
+    let import = s.begin_import(p.id).unwrap();
+    s.import_tasks(p.id, import, many("b", 0..300)).unwrap();
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(segment_files(dir.path()), 0);
+    s.clean_imports().unwrap();
+    assert_eq!(s.project_counts(p.id).unwrap().tasks, 0);
+    assert_eq!(
+        s.import_batch(p.id, many("b", 0..300))
+            .unwrap()
+            .created
+            .len(),
+        300
+    );
+    drop(s);
+
+    let file = std::fs::read_dir(dir.path().join("segments"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    let footer = bytes.len() - 20;
+    bytes[footer] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    // The dropped handle's flusher may hold the lock a moment longer: wait for it.
+    let mut opened = SledStore::open(dir.path(), true);
+    for _ in 0..50 {
+        match &opened {
+            Err(StoreError::Backend(m)) if m.contains("in use") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                opened = SledStore::open(dir.path(), true);
+            }
+            _ => break,
+        }
+    }
+    let err = opened.err().expect("a damaged segment is refused");
+    assert!(
+        matches!(&err, StoreError::Corrupt { message, .. } if message.contains("segments")),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn leases_expire_by_index_and_end_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -307,11 +307,7 @@ pub(super) type EntrySink<'a> = dyn FnMut(&[u8], &[u8]) -> StoreResult<()> + 'a;
 impl SledStore {
     /// The entries the segments' tasks would have in tree `name` had they been written there:
     /// a backup holds them so, and a restored database has no segments.
-    pub(super) fn segment_entries(
-        &self,
-        name: &[u8],
-        put: &mut EntrySink<'_>,
-    ) -> StoreResult<()> {
+    pub(super) fn segment_entries(&self, name: &[u8], put: &mut EntrySink<'_>) -> StoreResult<()> {
         let untouched = || -> StoreResult<Vec<TaskStatus>> { self.untouched_segment_tasks() };
         match name {
             b"tasks_id" | b"tasks_project_task" | b"tasks_project_external" => {
