@@ -50,16 +50,41 @@ impl SledStore {
         users.insert(user.id, user.clone());
     }
 
-    /// A task's stored status inside a transaction: the trees', else its segment's first.
-    /// (A segment never changes, so reading it outside the transaction is safe.)
-    fn tx_old_status(
+    /// The segment first statuses of those `tasks` whose status the trees do not hold yet: read
+    /// before a transaction, as reading a file inside one would stall every other store call
+    /// behind sled's commit lock. (A status in the trees is never removed, and a segment never
+    /// changes, so what is read here still holds inside the transaction.)
+    fn segment_firsts(
         &self,
+        tasks: impl IntoIterator<Item = Id>,
+    ) -> StoreResult<std::collections::HashMap<Id, TaskStatus>> {
+        let mut firsts = std::collections::HashMap::new();
+        for task in tasks {
+            if self
+                .t
+                .taskstatus
+                .contains_key(keys::id(task))
+                .map_err(backend)?
+            {
+                continue;
+            }
+            if let Some(status) = self.segments.first_status(task)? {
+                firsts.insert(task, status);
+            }
+        }
+        Ok(firsts)
+    }
+
+    /// A task's stored status inside a transaction: the trees', else its segment's first
+    /// (from `segment_firsts`).
+    fn tx_old_status(
         statuses: &sled::transaction::TransactionalTree,
         task: Id,
+        firsts: &std::collections::HashMap<Id, TaskStatus>,
     ) -> TxResult<Option<TaskStatus>> {
         match tx_get(statuses, "taskstatus_id", &keys::id(task))? {
             Some(status) => Ok(Some(status)),
-            None => self.segments.first_status(task).map_err(abort),
+            None => Ok(firsts.get(&task).cloned()),
         }
     }
 
@@ -485,13 +510,14 @@ impl Store for SledStore {
 
     fn put_task_statuses(&self, all: &[TaskStatus]) -> StoreResult<()> {
         let _writing = self.writing();
+        let firsts = self.segment_firsts(all.iter().map(|s| s.task_id))?;
         let t = &self.t;
         (&t.taskstatus, &t.queue, &t.counters)
             .transaction(|(statuses, queue, counters)| {
                 let mut deltas = CounterDeltas::default();
                 for status in all {
                     let key = keys::id(status.task_id);
-                    let old = self.tx_old_status(statuses, status.task_id)?;
+                    let old = Self::tx_old_status(statuses, status.task_id, &firsts)?;
                     let Some(old) = old else {
                         return Err(abort(StoreError::Missing("task")));
                     };
@@ -546,6 +572,7 @@ impl Store for SledStore {
 
     fn end_assignment(&self, ended: &Assignment, status: Option<&TaskStatus>) -> StoreResult<()> {
         let _writing = self.writing();
+        let firsts = self.segment_firsts(status.map(|s| s.task_id))?;
         let t = &self.t;
         (
             &t.assignments,
@@ -558,7 +585,7 @@ impl Store for SledStore {
                 tx_end_assignment(assignments, leases, ended)?;
                 if let Some(status) = status {
                     let key = keys::id(status.task_id);
-                    let old = self.tx_old_status(statuses, status.task_id)?;
+                    let old = Self::tx_old_status(statuses, status.task_id, &firsts)?;
                     tx_put(statuses, &key, status)?;
                     tx_transition(counters, queue, status, old.map(|s| s.state))?;
                 }
@@ -574,6 +601,7 @@ impl Store for SledStore {
         broken: &BrokenTask,
     ) -> StoreResult<()> {
         let _writing = self.writing();
+        let firsts = self.segment_firsts([status.task_id])?;
         let t = &self.t;
         (
             &t.assignments,
@@ -589,7 +617,7 @@ impl Store for SledStore {
                         tx_end_assignment(assignments, leases, ended)?;
                     }
                     let key = keys::id(status.task_id);
-                    let old = self.tx_old_status(statuses, status.task_id)?;
+                    let old = Self::tx_old_status(statuses, status.task_id, &firsts)?;
                     tx_put(statuses, &key, status)?;
                     tx_transition(counters, queue, status, old.map(|s| s.state))?;
                     tx_put(
@@ -622,6 +650,7 @@ impl Store for SledStore {
                 .map(|b| b.task_id)
                 .collect(),
         };
+        let firsts = self.segment_firsts(wanted.iter().copied())?;
         let t = &self.t;
         (&t.taskstatus, &t.queue, &t.counters, &t.broken)
             .transaction(|(statuses, queue, counters, quarantined)| {
@@ -633,7 +662,7 @@ impl Store for SledStore {
                         continue;
                     }
                     let skey = keys::id(task);
-                    let Some(mut status) = self.tx_old_status(statuses, task)? else {
+                    let Some(mut status) = Self::tx_old_status(statuses, task, &firsts)? else {
                         continue;
                     };
                     if status.state != TaskState::Broken {
@@ -682,6 +711,7 @@ impl Store for SledStore {
         }
         let final_answer = w.final_answer.as_ref().map(enc).transpose()?;
         let result = enc(&w.result)?;
+        let firsts = self.segment_firsts([w.status.task_id])?;
         let t = &self.t;
         let trees = [
             &t.submissions,
@@ -708,7 +738,7 @@ impl Store for SledStore {
                     submissions.insert(key, bytes.as_slice())?;
                 }
                 let key = keys::id(w.status.task_id);
-                let old = self.tx_old_status(statuses, w.status.task_id)?;
+                let old = Self::tx_old_status(statuses, w.status.task_id, &firsts)?;
                 tx_put(statuses, &key, &w.status)?;
                 tx_transition(counters, queue, &w.status, old.map(|s| s.state))?;
                 if let Some(bytes) = &final_answer {
@@ -765,6 +795,7 @@ impl Store for SledStore {
                 status: w.status,
             });
         }
+        let firsts = self.segment_firsts(prepared.iter().map(|p| p.status.task_id))?;
         let t = &self.t;
         let trees = [
             &t.submissions,
@@ -794,7 +825,7 @@ impl Store for SledStore {
                     by_expert.insert(&keys::pair(sub.expert_id, sub.id), &[])?;
                     by_project.insert(&keys::pair(sub.project_id, sub.id), &[])?;
                     let key = keys::id(p.status.task_id);
-                    let old = self.tx_old_status(statuses, p.status.task_id)?;
+                    let old = Self::tx_old_status(statuses, p.status.task_id, &firsts)?;
                     tx_put(statuses, &key, &p.status)?;
                     tx_transition_counted(&mut deltas, queue, &p.status, old.map(|s| s.state))?;
                     deltas.add(sub.project_id, "submissions", 1);
