@@ -2,29 +2,54 @@
 
 use rhai::{ASTNode, Expr, Position, AST};
 
+/// A (line, column) in a script.
+type At = (usize, usize);
+
+fn at(p: Position) -> Option<At> {
+    p.line().zip(p.position())
+}
+
+/// What `first_parameter` found.
+enum Found {
+    /// The first parameter's name, and where the function's body starts and ends.
+    Parameter(rhai::ImmutableString, At, At),
+    /// The function takes no parameter.
+    NoParameter,
+    /// No such function, or its body has no position: assume the worst.
+    Unknown,
+}
+
+fn first_parameter(ast: &AST, name: &str, arity: usize) -> Found {
+    let Some(function) = ast
+        .iter_fn_def()
+        .find(|f| f.name == name && f.params.len() == arity)
+    else {
+        return Found::Unknown;
+    };
+    let Some(param) = function.params.first() else {
+        return Found::NoParameter;
+    };
+    // Functions do not nest, so the body's source range holds exactly its own nodes (and those
+    // of closures written inside it, whose own parameters of that name count too: conservative).
+    match (
+        at(function.body.start_position()),
+        at(function.body.end_position()),
+    ) {
+        (Some(start), Some(end)) => Found::Parameter(param.clone(), start, end),
+        _ => Found::Unknown,
+    }
+}
+
 /// Whether the script function `name` with `arity` parameters may read its first parameter.
 /// `true` unless the function exists and its body never names that parameter: scripts cannot
 /// reach a variable except by its name (`eval` is disabled, and a closure that captures the
 /// parameter names it in the enclosing body), so a body that never names it computes the same
 /// result for every argument. Conservative: a shadowing `let` of the same name also counts.
 pub fn reads_parameter(ast: &AST, name: &str, arity: usize) -> bool {
-    let Some(function) = ast
-        .iter_fn_def()
-        .find(|f| f.name == name && f.params.len() == arity)
-    else {
-        return true;
-    };
-    let Some(param) = function.params.first() else {
-        return false;
-    };
-    // Functions do not nest, so the body's source range holds exactly its own nodes (and those
-    // of closures written inside it, whose own parameters of that name count too: conservative).
-    let at = |p: Position| p.line().zip(p.position());
-    let (Some(start), Some(end)) = (
-        at(function.body.start_position()),
-        at(function.body.end_position()),
-    ) else {
-        return true;
+    let (param, start, end) = match first_parameter(ast, name, arity) {
+        Found::Parameter(param, start, end) => (param, start, end),
+        Found::NoParameter => return false,
+        Found::Unknown => return true,
     };
     let mut named = false;
     ast.walk(&mut |path: &[ASTNode]| {
@@ -51,18 +76,10 @@ pub fn parameter_fields(
     name: &str,
     arity: usize,
 ) -> Option<std::collections::BTreeSet<String>> {
-    let function = ast
-        .iter_fn_def()
-        .find(|f| f.name == name && f.params.len() == arity)?;
-    let Some(param) = function.params.first() else {
-        return Some(Default::default());
-    };
-    let at = |p: Position| p.line().zip(p.position());
-    let (Some(start), Some(end)) = (
-        at(function.body.start_position()),
-        at(function.body.end_position()),
-    ) else {
-        return None;
+    let (param, start, end) = match first_parameter(ast, name, arity) {
+        Found::Parameter(param, start, end) => (param, start, end),
+        Found::NoParameter => return Some(Default::default()),
+        Found::Unknown => return None,
     };
     let mut fields = std::collections::BTreeSet::new();
     let mut whole = false;

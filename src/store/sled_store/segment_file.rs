@@ -390,17 +390,17 @@ impl Segment {
         self.ids.binary_search(&id).ok()
     }
 
+    /// The bytes of task `i` between two of its offsets (`offsets[i]..offsets[i + 1]`).
+    fn slot(&self, offsets: &[u64], i: usize) -> StoreResult<Vec<u8>> {
+        read_body(&self.file, &self.path, offsets[i], offsets[i + 1])
+    }
+
     /// A task's stored JSON, checked against its CRC; `None` when the task is not here.
     pub fn body(&self, id: Id) -> StoreResult<Option<Vec<u8>>> {
         let Some(i) = self.position(id) else {
             return Ok(None);
         };
-        let body = read_body(
-            &self.file,
-            &self.path,
-            self.body_offsets[i],
-            self.body_offsets[i + 1],
-        )?;
+        let body = self.slot(&self.body_offsets, i)?;
         if crc32fast::hash(&body) != self.body_crcs[i] {
             return Err(corrupt(&self.path, format!("task {id} is damaged")));
         }
@@ -412,12 +412,7 @@ impl Segment {
         let Some(i) = self.position(id) else {
             return Ok(None);
         };
-        let bytes = read_body(
-            &self.file,
-            &self.path,
-            self.status_offsets[i],
-            self.status_offsets[i + 1],
-        )?;
+        let bytes = self.slot(&self.status_offsets, i)?;
         queue_codec::decode(self.project, id, &bytes)
             .map(Some)
             .ok_or_else(|| corrupt(&self.path, format!("the status of task {id} is damaged")))
