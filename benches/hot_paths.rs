@@ -84,7 +84,7 @@ fn status(task: Id) -> NewTask {
     let t = typical_task();
     NewTask {
         external_id: Some(format!("t-{task}")),
-        data: t.data,
+        data: serde_json::value::to_raw_value(&t.data).expect("task data is JSON"),
         meta: t.meta,
         gold: None,
         routing: Routing {

@@ -241,7 +241,8 @@ pub struct TaskStatus {
 #[derive(Debug, Clone)]
 pub struct NewTask {
     pub external_id: Option<String>,
-    pub data: Value,
+    /// The task's data as uploaded JSON text (an object): stored as it came.
+    pub data: Box<serde_json::value::RawValue>,
     pub meta: Value,
     pub gold: Option<Value>,
     pub routing: Routing,

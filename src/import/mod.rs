@@ -4,16 +4,28 @@
 
 use std::io::BufRead;
 
+use std::collections::HashMap;
+
 use serde::de::{Deserializer as _, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-/// A record as uploaded, before routing.
-#[derive(Debug, Clone, PartialEq)]
+/// A record as uploaded, before routing. `data` stays the uploaded JSON text (checked to be an
+/// object): it is stored as it came, and parsed only when a router reads it.
+#[derive(Debug, Clone)]
 pub struct RawRecord {
     pub external_id: Option<String>,
-    pub data: Value,
+    pub data: Box<RawValue>,
     pub meta: Value,
     pub gold: Option<Value>,
+}
+
+impl RawRecord {
+    /// `data` parsed.
+    pub fn data_value(&self) -> Value {
+        // It parsed once already, as part of the record.
+        serde_json::from_str(self.data.get()).unwrap_or(Value::Null)
+    }
 }
 
 /// Where a record was found.
@@ -58,20 +70,31 @@ const LABEL_STUDIO_KEYS: &[&str] = &[
 
 const MAX_EXTERNAL_ID: usize = 256;
 
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
+fn parse<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, String> {
+    serde_json::from_str(raw.get()).map_err(|e| e.to_string())
+}
+
 /// Turns one uploaded JSON value into a record, or says what is wrong with it.
-pub fn to_record(value: Value) -> Result<RawRecord, String> {
-    let Value::Object(mut map) = value else {
+pub fn to_record(raw: &RawValue) -> Result<RawRecord, String> {
+    if !is_object(raw) {
         return Err("a record must be a JSON object".into());
-    };
+    }
+    let mut map: HashMap<String, Box<RawValue>> = parse(raw)?;
     if !map.contains_key("data") {
         return Ok(RawRecord {
             external_id: None,
-            data: Value::Object(map),
+            data: raw.to_owned(),
             meta: Value::Object(Map::new()),
             gold: None,
         });
     }
-    for key in map.keys() {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    for key in keys {
         let known = ["external_id", "data", "meta", "gold"].contains(&key.as_str())
             || LABEL_STUDIO_KEYS.contains(&key.as_str());
         if !known {
@@ -81,27 +104,30 @@ pub fn to_record(value: Value) -> Result<RawRecord, String> {
         }
     }
     let data = match map.remove("data") {
-        Some(d @ Value::Object(_)) => d,
+        Some(d) if is_object(&d) => d,
         _ => return Err("field `data` must be an object".into()),
     };
-    let external_id = match map.remove("external_id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_EXTERNAL_ID => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(_) => {
+    let mut field = |name: &str| -> Result<Value, String> {
+        map.remove(name).map_or(Ok(Value::Null), |raw| parse(&raw))
+    };
+    let external_id = match field("external_id")? {
+        Value::Null => None,
+        Value::String(s) if !s.is_empty() && s.len() <= MAX_EXTERNAL_ID => Some(s),
+        Value::Number(n) => Some(n.to_string()),
+        _ => {
             return Err(format!(
                 "field `external_id` must be a string of 1-{MAX_EXTERNAL_ID} bytes or a number"
             ))
         }
     };
-    let meta = match map.remove("meta") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(m @ Value::Object(_)) => m,
-        Some(_) => return Err("field `meta` must be an object".into()),
+    let meta = match field("meta")? {
+        Value::Null => Value::Object(Map::new()),
+        m @ Value::Object(_) => m,
+        _ => return Err("field `meta` must be an object".into()),
     };
-    let gold = match map.remove("gold") {
-        None | Some(Value::Null) => None,
-        Some(g) => Some(g),
+    let gold = match field("gold")? {
+        Value::Null => None,
+        g => Some(g),
     };
     Ok(RawRecord {
         external_id,
@@ -167,7 +193,7 @@ fn read_lines(
             record: records,
             line: Some(line_no),
         };
-        let parsed = serde_json::from_str::<Value>(&line)
+        let parsed = serde_json::from_str::<&RawValue>(&line)
             .map_err(|e| format!("invalid JSON at column {}: {e}", e.column()))
             .and_then(to_record);
         each(pos, parsed);
@@ -187,14 +213,14 @@ impl<'de> Visitor<'de> for ArrayVisitor<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
         let mut records = 0;
-        while let Some(value) = seq.next_element::<Value>()? {
+        while let Some(value) = seq.next_element::<Box<RawValue>>()? {
             records += 1;
             (self.each)(
                 Position {
                     record: records,
                     line: None,
                 },
-                to_record(value),
+                to_record(&value),
             );
         }
         Ok(records)
@@ -239,8 +265,14 @@ mod tests {
         let (n, seen) =
             read(r#" [{"prompt": "a"}, {"data": {"prompt": "b"}, "id": 7, "annotations": []}] "#);
         assert_eq!(n, Ok(2));
-        assert_eq!(seen[0].1.as_ref().unwrap().data, json!({"prompt": "a"}));
-        assert_eq!(seen[1].1.as_ref().unwrap().data, json!({"prompt": "b"}));
+        assert_eq!(
+            seen[0].1.as_ref().unwrap().data_value(),
+            json!({"prompt": "a"})
+        );
+        assert_eq!(
+            seen[1].1.as_ref().unwrap().data_value(),
+            json!({"prompt": "b"})
+        );
 
         let (n, seen) = read("{\"external_id\": 5, \"data\": {\"x\": 1}}\n\n{\"y\": 2}\n");
         assert_eq!(n, Ok(2));

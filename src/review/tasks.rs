@@ -67,7 +67,7 @@ fn routed_view(router: &Plugin, r: &RawRecord) -> serde_json::Value {
     };
     put("id", &|| serde_json::Value::Null);
     put("external_id", &|| r.external_id.clone().into());
-    put("data", &|| r.data.clone());
+    put("data", &|| r.data_value());
     put("meta", &|| r.meta.clone());
     put("is_gold", &|| r.gold.is_some().into());
     serde_json::Value::Object(task)

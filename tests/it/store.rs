@@ -69,7 +69,7 @@ fn store_with_task(
 fn new_task(ext: Option<&str>, reviews: u32) -> NewTask {
     NewTask {
         external_id: ext.map(str::to_owned),
-        data: json!({"prompt": ext}),
+        data: serde_json::value::to_raw_value(&json!({"prompt": ext})).unwrap(),
         meta: json!({}),
         gold: None,
         routing: Routing {

@@ -14,32 +14,49 @@ use super::SledStore;
 use crate::domain::*;
 use crate::store::{keys, ImportedBatch, StoreError, StoreResult};
 
-/// An imported task as it is stored, and its first status.
-fn first_records(project: Id, id: Id, new: NewTask, now: i64) -> (Task, TaskStatus) {
+/// An imported task as it is stored: a [`Task`]'s JSON, with `data` as it was uploaded.
+#[derive(Serialize)]
+struct StoredTask<'a> {
+    id: Id,
+    project_id: Id,
+    external_id: &'a Option<String>,
+    data: &'a serde_json::value::RawValue,
+    meta: &'a serde_json::Value,
+    gold: &'a Option<serde_json::Value>,
+    created_at: i64,
+}
+
+/// An imported task's stored JSON, and its first status.
+fn first_records(
+    project: Id,
+    id: Id,
+    new: &NewTask,
+    now: i64,
+) -> StoreResult<(Vec<u8>, TaskStatus)> {
     let status = TaskStatus {
         task_id: id,
         project_id: project,
         state: TaskState::Open,
-        pool: new.routing.pool,
+        pool: new.routing.pool.clone(),
         reviews: new.routing.reviews,
         priority: new.routing.priority,
         estimate_minutes: new.routing.estimate_minutes,
         done_by: Vec::new(),
         skipped_by: Vec::new(),
-        router_version: new.routing.router_version,
+        router_version: new.routing.router_version.clone(),
         gold: new.gold.is_some(),
         qa: None,
     };
-    let task = Task {
+    let task = enc(&StoredTask {
         id,
         project_id: project,
-        external_id: new.external_id,
-        data: new.data,
-        meta: new.meta,
-        gold: new.gold,
+        external_id: &new.external_id,
+        data: &new.data,
+        meta: &new.meta,
+        gold: &new.gold,
         created_at: now,
-    };
-    (task, status)
+    })?;
+    Ok((task, status))
 }
 
 /// An import that has begun and not yet been published.
@@ -96,8 +113,9 @@ impl SledStore {
                     slot.insert(SegmentWriter::create(self.segments.dir(), project, import)?)
                 }
             };
-            let (task, status) = first_records(project, self.next_id()?, new, now);
-            writer.append(task.id, &enc(&task)?, &status, task.external_id.as_deref())?;
+            let id = self.next_id()?;
+            let (task, status) = first_records(project, id, &new, now)?;
+            writer.append(id, &task, &status, new.external_id.as_deref())?;
             out.created.push(status);
         }
         if to_segment {
@@ -119,8 +137,8 @@ impl SledStore {
         // Ids are taken before the transaction so the closure stays pure if sled retries it.
         let mut prepared = Vec::with_capacity(batch.len());
         for new in batch {
-            let (task, status) = first_records(project, self.next_id()?, new, now);
-            prepared.push((enc(&task)?, task.external_id, status));
+            let (task, status) = first_records(project, self.next_id()?, &new, now)?;
+            prepared.push((task, new.external_id, status));
         }
         let t = &self.t;
         let import_key = keys::id(import);
