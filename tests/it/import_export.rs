@@ -272,3 +272,40 @@ async fn a_large_import_survives_kills_and_is_reviewed_like_any_other() {
     assert_eq!(s.stats(&admin, q).await["tasks"], 0);
     assert_eq!(files(), 1, "the refused upload's segment is gone");
 }
+
+/// Import builds for `route` only the fields it reads and routes look-alike records once; a
+/// router that reads `data`, directly or through a copy of the whole task, still decides by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_at_import_see_the_fields_they_read() {
+    let s = Server::start().await;
+    let plugins = s.dir.path().join("plugins");
+    std::fs::write(
+        plugins.join("by_kind.rhai"),
+        "fn route(task) { if task.data.kind == \"hard\" { #{ priority: 5 } } else { #{} } }",
+    )
+    .unwrap();
+    std::fs::write(
+        plugins.join("by_kind_whole.rhai"),
+        "fn route(t) { let n = t; if n.data.kind == \"hard\" && n.is_gold == false { #{ priority: 5 } } else { #{} } }",
+    )
+    .unwrap();
+    let mut s = s;
+    s.restart().await;
+    let admin = s.admin().await;
+    let (expert_id, expert) = s.expert(&admin, "kinds", &[]).await;
+    // 300 easy records that look alike to the router, one hard one last.
+    let mut lines: Vec<String> = (0..300)
+        .map(|i| json!({"external_id": format!("e{i}"), "data": {"kind": "easy", "prompt": format!("p{i}"), "responses": ["a", "b"]}}).to_string())
+        .collect();
+    lines.push(json!({"external_id": "h", "data": {"kind": "hard", "prompt": "q", "responses": ["a", "b"]}}).to_string());
+    for router in ["by_kind", "by_kind_whole"] {
+        let p = s
+            .project(&admin, json!({"name": router, "rubric": "pairwise_preference", "router": router, "reviews_per_task": 1}))
+            .await;
+        s.add_member(&admin, p, expert_id, "expert").await;
+        let (status, r) = s.upload(&admin, p, &lines.join("\n")).await;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        let (_, n) = s.next(&expert, p).await;
+        assert_eq!(n["task"]["external_id"], "h", "{router}: {n}");
+    }
+}
