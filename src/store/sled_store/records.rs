@@ -60,11 +60,13 @@ impl SledStore {
     ) -> StoreResult<std::collections::HashMap<Id, TaskStatus>> {
         let mut firsts = std::collections::HashMap::new();
         for task in tasks {
-            if self
-                .t
-                .taskstatus
-                .contains_key(keys::id(task))
-                .map_err(backend)?
+            // In memory first: a task no segment holds needs no store read.
+            if !self.segments.holds(task)
+                || self
+                    .t
+                    .taskstatus
+                    .contains_key(keys::id(task))
+                    .map_err(backend)?
             {
                 continue;
             }

@@ -381,9 +381,9 @@ impl Segment {
         &self.ids
     }
 
-    /// Whether `id` may be in it (within its first and last id).
-    pub fn spans(&self, id: Id) -> bool {
-        matches!((self.ids.first(), self.ids.last()), (Some(&a), Some(&b)) if a <= id && id <= b)
+    /// Whether task `id` is in it (looked up in memory).
+    pub fn contains(&self, id: Id) -> bool {
+        self.position(id).is_some()
     }
 
     fn position(&self, id: Id) -> Option<usize> {

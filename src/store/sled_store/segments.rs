@@ -109,29 +109,31 @@ impl Segments {
             .collect()
     }
 
-    fn holding(&self, id: Id) -> Vec<Arc<Segment>> {
+    /// The segment holding task `id` (ids are unique, so at most one), found in memory.
+    fn holding(&self, id: Id) -> Option<Arc<Segment>> {
         let all = self.published.read();
-        all.iter().filter(|s| s.spans(id)).cloned().collect()
+        all.iter().find(|s| s.contains(id)).cloned()
+    }
+
+    /// Whether a segment holds task `id` (no file is read).
+    pub fn holds(&self, id: Id) -> bool {
+        self.holding(id).is_some()
     }
 
     /// A task's stored JSON, when a segment holds it.
     pub fn body(&self, id: Id) -> StoreResult<Option<Vec<u8>>> {
-        for segment in self.holding(id) {
-            if let Some(body) = segment.body(id)? {
-                return Ok(Some(body));
-            }
+        match self.holding(id) {
+            Some(segment) => segment.body(id),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     /// A task's first status, when a segment holds it.
     pub fn first_status(&self, id: Id) -> StoreResult<Option<TaskStatus>> {
-        for segment in self.holding(id) {
-            if let Some(status) = segment.first_status(id)? {
-                return Ok(Some(status));
-            }
+        match self.holding(id) {
+            Some(segment) => segment.first_status(id),
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     /// Whether a published segment of `project`, or another import writing one for it, holds
@@ -142,11 +144,13 @@ impl Segments {
         project: Id,
         external_id: &str,
     ) -> StoreResult<bool> {
-        for segment in self.of_project(project) {
+        let published = self.published.read();
+        for segment in published.iter().filter(|s| s.project == project) {
             if segment.has_external(external_id)? {
                 return Ok(true);
             }
         }
+        drop(published);
         for writer in writers.values_mut().filter(|w| w.project == project) {
             if writer.has_external(external_id)? {
                 return Ok(true);

@@ -326,7 +326,6 @@ impl SledStore {
     /// The entries the segments' tasks would have in tree `name` had they been written there:
     /// a backup holds them so, and a restored database has no segments.
     pub(super) fn segment_entries(&self, name: &[u8], put: &mut EntrySink<'_>) -> StoreResult<()> {
-        let untouched = || -> StoreResult<Vec<TaskStatus>> { self.untouched_segment_tasks() };
         match name {
             b"tasks_id" | b"tasks_project_task" | b"tasks_project_external" => {
                 for segment in self.segments.all() {
@@ -354,12 +353,12 @@ impl SledStore {
                 }
             }
             b"taskstatus_id" => {
-                for status in untouched()? {
+                for status in self.untouched_segment_tasks()? {
                     put(&keys::id(status.task_id), &enc(&status)?)?;
                 }
             }
             b"queue_project_task" => {
-                for status in untouched()? {
+                for status in self.untouched_segment_tasks()? {
                     let key = keys::pair(status.project_id, status.task_id);
                     put(&key, &super::super::queue_codec::encode(&status))?;
                 }
