@@ -46,7 +46,7 @@ pub struct Pending {
     pub sampled: bool,
 }
 
-type Reply = oneshot::Sender<AppResult<Submitted>>;
+pub(super) type Reply = oneshot::Sender<AppResult<Submitted>>;
 
 pub struct Committer {
     sender: Mutex<Option<mpsc::Sender<(Pending, Reply)>>>,
@@ -98,9 +98,9 @@ impl Committer {
         })
     }
 
-    /// Queues a checked submission and waits until it is committed and durable.
-    pub async fn commit(&self, pending: Pending) -> AppResult<Submitted> {
-        let (reply, answer) = oneshot::channel();
+    /// Queues a checked submission; `reply` is answered once it is committed and durable. Called
+    /// from the thread that checked it, so the request is woken once, with the answer.
+    pub fn enqueue(&self, pending: Pending, reply: Reply) -> AppResult<()> {
         let sent = self
             .sender
             .lock()
@@ -110,9 +110,7 @@ impl Committer {
         if sent != Some(true) {
             return Err(AppError::internal("the committer has stopped"));
         }
-        answer
-            .await
-            .map_err(|_| AppError::internal("the submit batch failed"))?
+        Ok(())
     }
 
     /// Commits what is queued, then stops the thread. Later submits fail.

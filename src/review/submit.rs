@@ -46,17 +46,25 @@ impl ReviewCore {
         // The project's share of the script permits; a bad token is refused inside, under any gate.
         let project = self.keys.verify_assignment(&token).map_or(0, |c| c.pid);
         let who = user.clone();
+        let (reply, answer_of_committer) = tokio::sync::oneshot::channel();
         let prepared = self
             .in_project(project, move || {
-                core.prepare_submit(&who, id, &token, answer)
+                match core.prepare_submit(&who, id, &token, answer)? {
+                    // Straight to the committer from this thread: it answers once the batch
+                    // is durable.
+                    Prepared::Pending(pending) => core.committer.enqueue(*pending, reply)?,
+                    Prepared::Stored(done) => return Ok(Some(done)),
+                }
+                Ok(None)
             })
             .await;
         let prepared = self.as_seen_by(&user, project, prepared).await;
         let result = match prepared {
             // A retry waits for the same guarantee as the first call: the submission on disk.
-            Ok(Prepared::Stored(done)) => self.durable().await.map(|()| *done),
-            // The committer answers once the batch is durable.
-            Ok(Prepared::Pending(pending)) => self.committer.commit(*pending).await,
+            Ok(Some(done)) => self.durable().await.map(|()| *done),
+            Ok(None) => answer_of_committer
+                .await
+                .map_err(|_| AppError::internal("the submit batch failed"))?,
             Err(e) => Err(e),
         };
         let counter = match &result {

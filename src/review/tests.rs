@@ -281,7 +281,13 @@ async fn a_lease_ended_behind_the_batch_fails_alone() {
     let mut released = f.core.store().assignment(b.assignment.id).unwrap().unwrap();
     released.status = AssignmentStatus::Released;
     f.core.store().end_assignment(&released, None).unwrap();
-    let (ra, rb) = tokio::join!(f.core.committer.commit(pa), f.core.committer.commit(pb));
+    let ((ta, wa), (tb, wb)) = (
+        tokio::sync::oneshot::channel(),
+        tokio::sync::oneshot::channel(),
+    );
+    f.core.committer.enqueue(pa, ta).unwrap();
+    f.core.committer.enqueue(pb, tb).unwrap();
+    let (ra, rb) = (wa.await.unwrap(), wb.await.unwrap());
     assert!(!ra.unwrap().replay);
     assert_eq!(rb.unwrap_err().code(), crate::error::ErrorCode::LeaseEnded);
     assert_eq!(
