@@ -60,6 +60,7 @@
 
 mod audit_chain;
 pub mod backup;
+mod cache;
 mod open;
 mod records;
 mod segment_file;
@@ -118,6 +119,10 @@ pub struct SledStore {
     /// Users are few and read on every request (authentication): kept in memory, written
     /// through.
     users: std::sync::RwLock<std::collections::HashMap<Id, User>>,
+    /// Projects and project roles, read on every lease and submit: kept in memory, written
+    /// through (`cache.rs`).
+    projects: cache::Cache<Id, Option<Project>>,
+    roles: cache::Cache<(Id, Id), Option<ProjectRole>>,
     /// The main data file, for an optional fdatasync after each flush.
     sync_file: Option<Mutex<File>>,
     /// One sealer (or pruner) of the audit chain at a time.

@@ -94,6 +94,8 @@ impl SledStore {
             db,
             t,
             users: Default::default(),
+            projects: Default::default(),
+            roles: Default::default(),
             sync_file,
             audit_sealer: Mutex::new(()),
             audit_recently_sealed: Default::default(),

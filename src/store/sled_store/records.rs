@@ -50,6 +50,29 @@ impl SledStore {
         users.insert(user.id, user.clone());
     }
 
+    fn set_member_in_trees(
+        &self,
+        project: Id,
+        user: Id,
+        role: Option<ProjectRole>,
+    ) -> StoreResult<()> {
+        (&self.t.members_pu, &self.t.members_up)
+            .transaction(|(pu, up)| {
+                match role {
+                    Some(role) => {
+                        tx_put(pu, &keys::pair(project, user), &role)?;
+                        tx_put(up, &keys::pair(user, project), &role)?;
+                    }
+                    None => {
+                        pu.remove(&keys::pair(project, user))?;
+                        up.remove(&keys::pair(user, project))?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
     /// The segment first statuses of those `tasks` whose status the trees do not hold yet: read
     /// before a transaction, as reading a file inside one would stall every other store call
     /// behind sled's commit lock. (A status in the trees is never removed, and a segment never
@@ -348,20 +371,29 @@ impl Store for SledStore {
     fn create_project(&self, mut project: Project) -> StoreResult<Project> {
         let _writing = self.writing();
         project.id = self.next_id()?;
-        self.t
-            .projects
-            .insert(keys::id(project.id), enc(&project)?)
-            .map_err(backend)?;
+        let bytes = enc(&project)?;
+        self.projects
+            .write_through(project.id, Some(project.clone()), || {
+                self.t
+                    .projects
+                    .insert(keys::id(project.id), bytes)
+                    .map_err(backend)
+            })?;
         Ok(project)
     }
 
     fn update_project(&self, project: &Project) -> StoreResult<()> {
         let _writing = self.writing();
-        self.replace_existing(&self.t.projects, project.id, project, "project")
+        self.projects
+            .write_through(project.id, Some(project.clone()), || {
+                self.replace_existing(&self.t.projects, project.id, project, "project")
+            })
     }
 
     fn project(&self, id: Id) -> StoreResult<Option<Project>> {
-        self.get(&self.t.projects, "projects_id", &keys::id(id))
+        self.projects.get_or_load(id, || {
+            self.get(&self.t.projects, "projects_id", &keys::id(id))
+        })
     }
 
     fn projects(&self) -> StoreResult<Vec<Project>> {
@@ -370,29 +402,19 @@ impl Store for SledStore {
 
     fn set_member(&self, project: Id, user: Id, role: Option<ProjectRole>) -> StoreResult<()> {
         let _writing = self.writing();
-        (&self.t.members_pu, &self.t.members_up)
-            .transaction(|(pu, up)| {
-                match role {
-                    Some(role) => {
-                        tx_put(pu, &keys::pair(project, user), &role)?;
-                        tx_put(up, &keys::pair(user, project), &role)?;
-                    }
-                    None => {
-                        pu.remove(&keys::pair(project, user))?;
-                        up.remove(&keys::pair(user, project))?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(from_tx)
+        self.roles.write_through((project, user), role, || {
+            self.set_member_in_trees(project, user, role)
+        })
     }
 
     fn member_role(&self, project: Id, user: Id) -> StoreResult<Option<ProjectRole>> {
-        self.get(
-            &self.t.members_pu,
-            "members_project_user",
-            &keys::pair(project, user),
-        )
+        self.roles.get_or_load((project, user), || {
+            self.get(
+                &self.t.members_pu,
+                "members_project_user",
+                &keys::pair(project, user),
+            )
+        })
     }
 
     fn members(&self, project: Id) -> StoreResult<Vec<(Id, ProjectRole)>> {
