@@ -18,6 +18,10 @@ pub struct Metrics {
     /// Submit batches committed, and the submissions they carried.
     pub commit_batches: AtomicU64,
     pub commit_members: AtomicU64,
+    /// Syncs that made submit batches durable, and the answers that waited for them (counted
+    /// with the store's flushes in `/metrics`).
+    pub durable_syncs: AtomicU64,
+    pub durable_synced_writes: AtomicU64,
     /// How the hand-out index was loaded at start: 1 from a clean stop's snapshot, 0 by a scan;
     /// and how long it took.
     pub queue_from_snapshot: AtomicU64,

@@ -7,10 +7,11 @@
 //! 3. write every member that passed in one store transaction (one log write instead of one
 //!    per submission, which is what sled spends its time on);
 //! 4. mirror what committed into the index and unlock;
-//! 5. wait for the group flush to make it durable, then answer each member.
+//! 5. make it durable (the store's submit log: one write and one fdatasync, see
+//!    `store/sled_store/submit_log.rs`), then answer each member.
 //!
-//! While one batch is flushed the next one gathers, so batches grow with the load: one
-//! transaction and one flush serve them all. If the batch's transaction fails (a lease was
+//! While one batch is made durable the next one gathers, so batches grow with the load: one
+//! transaction and one sync serve them all. If the batch's transaction fails (a lease was
 //! ended behind the index's back, or the store refused), nothing of it was written: each member
 //! is then re-checked and committed on its own, so one bad member costs only its own answer.
 
@@ -68,6 +69,7 @@ impl Committer {
                     store: &*store,
                     queue: &queue,
                     flusher: &flusher,
+                    metrics: &metrics,
                 };
                 // Block for the first member, then take whatever else has arrived meanwhile.
                 while let Ok(first) = receiver.recv() {
@@ -176,6 +178,7 @@ struct Batcher<'a> {
     store: &'a dyn Store,
     queue: &'a Queue,
     flusher: &'a GroupFlusher,
+    metrics: &'a Metrics,
 }
 
 impl Batcher<'_> {
@@ -269,8 +272,16 @@ impl Batcher<'_> {
         }
         // Acknowledged only once durable; a failed flush fails every answer that waited on it
         // (a retry then finds the submission if it did reach the disk).
-        let flushed = if answers.iter().any(|(_, r)| r.is_ok()) {
-            self.flusher.wait_blocking()
+        let waiting = answers.iter().filter(|(_, r)| r.is_ok()).count() as u64;
+        let flushed = if waiting > 0 {
+            let flush = || self.flusher.wait_blocking().map_err(StoreError::Backend);
+            Metrics::count(&self.metrics.durable_syncs);
+            self.metrics
+                .durable_synced_writes
+                .fetch_add(waiting, std::sync::atomic::Ordering::Relaxed);
+            self.store
+                .sync_submissions(&flush)
+                .map_err(|e| e.to_string())
         } else {
             Ok(())
         };

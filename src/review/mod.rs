@@ -300,7 +300,12 @@ impl ReviewCore {
 
     /// Flushes run and durable writes they covered, for `/metrics`.
     pub fn flush_counts(&self) -> (u64, u64) {
-        self.flusher.counts()
+        let (flushes, waits) = self.flusher.counts();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        (
+            flushes + load(&self.metrics.durable_syncs),
+            waits + load(&self.metrics.durable_synced_writes),
+        )
     }
 
     /// How many tasks of a project wait for this expert, counting up to `cap` (blocking: it may

@@ -196,6 +196,12 @@ pub trait Store: Send + Sync + 'static {
     /// call fails with `AssignmentEnded` carrying that member's stored assignment. An assignment
     /// that is not stored at all (lost in a crash, vouched for by its signed token) is accepted.
     fn commit_submissions(&self, batch: Vec<SubmissionWrite>) -> StoreResult<Vec<Submission>>;
+    /// Makes every batch [`Store::commit_submissions`] committed so far durable. `flush` is the
+    /// shared flush (a store may need it, e.g. to empty a log of its own); a store with no
+    /// cheaper way simply calls it.
+    fn sync_submissions(&self, flush: &dyn Fn() -> StoreResult<()>) -> StoreResult<()> {
+        flush()
+    }
     /// One submission alone: [`Store::commit_submissions`] with a batch of one.
     fn commit_submission(&self, write: SubmissionWrite) -> StoreResult<Submission> {
         self.commit_submissions(vec![write])?

@@ -580,6 +580,127 @@ fn a_batch_commits_whole_or_not_at_all() {
     assert!(submits.contains(&Some(stored[0].id)) && submits.contains(&Some(stored[1].id)));
 }
 
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A batch acknowledged through the submit log, whose transaction never reached sled's disk,
+/// is applied again when the store opens: whole, once, with the ids it was answered with.
+#[test]
+fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let before = dir.path().join("before");
+    let (p, t, t2, a1, a2) = {
+        let (s, p, t) = store_with_task(&db, None, 2);
+        let t2 = s
+            .import_batch(p.id, vec![new_task(None, 1)])
+            .unwrap()
+            .created
+            .remove(0);
+        let a1 = assignment(s.as_ref(), &t, 7, 1000);
+        // a2's lease record is never stored (lost in a crash): its token vouched for it.
+        let a2 = assignment(s.as_ref(), &t2, 8, 1000);
+        s.put_assignment(&a1).unwrap();
+        s.flush().unwrap();
+        (p, t, t2, a1, a2)
+    };
+    // The database as it was before the batch, durable.
+    copy_dir(&db, &before);
+    let mut after1 = t.clone();
+    after1.done_by.push(7);
+    let mut done2 = t2.clone();
+    done2.done_by.push(8);
+    done2.state = TaskState::Complete;
+    let stored = {
+        let s = open(&db);
+        let stored = s
+            .commit_submissions(vec![write(&a1, &after1), write(&a2, &done2)])
+            .unwrap();
+        // Durable through the log only: the shared flush is never called.
+        s.sync_submissions(&|| panic!("the log alone makes a batch durable"))
+            .unwrap();
+        stored
+    };
+    // Sled as before the batch, with the log written since: the batch is applied again.
+    std::fs::copy(db.join("submit.log"), before.join("submit.log")).unwrap();
+    let check = |s: &dyn Store, (open_tasks, complete, submissions): (u64, u64, u64)| {
+        assert_eq!(
+            s.submissions_for_task(t.task_id).unwrap(),
+            vec![stored[0].clone()]
+        );
+        assert_eq!(
+            s.submission(stored[1].id).unwrap().as_ref(),
+            Some(&stored[1])
+        );
+        assert_eq!(
+            s.assignment(a1.id).unwrap().unwrap().submission_id,
+            Some(stored[0].id)
+        );
+        assert_eq!(
+            s.assignment(a2.id).unwrap().unwrap().status,
+            AssignmentStatus::Submitted
+        );
+        assert!(s.active_assignments().unwrap().is_empty());
+        assert_eq!(s.task_status(t2.task_id).unwrap().unwrap(), done2);
+        let counts = s.project_counts(p.id).unwrap();
+        assert_eq!(
+            (counts.open, counts.complete, counts.submissions),
+            (open_tasks, complete, submissions)
+        );
+        let submits = s
+            .recent_audit(10)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == AuditAction::TaskSubmit)
+            .count();
+        assert_eq!(submits as u64, submissions);
+    };
+    let t3 = {
+        let s = open(&before);
+        check(s.as_ref(), (1, 1, 2));
+        // The log is emptied once sled holds the batch.
+        assert_eq!(
+            std::fs::metadata(before.join("submit.log")).unwrap().len(),
+            0
+        );
+        let t3 = s
+            .import_batch(p.id, vec![new_task(None, 1)])
+            .unwrap()
+            .created
+            .remove(0);
+        s.flush().unwrap();
+        t3
+    };
+    let again = dir.path().join("again");
+    copy_dir(&before, &again);
+    // Opened again: nothing is applied twice. A batch after the replay is numbered after it,
+    // so it too is applied when sled loses it.
+    let s = open(&before);
+    check(s.as_ref(), (2, 1, 2));
+    let a3 = assignment(s.as_ref(), &t3, 7, 1000);
+    let mut done3 = t3.clone();
+    done3.done_by.push(7);
+    done3.state = TaskState::Complete;
+    let third = s.commit_submission(write(&a3, &done3)).unwrap();
+    s.sync_submissions(&|| panic!("the log alone makes a batch durable"))
+        .unwrap();
+    drop(s);
+    std::fs::copy(before.join("submit.log"), again.join("submit.log")).unwrap();
+    let s = open(&again);
+    assert_eq!(s.submission(third.id).unwrap().as_ref(), Some(&third));
+    check(s.as_ref(), (1, 2, 3));
+}
+
 #[test]
 fn plugin_versions_audit_durability_and_schema_guard() {
     let dir = tempfile::tempdir().unwrap();

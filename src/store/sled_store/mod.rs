@@ -66,6 +66,8 @@ mod records;
 mod segment_file;
 mod segments;
 mod staging;
+mod submit_batch;
+mod submit_log;
 mod tx;
 
 use std::fs::File;
@@ -136,6 +138,8 @@ pub struct SledStore {
     id_base: u64,
     /// The tasks of large imports, in files of their own (`segments.rs`).
     segments: segments::Segments,
+    /// What makes submit batches durable (`submit_log.rs`).
+    submit_log: parking_lot::Mutex<submit_log::SubmitLog>,
 }
 
 impl SledStore {

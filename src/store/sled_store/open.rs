@@ -90,6 +90,7 @@ impl SledStore {
             .map_err(backend)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
+        let (submit_log, logged) = super::submit_log::SubmitLog::open(path)?;
         let store = Self {
             db,
             t,
@@ -102,8 +103,10 @@ impl SledStore {
             gate: Default::default(),
             id_base,
             segments,
+            submit_log: parking_lot::Mutex::new(submit_log),
         };
         store.migrate()?;
+        store.replay_submit_log(logged)?;
         Ok(store)
     }
 

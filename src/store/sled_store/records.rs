@@ -77,7 +77,7 @@ impl SledStore {
     /// before a transaction, as reading a file inside one would stall every other store call
     /// behind sled's commit lock. (A status in the trees is never removed, and a segment never
     /// changes, so what is read here still holds inside the transaction.)
-    fn segment_firsts(
+    pub(super) fn segment_firsts(
         &self,
         tasks: impl IntoIterator<Item = Id>,
     ) -> StoreResult<std::collections::HashMap<Id, TaskStatus>> {
@@ -102,7 +102,7 @@ impl SledStore {
 
     /// A task's stored status inside a transaction: the trees', else its segment's first
     /// (from `segment_firsts`).
-    fn tx_old_status(
+    pub(super) fn tx_old_status(
         statuses: &sled::transaction::TransactionalTree,
         task: Id,
         firsts: &std::collections::HashMap<Id, TaskStatus>,
@@ -789,77 +789,11 @@ impl Store for SledStore {
     }
 
     fn commit_submissions(&self, batch: Vec<SubmissionWrite>) -> StoreResult<Vec<Submission>> {
-        let _writing = self.writing();
-        // Ids and encodings are made before the transaction: its closure may run more than once.
-        struct Prepared {
-            submission: Submission,
-            bytes: Vec<u8>,
-            ended: Assignment,
-            status: TaskStatus,
-            audit_key: Vec<u8>,
-            audit: Vec<u8>,
-        }
-        let mut prepared = Vec::with_capacity(batch.len());
-        for w in batch {
-            let mut submission = w.submission;
-            submission.id = self.next_id()?;
-            let mut ended = w.assignment;
-            ended.status = AssignmentStatus::Submitted;
-            ended.submission_id = Some(submission.id);
-            let mut event = w.audit;
-            if let Some(detail) = event.detail.as_object_mut() {
-                detail.insert("submission".into(), submission.id.into());
-            }
-            prepared.push(Prepared {
-                bytes: enc(&submission)?,
-                audit_key: keys::pair(keys::time(event.at), self.next_id()?).to_vec(),
-                audit: enc(&event)?,
-                submission,
-                ended,
-                status: w.status,
-            });
-        }
-        let firsts = self.segment_firsts(prepared.iter().map(|p| p.status.task_id))?;
-        let t = &self.t;
-        let trees = [
-            &t.submissions,
-            &t.subs_task,
-            &t.subs_expert,
-            &t.subs_project,
-            &t.assignments,
-            &t.leases,
-            &t.taskstatus,
-            &t.queue,
-            &t.counters,
-            &t.audit,
-        ];
-        trees[..]
-            .transaction(|trees| {
-                let [submissions, by_task, by_expert, by_project, assignments, leases, statuses, queue, counters, audit] =
-                    trees.as_slice()
-                else {
-                    return Err(abort(backend("transaction view has the wrong shape")));
-                };
-                let mut deltas = CounterDeltas::default();
-                for p in &prepared {
-                    tx_end_assignment(assignments, leases, &p.ended)?;
-                    let sub = &p.submission;
-                    submissions.insert(&keys::id(sub.id), p.bytes.as_slice())?;
-                    by_task.insert(&keys::pair(sub.task_id, sub.id), &[])?;
-                    by_expert.insert(&keys::pair(sub.expert_id, sub.id), &[])?;
-                    by_project.insert(&keys::pair(sub.project_id, sub.id), &[])?;
-                    let key = keys::id(p.status.task_id);
-                    let old = Self::tx_old_status(statuses, p.status.task_id, &firsts)?;
-                    tx_put(statuses, &key, &p.status)?;
-                    tx_transition_counted(&mut deltas, queue, &p.status, old.map(|s| s.state))?;
-                    deltas.add(sub.project_id, "submissions", 1);
-                    deltas.add(sub.project_id, &hour_counter(sub.submitted_at), 1);
-                    audit.insert(p.audit_key.as_slice(), p.audit.as_slice())?;
-                }
-                deltas.apply(counters)
-            })
-            .map_err(from_tx)?;
-        Ok(prepared.into_iter().map(|p| p.submission).collect())
+        self.commit_submit_batch(batch)
+    }
+
+    fn sync_submissions(&self, flush: &dyn Fn() -> StoreResult<()>) -> StoreResult<()> {
+        self.sync_submit_log(flush)
     }
 
     fn submissions_page_json(

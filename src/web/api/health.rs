@@ -106,13 +106,13 @@ pub async fn metrics(state: State, req: actix_web::HttpRequest) -> HttpResponse 
     metric(
         "assay_group_flushes_total",
         "counter",
-        "Flushes of the store (each a log write and, by default, an fdatasync).",
+        "Durability operations: flushes of the store and syncs of its submit log (each a write and, by default, an fdatasync).",
         flushes,
     );
     metric(
         "assay_durable_writes_total",
         "counter",
-        "Writes that waited for a flush; divided by the flushes, writers per flush.",
+        "Writes that waited for one of them; divided by the flushes, writers per flush.",
         waits,
     );
     let _ = writeln!(
