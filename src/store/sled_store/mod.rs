@@ -7,6 +7,7 @@
 //! | `meta`                   | `b"schema_version"`                   | u32 BE               |
 //! | `meta`                   | `b"snapshot_mark"` (after a clean stop) | u64 BE             |
 //! | `meta`                   | `b"id_base"` (a restored database)    | u64 BE               |
+//! | `meta`                   | `b"submit_log_seq"` (last submit batch) | u64 BE             |
 //! | `users_id`               | user id                               | User                 |
 //! | `users_name`             | username bytes                        | user id              |
 //! | `projects_id`            | project id                            | Project              |
@@ -56,7 +57,10 @@
 //! Files: `open.rs` opens the database and runs the ordered migrations; `tx.rs` holds the
 //! transaction helpers (encoding, counters, state transitions); `records.rs` implements
 //! [`Store`] over the trees; `backup.rs` writes and restores consistent backups (segments'
-//! tasks are written into it as tree entries, so a restored database has no segments).
+//! tasks are written into it as tree entries, so a restored database has no segments);
+//! `submit_batch.rs` commits submit batches and `submit_log.rs` makes them durable without a
+//! flush of sled (a batch sled lost in a crash is applied again from the log at open);
+//! `cache.rs` keeps projects and project roles in memory.
 
 mod audit_chain;
 pub mod backup;
