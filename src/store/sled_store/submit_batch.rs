@@ -59,6 +59,7 @@ impl SledStore {
         log.next_seq += 1;
         if let Err(e) = log.append(seq, &payload) {
             // Committed in sled but not logged: the next sync flushes sled instead.
+            log.broken = true;
             tracing::error!(error = %e, "could not append to the submit log; flushing instead");
         }
         Ok(members.into_iter().map(|m| m.submission).collect())

@@ -12,12 +12,21 @@
 //! and encodings it was first written with; then sled is flushed and the log emptied. It is also
 //! emptied (after a flush) whenever it passes [`CHECKPOINT_BYTES`].
 //!
-//! Format: records of `len: u32 LE | crc32(seq ++ payload): u32 LE | seq: u64 LE | payload`. A
-//! torn or damaged record ends the log: it was being written when the process stopped, so its
-//! batch was never acknowledged.
+//! Format: records of `len: u32 LE | crc32(seq ++ payload): u32 LE | seq: u64 LE | payload`,
+//! numbered one after the other. A torn or damaged record ends the log: it was being written
+//! when the process stopped, so its batch was never acknowledged.
+//!
+//! The file is written in place and never shrinks: it is extended with zeros ahead of the
+//! records, [`GROWTH`] at a time, and emptying it only starts writing again at its beginning.
+//! An fdatasync after an append that grows a file must also commit the file system's journal
+//! (the size changed); overwriting blocks already written needs none, which halves its cost on
+//! this machine's disk (147 against 273 µs for 2 KB). What lies after the last record is zeros
+//! or records from before the log was last emptied; both end the log, the older records
+//! because their numbers are lower (and sled has them, or the log would not have been emptied).
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::store::{StoreError, StoreResult};
@@ -25,7 +34,10 @@ use crate::store::{StoreError, StoreResult};
 pub(super) const FILE_NAME: &str = "submit.log";
 
 /// The log is emptied (after a sled flush) once it grows past this.
-pub(super) const CHECKPOINT_BYTES: u64 = 64 << 20;
+pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
+
+/// The file is extended this much at a time (zeros written and synced once).
+const GROWTH: u64 = 4 << 20;
 
 /// A record larger than this is damage, not data (a batch holds at most 256 submissions).
 const MAX_RECORD: u32 = 256 << 20;
@@ -37,7 +49,10 @@ pub(super) type Record = (u64, Vec<u8>);
 
 pub(super) struct SubmitLog {
     file: File,
+    /// Where the next record goes: the end of the log.
     len: u64,
+    /// The file's size: zeros or old records after `len`.
+    allocated: u64,
     /// The next batch's number (numbers only grow, also across an emptied log).
     pub next_seq: u64,
     /// Appended since the last sync.
@@ -59,7 +74,7 @@ fn checksum(seq: u64, payload: &[u8]) -> u32 {
 }
 
 impl SubmitLog {
-    /// Opens the log in `dir`, with the records it holds (in order), and cuts off a torn tail.
+    /// Opens the log in `dir`, with the records it holds (in order).
     pub fn open(dir: &Path) -> StoreResult<(Self, Vec<Record>)> {
         let mut file = OpenOptions::new()
             .read(true)
@@ -70,25 +85,20 @@ impl SubmitLog {
             .map_err(io_error)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io_error)?;
-        let mut records = Vec::new();
+        let mut records: Vec<Record> = Vec::new();
         let mut at = 0usize;
         while let Some((seq, payload, next)) = Self::record_at(&bytes, at) {
+            if records.last().is_some_and(|(last, _)| seq != last + 1) {
+                break;
+            }
             records.push((seq, payload.to_vec()));
             at = next;
         }
-        if at < bytes.len() {
-            tracing::warn!(
-                kept = at,
-                dropped = bytes.len() - at,
-                "the submit log ends in a torn record; it was never acknowledged"
-            );
-            file.set_len(at as u64).map_err(io_error)?;
-        }
-        file.seek(SeekFrom::Start(at as u64)).map_err(io_error)?;
         let next_seq = records.last().map_or(1, |(seq, _)| seq + 1);
         let log = Self {
             file,
             len: at as u64,
+            allocated: bytes.len() as u64,
             next_seq,
             unsynced: false,
             broken: false,
@@ -101,7 +111,7 @@ impl SubmitLog {
         let len = u32::from_le_bytes(header[0..4].try_into().ok()?);
         let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
         let seq = u64::from_le_bytes(header[8..16].try_into().ok()?);
-        if len > MAX_RECORD {
+        if len == 0 || len > MAX_RECORD {
             return None;
         }
         let end = at + HEADER + len as usize;
@@ -120,13 +130,26 @@ impl SubmitLog {
         record.extend_from_slice(&checksum(seq, payload).to_le_bytes());
         record.extend_from_slice(&seq.to_le_bytes());
         record.extend_from_slice(payload);
-        if let Err(e) = self.file.write_all(&record) {
+        if let Err(e) = self.write_at_end(&record) {
             self.broken = true;
             return Err(io_error(e));
         }
         self.len += record.len() as u64;
         self.unsynced = true;
         Ok(())
+    }
+
+    fn write_at_end(&mut self, record: &[u8]) -> std::io::Result<()> {
+        let end = self.len + record.len() as u64;
+        if end > self.allocated {
+            // Grown with zeros, synced once, so later syncs need no journal commit.
+            let grown = end.max(self.allocated + GROWTH);
+            let zeros = vec![0u8; (grown - self.allocated) as usize];
+            self.file.write_all_at(&zeros, self.allocated)?;
+            self.file.sync_all()?;
+            self.allocated = grown;
+        }
+        self.file.write_all_at(record, self.len)
     }
 
     /// Makes every appended record durable (`fsync`: with an fdatasync; without it, the write
@@ -143,11 +166,9 @@ impl SubmitLog {
         self.len
     }
 
-    /// Empties the log; the caller has made everything in it durable in sled first.
+    /// Empties the log; the caller has made everything in it durable in sled first. The next
+    /// record is written over the first; until then the old ones read as already applied.
     pub fn clear(&mut self) -> StoreResult<()> {
-        self.file.set_len(0).map_err(io_error)?;
-        self.file.seek(SeekFrom::Start(0)).map_err(io_error)?;
-        self.file.sync_all().map_err(io_error)?;
         self.len = 0;
         self.unsynced = false;
         self.broken = false;
@@ -160,7 +181,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_come_back_in_order_and_a_torn_tail_is_cut() {
+    fn records_come_back_in_order_and_a_torn_or_damaged_one_ends_the_log() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut log, records) = SubmitLog::open(dir.path()).unwrap();
@@ -170,11 +191,12 @@ mod tests {
             log.append(2, b"second").unwrap();
             log.sync(true).unwrap();
         }
-        // A third record torn half-way, as by a crash during its write.
         let path = dir.path().join(FILE_NAME);
-        let whole = std::fs::metadata(&path).unwrap().len();
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&[9, 0, 0, 0, 1, 2]).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), GROWTH);
+        // A third record torn half-way, as by a crash during its write.
+        let end = (2 * HEADER + 11) as u64;
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[9, 0, 0, 0, 1, 2], end).unwrap();
         drop(file);
         let (mut log, records) = SubmitLog::open(dir.path()).unwrap();
         assert_eq!(
@@ -182,31 +204,44 @@ mod tests {
             vec![(1, b"first".to_vec()), (2, b"second".to_vec())]
         );
         assert_eq!(log.next_seq, 3);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), whole);
         // Appends go after the last whole record; a damaged byte ends the log there.
         log.append(3, b"third").unwrap();
         log.sync(true).unwrap();
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
-        let second_payload = bytes.len() - 5 - HEADER - 6 + 1;
-        bytes[second_payload] ^= 0xff;
+        bytes[HEADER + 5 + HEADER + 1] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
         let (log, records) = SubmitLog::open(dir.path()).unwrap();
         assert_eq!(records, vec![(1, b"first".to_vec())]);
         assert_eq!(log.next_seq, 2);
     }
 
+    /// After a clear the file keeps its size and is written from the start; the older records
+    /// behind the new ones are not read as part of the log.
     #[test]
-    fn a_cleared_log_is_empty_and_keeps_counting() {
+    fn a_cleared_log_is_reused_from_the_start_and_keeps_counting() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = SubmitLog::open(dir.path()).unwrap();
-        log.append(7, b"x").unwrap();
+        for seq in 1..=3 {
+            log.append(seq, b"old record").unwrap();
+        }
         log.clear().unwrap();
         assert_eq!(log.len(), 0);
-        log.next_seq = 8;
-        log.append(8, b"y").unwrap();
         drop(log);
-        let (_, records) = SubmitLog::open(dir.path()).unwrap();
-        assert_eq!(records, vec![(8, b"y".to_vec())]);
+        // Cleared and nothing new: the old records read back (the caller skips them, as sled
+        // has them), numbered on from there.
+        let (mut log, records) = SubmitLog::open(dir.path()).unwrap();
+        assert_eq!(records.len(), 3);
+        log.clear().unwrap();
+        log.next_seq = 4;
+        log.append(4, b"new").unwrap();
+        drop(log);
+        let (log, records) = SubmitLog::open(dir.path()).unwrap();
+        assert_eq!(records, vec![(4, b"new".to_vec())]);
+        assert_eq!(log.next_seq, 5);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len(),
+            GROWTH
+        );
     }
 }
