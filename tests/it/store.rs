@@ -66,6 +66,14 @@ fn store_with_task(
     (s, p, t)
 }
 
+/// One more task of one review in project `p`.
+fn another_task(s: &dyn Store, p: Id) -> TaskStatus {
+    s.import_batch(p, vec![new_task(None, 1)])
+        .unwrap()
+        .created
+        .remove(0)
+}
+
 fn new_task(ext: Option<&str>, reviews: u32) -> NewTask {
     NewTask {
         external_id: ext.map(str::to_owned),
@@ -479,11 +487,7 @@ fn submissions_commit_atomically_once() {
     );
 
     // A submission whose lease record was lost (crash) commits too.
-    let t2 = s
-        .import_batch(p.id, vec![new_task(None, 1)])
-        .unwrap()
-        .created
-        .remove(0);
+    let t2 = another_task(s.as_ref(), p.id);
     let lost = assignment(s.as_ref(), &t2, 9, 1000);
     let mut done2 = t2.clone();
     done2.done_by.push(9);
@@ -510,11 +514,7 @@ fn write(a: &Assignment, status: &TaskStatus) -> SubmissionWrite {
 fn a_batch_commits_whole_or_not_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let (s, p, t) = store_with_task(dir.path(), None, 2);
-    let t2 = s
-        .import_batch(p.id, vec![new_task(None, 1)])
-        .unwrap()
-        .created
-        .remove(0);
+    let t2 = another_task(s.as_ref(), p.id);
     let a1 = assignment(s.as_ref(), &t, 7, 1000);
     let a2 = assignment(s.as_ref(), &t, 8, 1000);
     let a3 = assignment(s.as_ref(), &t2, 7, 1000);
@@ -602,11 +602,7 @@ fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
     let before = dir.path().join("before");
     let (p, t, t2, a1, a2) = {
         let (s, p, t) = store_with_task(&db, None, 2);
-        let t2 = s
-            .import_batch(p.id, vec![new_task(None, 1)])
-            .unwrap()
-            .created
-            .remove(0);
+        let t2 = another_task(s.as_ref(), p.id);
         let a1 = assignment(s.as_ref(), &t, 7, 1000);
         // a2's lease record is never stored (lost in a crash): its token vouched for it.
         let a2 = assignment(s.as_ref(), &t2, 8, 1000);
@@ -668,11 +664,7 @@ fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
     let t3 = {
         let s = open(&before);
         check(s.as_ref(), (1, 1, 2));
-        let t3 = s
-            .import_batch(p.id, vec![new_task(None, 1)])
-            .unwrap()
-            .created
-            .remove(0);
+        let t3 = another_task(s.as_ref(), p.id);
         s.flush().unwrap();
         t3
     };
