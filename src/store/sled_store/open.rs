@@ -14,7 +14,7 @@ use crate::store::keys;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 impl SledStore {
     /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
@@ -149,7 +149,14 @@ impl SledStore {
                 self.finish_upgrade(7)?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(7) => self.upgrade_7_to_8()`, ...
+            // Version 8 makes submit batches durable through the submit log (`submit_log.rs`);
+            // a version-7 database has no log, so nothing changes but the number (which keeps
+            // an older binary from opening it after a crash and missing the log's batches).
+            Some(7) => {
+                self.finish_upgrade(8)?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(8) => self.upgrade_8_to_9()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t
