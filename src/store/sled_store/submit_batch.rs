@@ -24,6 +24,41 @@ struct Member {
     audit: AuditEvent,
 }
 
+/// A member's submission and audit event as stored (JSON).
+type Encoded = (Vec<u8>, Vec<u8>);
+
+fn encode(members: &[Member]) -> StoreResult<Vec<Encoded>> {
+    members
+        .iter()
+        .map(|m| Ok((enc(&m.submission)?, enc(&m.audit)?)))
+        .collect()
+}
+
+/// The batch's log record: the members as JSON (read back as `Vec<Member>`), with the
+/// submission and audit encodings the transaction writes spliced in rather than made again.
+fn log_payload(members: &[Member], encoded: &[Encoded]) -> StoreResult<Vec<u8>> {
+    let mut out = Vec::with_capacity(encoded.iter().map(|(s, a)| s.len() + a.len() + 512).sum());
+    out.push(b'[');
+    for (i, (m, (submission, audit))) in members.iter().zip(encoded).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"submission\":");
+        out.extend_from_slice(submission);
+        out.extend_from_slice(b",\"audit\":");
+        out.extend_from_slice(audit);
+        out.extend_from_slice(b",\"ended\":");
+        serde_json::to_writer(&mut out, &m.ended).map_err(backend)?;
+        out.extend_from_slice(b",\"status\":");
+        serde_json::to_writer(&mut out, &m.status).map_err(backend)?;
+        out.extend_from_slice(b",\"audit_key\":");
+        serde_json::to_writer(&mut out, &m.audit_key).map_err(backend)?;
+        out.push(b'}');
+    }
+    out.push(b']');
+    Ok(out)
+}
+
 impl SledStore {
     pub(super) fn commit_submit_batch(
         &self,
@@ -50,12 +85,13 @@ impl SledStore {
                 status: w.status,
             });
         }
-        // Encoded before the log is locked; the log is locked across the transaction, so
-        // batches reach sled and the log in the same order.
-        let payload = serde_json::to_vec(&members).map_err(backend)?;
+        // Encoded once, before the log is locked, for the transaction and the log; the log is
+        // locked across the transaction, so batches reach sled and the log in the same order.
+        let encoded = encode(&members)?;
+        let payload = log_payload(&members, &encoded)?;
         let mut log = self.submit_log.lock();
         let seq = log.next_seq;
-        self.apply_submit_batch(&members, seq, false)?;
+        self.apply_submit_batch(&members, &encoded, seq, false)?;
         log.next_seq += 1;
         if let Err(e) = log.append(seq, &payload) {
             // Committed in sled but not logged: the next sync flushes sled instead.
@@ -68,12 +104,14 @@ impl SledStore {
     /// Writes a batch in one transaction, with its number. `replaying`: applied again from the
     /// log at open, where an assignment's record may be missing or stale (leases are not
     /// flushed), and the batch was accepted already.
-    fn apply_submit_batch(&self, members: &[Member], seq: u64, replaying: bool) -> StoreResult<()> {
+    fn apply_submit_batch(
+        &self,
+        members: &[Member],
+        encoded: &[Encoded],
+        seq: u64,
+        replaying: bool,
+    ) -> StoreResult<()> {
         let firsts = self.segment_firsts(members.iter().map(|m| m.status.task_id))?;
-        let mut encoded = Vec::with_capacity(members.len());
-        for m in members {
-            encoded.push((enc(&m.submission)?, enc(&m.audit)?));
-        }
         let t = &self.t;
         let trees = [
             &t.submissions,
@@ -96,7 +134,7 @@ impl SledStore {
                     return Err(abort(backend("transaction view has the wrong shape")));
                 };
                 let mut deltas = CounterDeltas::default();
-                for (m, (submission_bytes, audit_bytes)) in members.iter().zip(&encoded) {
+                for (m, (submission_bytes, audit_bytes)) in members.iter().zip(encoded) {
                     if replaying {
                         leases.remove(&keys::id(m.ended.id))?;
                         tx_put(assignments, &keys::id(m.ended.id), &m.ended)?;
@@ -154,7 +192,7 @@ impl SledStore {
                     tree: "submit log",
                     message: format!("batch {seq}: {e}"),
                 })?;
-            self.apply_submit_batch(&members, *seq, true)?;
+            self.apply_submit_batch(&members, &encode(&members)?, *seq, true)?;
             replayed += members.len();
         }
         if replayed > 0 {
@@ -173,5 +211,58 @@ impl SledStore {
         let last = records.last().map_or(0, |(seq, _)| *seq);
         log.next_seq = applied.max(last) + 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spliced log record reads back as the members it was made from.
+    #[test]
+    fn a_log_payload_reads_back_as_its_members() {
+        let submission: Submission = serde_json::from_value(serde_json::json!({
+            "id": 5, "task_id": 2, "project_id": 1, "assignment_id": 4, "expert_id": 3,
+            "answer": {"choice": "a \"quoted\" answer"}, "scores": {}, "rubric": "r",
+            "rubric_version": "v", "router": "q", "router_version": "w", "served_at": 1,
+            "submitted_at": 2, "active_seconds": 1.5, "qa": null
+        }))
+        .unwrap();
+        let ended: Assignment = serde_json::from_value(serde_json::json!({
+            "id": 4, "task_id": 2, "project_id": 1, "expert_id": 3, "status": "submitted",
+            "served_at": 1, "expires_at": 9, "last_seen_at": 1, "active_seconds": 1.5,
+            "fence": 7, "rubric": "r", "rubric_version": "v", "router": "q",
+            "router_version": "w", "submission_id": 5, "reason": null
+        }))
+        .unwrap();
+        let member = |key: u8| Member {
+            submission: submission.clone(),
+            ended: ended.clone(),
+            status: serde_json::from_value(serde_json::json!({
+                "task_id": 2, "project_id": 1, "state": "complete", "reviews": 1, "done_by": [3]
+            }))
+            .unwrap(),
+            audit_key: vec![key, 0, 255],
+            audit: AuditEvent {
+                at: 2,
+                actor: Some(3),
+                action: AuditAction::TaskSubmit,
+                object: "task:2".into(),
+                detail: serde_json::json!({"assignment": 4, "submission": 5}),
+            },
+        };
+        let members = vec![member(1), member(2)];
+        let encoded = encode(&members).unwrap();
+        let payload = log_payload(&members, &encoded).unwrap();
+        let back: Vec<Member> = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(encode(&back).unwrap(), encoded);
+        assert_eq!(
+            back.iter().map(|m| m.audit_key.clone()).collect::<Vec<_>>(),
+            vec![vec![1, 0, 255], vec![2, 0, 255]]
+        );
+        assert_eq!(
+            serde_json::to_value(&back[0].ended).unwrap(),
+            serde_json::to_value(&ended).unwrap()
+        );
     }
 }
