@@ -997,6 +997,36 @@ fn the_audit_chain_catches_edits_deletions_and_late_insertions() {
     assert!(problems[2].contains("not in the chain"));
 }
 
+/// A check made while the sealer runs reads one state of the chain: a pass that commits between
+/// reading the head and reading the seals must not show up as a broken chain.
+#[test]
+fn verifying_while_the_sealer_runs_sees_a_whole_chain() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let s = s.as_ref();
+    let sealing = AtomicBool::new(true);
+    let mut checks = 0;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for i in 0..500 {
+                s.append_audit(&event(1_000 + i, "task:1")).unwrap();
+                s.seal_audit(1_001 + i).unwrap();
+            }
+            sealing.store(false, Ordering::SeqCst);
+        });
+        while sealing.load(Ordering::SeqCst) {
+            let check = s.verify_audit().unwrap();
+            checks += 1;
+            if !check.problems.is_empty() {
+                sealing.store(false, Ordering::SeqCst);
+                panic!("check {checks}: {:?}", check.problems);
+            }
+        }
+    });
+    assert!(checks > 0);
+}
+
 #[test]
 fn pruning_the_audit_log_keeps_the_rest_verifiable() {
     let dir = tempfile::tempdir().unwrap();
