@@ -1009,11 +1009,18 @@ fn verifying_while_the_sealer_runs_sees_a_whole_chain() {
     let mut checks = 0;
     std::thread::scope(|scope| {
         scope.spawn(|| {
+            // Lowered however this thread ends, so the checking loop below always stops.
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::SeqCst);
+                }
+            }
+            let _done = Done(&sealing);
             for i in 0..500 {
                 s.append_audit(&event(1_000 + i, "task:1")).unwrap();
                 s.seal_audit(1_001 + i).unwrap();
             }
-            sealing.store(false, Ordering::SeqCst);
         });
         while sealing.load(Ordering::SeqCst) {
             let check = s.verify_audit().unwrap();
@@ -1022,6 +1029,9 @@ fn verifying_while_the_sealer_runs_sees_a_whole_chain() {
                 sealing.store(false, Ordering::SeqCst);
                 panic!("check {checks}: {:?}", check.problems);
             }
+            // A moment off the lock: a mutex is not fair, and a checker that takes it again at
+            // once can keep the sealer waiting for good.
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
     });
     assert!(checks > 0);
