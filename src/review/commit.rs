@@ -274,14 +274,22 @@ impl Batcher<'_> {
         // (a retry then finds the submission if it did reach the disk).
         let waiting = answers.iter().filter(|(_, r)| r.is_ok()).count() as u64;
         let flushed = if waiting > 0 {
-            let flush = || self.flusher.wait_blocking().map_err(StoreError::Backend);
-            Metrics::count(&self.metrics.durable_syncs);
-            self.metrics
-                .durable_synced_writes
-                .fetch_add(waiting, std::sync::atomic::Ordering::Relaxed);
-            self.store
-                .sync_submissions(&flush)
-                .map_err(|e| e.to_string())
+            // When the store flushes instead (its log is due to be emptied), the flusher counts
+            // that flush and this thread's wait; only the other answers are added here.
+            let flushed_instead = std::cell::Cell::new(false);
+            let flush = || {
+                flushed_instead.set(true);
+                self.flusher.wait_blocking().map_err(StoreError::Backend)
+            };
+            let synced = self.store.sync_submissions(&flush);
+            if !flushed_instead.get() {
+                Metrics::count(&self.metrics.durable_syncs);
+            }
+            self.metrics.durable_synced_writes.fetch_add(
+                waiting - u64::from(flushed_instead.get()),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            synced.map_err(|e| e.to_string())
         } else {
             Ok(())
         };
