@@ -4,16 +4,17 @@
 //! 1. lock the queues of the batch's projects (in id order);
 //! 2. re-check each member against the index, and against the members before it (two reviews
 //!    of one task in a batch build on each other's task status);
-//! 3. write every member that passed in one store transaction (one log write instead of one
-//!    per submission, which is what sled spends its time on);
+//! 3. write every member that passed as one batch (see `store/sled_store/submit_batch.rs`);
 //! 4. mirror what committed into the index and unlock;
 //! 5. make it durable (the store's submit log: one write and one fdatasync, see
 //!    `store/sled_store/submit_log.rs`), then answer each member.
 //!
 //! While one batch is made durable the next one gathers, so batches grow with the load: one
-//! transaction and one sync serve them all. If the batch's transaction fails (a lease was
-//! ended behind the index's back, or the store refused), nothing of it was written: each member
-//! is then re-checked and committed on its own, so one bad member costs only its own answer.
+//! write and one sync serve them all. If the store refuses the batch (a lease was ended behind
+//! the index's back), nothing of it was written: each member is then re-checked and committed
+//! on its own, so one bad member costs only its own answer. A batch the store failed to write
+//! part-way fails all its members: the store completes it from its log at the next open, and
+//! writing a member again now would store it twice.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -249,13 +250,24 @@ impl Batcher<'_> {
                     answers.push((member.reply, Ok(done)));
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, members = accepted.len(), "submit batch failed; committing its members one by one");
+            Err(StoreError::AssignmentEnded(_)) => {
+                tracing::warn!(
+                    members = accepted.len(),
+                    "a lease of a submit batch had ended; committing its members one by one"
+                );
                 // Nothing was written and the index is unchanged: each member is checked and
                 // committed again on its own, against the index as the earlier ones leave it.
                 for member in accepted {
                     let result = self.commit_alone(&mut locked, &member.pending, now);
                     answers.push((member.reply, result));
+                }
+            }
+            Err(e) => {
+                // The store failed part-way: what it wrote is completed from its log at the
+                // next open, so no member is written again now (that would store it twice).
+                tracing::error!(error = %e, members = accepted.len(), "a submit batch failed");
+                for member in accepted {
+                    answers.push((member.reply, Err(AppError::storage(e.to_string()))));
                 }
             }
         }

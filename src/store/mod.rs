@@ -188,13 +188,14 @@ pub trait Store: Send + Sync + 'static {
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>>;
 
     // Submissions
-    /// Stores a batch of submissions in one transaction: each ends its assignment, updates its
+    /// Stores a batch of submissions: each ends its assignment, updates its
     /// task (members on the same task carry statuses that build on each other, in order) and
     /// appends its audit event; `submission.id` is assigned here and added to the event's detail.
     /// All or nothing: if any member's assignment was already ended (it was submitted, skipped
-    /// released or expired meanwhile), nothing is written and the
-    /// call fails with `AssignmentEnded` carrying that member's stored assignment. An assignment
-    /// that is not stored at all (lost in a crash, vouched for by its signed token) is accepted.
+    /// released or expired meanwhile), nothing is written and the call fails with
+    /// `AssignmentEnded` carrying that member's stored assignment. An assignment that is not
+    /// stored at all (lost in a crash, vouched for by its signed token) is accepted. Any other
+    /// error may leave the batch written in part; the store completes it when it next opens.
     fn commit_submissions(&self, batch: Vec<SubmissionWrite>) -> StoreResult<Vec<Submission>>;
     /// Makes every batch [`Store::commit_submissions`] committed so far durable. `flush` is the
     /// shared flush (a store may need it, e.g. to empty a log of its own); a store with no

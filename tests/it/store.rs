@@ -688,6 +688,146 @@ fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
     check(s.as_ref(), (1, 2, 3));
 }
 
+/// Sets `tree`'s entry at `key` in `to` to what it is in `from` (absent there: removed).
+fn revert(from: &sled::Db, to: &sled::Db, tree: &str, key: &[u8]) {
+    let (from, to) = (from.open_tree(tree).unwrap(), to.open_tree(tree).unwrap());
+    match from.get(key).unwrap() {
+        Some(v) => to.insert(key, v).unwrap(),
+        None => to.remove(key).unwrap(),
+    };
+}
+
+/// A batch is written without a transaction, its number last, so a crash may leave sled with
+/// any part of it: opening completes it from the submit log, adding each counter change once.
+#[test]
+fn a_batch_sled_kept_in_part_is_completed_once_at_open() {
+    use assay::store::keys;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let before = dir.path().join("before");
+    let (p, t, t2, a1, a2) = {
+        let (s, p, t) = store_with_task(&db, None, 2);
+        let t2 = another_task(s.as_ref(), p.id);
+        let a1 = assignment(s.as_ref(), &t, 7, 1000);
+        let a2 = assignment(s.as_ref(), &t2, 8, 1000);
+        s.put_assignment(&a1).unwrap();
+        s.put_assignment(&a2).unwrap();
+        s.flush().unwrap();
+        (p, t, t2, a1, a2)
+    };
+    copy_dir(&db, &before);
+    let mut after1 = t.clone();
+    after1.done_by.push(7);
+    let mut done2 = t2.clone();
+    done2.done_by.push(8);
+    done2.state = TaskState::Complete;
+    let stored = {
+        let s = open(&db);
+        let stored = s
+            .commit_submissions(vec![write(&a1, &after1), write(&a2, &done2)])
+            .unwrap();
+        s.sync_submissions(&|| panic!("the log alone makes a batch durable"))
+            .unwrap();
+        // The whole batch in sled's files too; the cuts below take parts of it away.
+        s.flush().unwrap();
+        stored
+    };
+    let project_counter = move |name: &str| keys::with_suffix(p.id, name.as_bytes());
+    let second = stored[1].id;
+    // (what sled kept, the edit that leaves only that)
+    type Edit = Box<dyn Fn(&sled::Db, &sled::Db)>;
+    let cuts: Vec<(&str, Edit)> = vec![
+        (
+            "every record and some counters, not the rest nor the batch's number",
+            Box::new(move |from, to| {
+                revert(
+                    from,
+                    to,
+                    "counters_project_name",
+                    &project_counter("submissions"),
+                );
+                revert(from, to, "meta", b"submit_log_seq");
+            }),
+        ),
+        (
+            "the first member and a part of the second, no counter",
+            Box::new(move |from, to| {
+                revert(from, to, "submissions_id", &keys::id(second));
+                revert(
+                    from,
+                    to,
+                    "submissions_task_id",
+                    &keys::pair(t2.task_id, second),
+                );
+                revert(from, to, "taskstatus_id", &keys::id(t2.task_id));
+                revert(
+                    from,
+                    to,
+                    "queue_project_task",
+                    &keys::pair(p.id, t2.task_id),
+                );
+                for name in [
+                    "open",
+                    "complete",
+                    "submissions",
+                    "submitted_hour_000000000000",
+                ] {
+                    revert(from, to, "counters_project_name", &project_counter(name));
+                }
+                revert(from, to, "meta", b"submit_log_seq");
+            }),
+        ),
+    ];
+    for (i, (kept, edit)) in cuts.iter().enumerate() {
+        let cut = dir.path().join(format!("cut{i}"));
+        copy_dir(&db, &cut);
+        {
+            let (from, to) = (raw_db(&before), raw_db(&cut));
+            edit(&from, &to);
+            to.flush().unwrap();
+        }
+        for opening in ["first", "second"] {
+            let s = open(&cut);
+            let what = format!("sled kept {kept}; {opening} open");
+            assert_eq!(
+                s.submissions_for_task(t.task_id).unwrap(),
+                vec![stored[0].clone()],
+                "{what}"
+            );
+            assert_eq!(
+                s.submissions_for_task(t2.task_id).unwrap(),
+                vec![stored[1].clone()],
+                "{what}"
+            );
+            for (a, sub) in [(&a1, &stored[0]), (&a2, &stored[1])] {
+                let a = s.assignment(a.id).unwrap().unwrap();
+                assert_eq!(a.status, AssignmentStatus::Submitted, "{what}");
+                assert_eq!(a.submission_id, Some(sub.id), "{what}");
+            }
+            assert!(s.active_assignments().unwrap().is_empty(), "{what}");
+            assert_eq!(s.task_status(t2.task_id).unwrap().unwrap(), done2, "{what}");
+            let counts = s.project_counts(p.id).unwrap();
+            assert_eq!(
+                (counts.open, counts.complete, counts.submissions),
+                (1, 1, 2),
+                "{what}"
+            );
+            assert_eq!(
+                s.submissions_per_hour(p.id, 0, 1).unwrap(),
+                vec![2],
+                "{what}"
+            );
+            let submits = s
+                .recent_audit(10)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.action == AuditAction::TaskSubmit)
+                .count();
+            assert_eq!(submits, 2, "{what}");
+        }
+    }
+}
+
 #[test]
 fn plugin_versions_audit_durability_and_schema_guard() {
     let dir = tempfile::tempdir().unwrap();

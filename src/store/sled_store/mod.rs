@@ -24,7 +24,7 @@
 //! | `submissions_task_id`    | task id ++ submission id              | empty                |
 //! | `submissions_expert_id`  | expert id ++ submission id            | empty                |
 //! | `submissions_project_id` | project id ++ submission id           | empty                |
-//! | `counters_project_name`  | project id ++ counter name            | u64 BE               |
+//! | `counters_project_name`  | project id ++ counter name            | u64 BE (++ batch u64 BE) |
 //! | `plugins_hash`           | content hash (hex)                    | PluginVersion        |
 //! | `plugins_kind_name_time` | kind 0x00 name 0x00 first-seen time ++ hash | empty          |
 //! | `audit_time_id`          | time ++ event id                      | AuditEvent           |
@@ -52,13 +52,16 @@
 //! index entry first and its record second. The index may therefore name an id whose record is
 //! missing (a crash between the two writes) or no longer active; readers check the record, and
 //! the start-up scan drops such entries. Ending a lease is transactional as before.
+//!
+//! The other: a submit batch is written without a transaction; its log record and its number
+//! written last make it whole after a crash (`submit_batch.rs`).
 
 //!
 //! Files: `open.rs` opens the database and runs the ordered migrations; `tx.rs` holds the
 //! transaction helpers (encoding, counters, state transitions); `records.rs` implements
 //! [`Store`] over the trees; `backup.rs` writes and restores consistent backups (segments'
 //! tasks are written into it as tree entries, so a restored database has no segments);
-//! `submit_batch.rs` commits submit batches and `submit_log.rs` makes them durable without a
+//! `submit_batch.rs` writes submit batches and `submit_log.rs` makes them durable without a
 //! flush of sled (a batch sled lost in a crash is applied again from the log at open);
 //! `cache.rs` keeps projects and project roles in memory.
 

@@ -14,7 +14,7 @@ use crate::store::keys;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 impl SledStore {
     /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
@@ -156,7 +156,15 @@ impl SledStore {
                 self.finish_upgrade(8)?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(8) => self.upgrade_8_to_9()`, ...
+            // Version 9 writes submit batches without a transaction; a counter a batch changed
+            // carries that batch's number after its value (`tx::Counter`). A version-8 counter
+            // reads the same, so nothing changes but the number (which keeps an older binary,
+            // which would read such a counter as 0, from opening the database).
+            Some(8) => {
+                self.finish_upgrade(9)?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(9) => self.upgrade_9_to_10()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t

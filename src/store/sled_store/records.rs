@@ -155,14 +155,12 @@ impl SledStore {
     }
 
     pub(super) fn counter(&self, project: Id, name: &str) -> StoreResult<u64> {
-        Ok(self
+        let stored = self
             .t
             .counters
             .get(keys::with_suffix(project, name.as_bytes()))
-            .map_err(backend)?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+            .map_err(backend)?;
+        Ok(Counter::decode(stored.as_deref()).value)
     }
 
     /// Loads the records whose ids are the second half of index keys under `prefix`.

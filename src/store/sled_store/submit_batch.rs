@@ -1,16 +1,29 @@
-//! Submit batches: one sled transaction per batch, made durable by the submit log
+//! Submit batches: written without a sled transaction, made durable by the submit log
 //! (`submit_log.rs`), and applied again at open when the log holds a batch sled lost.
+//!
+//! A sled transaction costs two extra log buffer writes and holds sled's global write lock
+//! while it runs; a batch does not need one:
+//!
+//! - its checks are made under the project locks the committer holds, which every writer of
+//!   assignments and task statuses also takes, so nothing changes between check and write;
+//!   a batch whose check fails writes nothing;
+//! - after a crash, sled recovers a prefix of its log (it stops at the first torn message),
+//!   and a batch writes its number (`meta/submit_log_seq`) last: when the number is there, so
+//!   is the whole batch. Otherwise the log's record of the batch is applied again over
+//!   whatever part of it sled kept. Records are written with the ids and encodings they first
+//!   had, so writing them twice leaves them as once. Counters are not idempotent: the record
+//!   carries the counter changes the batch made, and each counter stores the number of the
+//!   last batch that changed it, so a change is added only to a counter that lacks it.
 
 use serde::{Deserialize, Serialize};
-use sled::Transactional;
 
 use super::submit_log::{Record, CHECKPOINT_BYTES};
 use super::tx::*;
 use super::SledStore;
 use crate::domain::*;
-use crate::store::{keys, StoreError, StoreResult, SubmissionWrite};
+use crate::store::{keys, Store, StoreError, StoreResult, SubmissionWrite};
 
-/// The number of the last submit batch whose transaction is in sled (`meta`).
+/// The number of the last submit batch wholly in sled (`meta`).
 const SUBMIT_LOG_SEQ: &[u8] = b"submit_log_seq";
 
 /// One member of a submit batch as written: ids assigned, so that applying it again writes
@@ -24,6 +37,23 @@ struct Member {
     audit: AuditEvent,
 }
 
+/// The counter changes of a batch: project, counter name, change.
+type Counts = Vec<(Id, String, i64)>;
+
+/// A batch as the log holds it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Logged {
+    /// With the counter changes it made.
+    Counted {
+        members: Vec<Member>,
+        counts: Counts,
+    },
+    /// Written by schema version 8 in one transaction: wholly in sled or not at all, so its
+    /// counter changes are worked out again from the statuses sled holds.
+    Whole(Vec<Member>),
+}
+
 /// A member's submission and audit event as stored (JSON).
 type Encoded = (Vec<u8>, Vec<u8>);
 
@@ -34,11 +64,11 @@ fn encode(members: &[Member]) -> StoreResult<Vec<Encoded>> {
         .collect()
 }
 
-/// The batch's log record: the members as JSON (read back as `Vec<Member>`), with the
-/// submission and audit encodings the transaction writes spliced in rather than made again.
-fn log_payload(members: &[Member], encoded: &[Encoded]) -> StoreResult<Vec<u8>> {
+/// The batch's log record (read back as [`Logged::Counted`]), with the submission and audit
+/// encodings the writes use spliced in rather than made again.
+fn log_payload(members: &[Member], encoded: &[Encoded], counts: &Counts) -> StoreResult<Vec<u8>> {
     let mut out = Vec::with_capacity(encoded.iter().map(|(s, a)| s.len() + a.len() + 512).sum());
-    out.push(b'[');
+    out.extend_from_slice(b"{\"members\":[");
     for (i, (m, (submission, audit))) in members.iter().zip(encoded).enumerate() {
         if i > 0 {
             out.push(b',');
@@ -55,7 +85,9 @@ fn log_payload(members: &[Member], encoded: &[Encoded]) -> StoreResult<Vec<u8>> 
         serde_json::to_writer(&mut out, &m.audit_key).map_err(backend)?;
         out.push(b'}');
     }
-    out.push(b']');
+    out.extend_from_slice(b"],\"counts\":");
+    serde_json::to_writer(&mut out, counts).map_err(backend)?;
+    out.push(b'}');
     Ok(out)
 }
 
@@ -65,7 +97,14 @@ impl SledStore {
         batch: Vec<SubmissionWrite>,
     ) -> StoreResult<Vec<Submission>> {
         let _writing = self.writing();
-        // Ids and encodings are made before the transaction: its closure may run more than once.
+        // Nothing is written unless every member's lease still stands.
+        for w in &batch {
+            if let Some(stored) = self.assignment(w.assignment.id)? {
+                if stored.status != AssignmentStatus::Active {
+                    return Err(StoreError::AssignmentEnded(stored));
+                }
+            }
+        }
         let mut members = Vec::with_capacity(batch.len());
         for w in batch {
             let mut submission = w.submission;
@@ -85,79 +124,115 @@ impl SledStore {
                 status: w.status,
             });
         }
-        // Encoded once, before the log is locked, for the transaction and the log; the log is
-        // locked across the transaction, so batches reach sled and the log in the same order.
+        let counts = self.count_batch(&members)?;
+        // Encoded once, before the log is locked, for the writes and the log; the log is
+        // locked across the writes, so batches reach sled and the log in the same order.
         let encoded = encode(&members)?;
-        let payload = log_payload(&members, &encoded)?;
+        let payload = log_payload(&members, &encoded, &counts)?;
         let mut log = self.submit_log.lock();
         let seq = log.next_seq;
-        self.apply_submit_batch(&members, &encoded, seq, false)?;
         log.next_seq += 1;
-        if let Err(e) = log.append(seq, &payload) {
-            // Committed in sled but not logged: the next sync flushes sled instead.
+        let written = self.write_submit_batch(&members, &encoded, &counts, seq, false);
+        // Logged even when a write failed part-way: the next open then completes the batch
+        // from the log. Its members are answered with the error all the same.
+        let logged = log.append(seq, &payload);
+        if let Err(e) = &logged {
+            // In sled but not logged: the next sync flushes sled instead.
             log.broken = true;
             tracing::error!(error = %e, "could not append to the submit log; flushing instead");
+        }
+        if let Err(e) = written {
+            if logged.is_ok() {
+                let _ = log.sync(self.sync_file.is_some());
+            }
+            return Err(e);
         }
         Ok(members.into_iter().map(|m| m.submission).collect())
     }
 
-    /// Writes a batch in one transaction, with its number. `replaying`: applied again from the
-    /// log at open, where an assignment's record may be missing or stale (leases are not
-    /// flushed), and the batch was accepted already.
-    fn apply_submit_batch(
+    /// The counter changes a batch makes, from the statuses sled holds before it (members on
+    /// one task build on each other).
+    fn count_batch(&self, members: &[Member]) -> StoreResult<Counts> {
+        let mut deltas = CounterDeltas::default();
+        let mut written: std::collections::HashMap<Id, TaskState> = Default::default();
+        for m in members {
+            let task = m.status.task_id;
+            let from = match written.get(&task) {
+                Some(state) => Some(*state),
+                None => self.task_status(task)?.map(|s| s.state),
+            };
+            count_transition(&mut deltas, &m.status, from);
+            written.insert(task, m.status.state);
+            let sub = &m.submission;
+            deltas.add(sub.project_id, "submissions", 1);
+            deltas.add(sub.project_id, &hour_counter(sub.submitted_at), 1);
+        }
+        Ok(deltas.into_vec())
+    }
+
+    /// Writes a batch, its number last. `replaying`: applied again from the log at open, over
+    /// whatever part of it sled kept; a counter that holds the batch's change is left alone.
+    fn write_submit_batch(
         &self,
         members: &[Member],
         encoded: &[Encoded],
+        counts: &Counts,
         seq: u64,
         replaying: bool,
     ) -> StoreResult<()> {
-        let firsts = self.segment_firsts(members.iter().map(|m| m.status.task_id))?;
         let t = &self.t;
-        let trees = [
-            &t.submissions,
-            &t.subs_task,
-            &t.subs_expert,
-            &t.subs_project,
-            &t.assignments,
-            &t.leases,
-            &t.taskstatus,
-            &t.queue,
-            &t.counters,
-            &t.audit,
-            &t.meta,
-        ];
-        trees[..]
-            .transaction(|trees| {
-                let [submissions, by_task, by_expert, by_project, assignments, leases, statuses, queue, counters, audit, meta] =
-                    trees.as_slice()
-                else {
-                    return Err(abort(backend("transaction view has the wrong shape")));
-                };
-                let mut deltas = CounterDeltas::default();
-                for (m, (submission_bytes, audit_bytes)) in members.iter().zip(encoded) {
-                    if replaying {
-                        leases.remove(&keys::id(m.ended.id))?;
-                        tx_put(assignments, &keys::id(m.ended.id), &m.ended)?;
-                    } else {
-                        tx_end_assignment(assignments, leases, &m.ended)?;
+        for (m, (submission_bytes, audit_bytes)) in members.iter().zip(encoded) {
+            // The ended record before the lease index entry goes (as `put_assignment` ends one).
+            let id = keys::id(m.ended.id);
+            t.assignments.insert(id, enc(&m.ended)?).map_err(backend)?;
+            t.leases.remove(id).map_err(backend)?;
+            let sub = &m.submission;
+            t.submissions
+                .insert(keys::id(sub.id), submission_bytes.as_slice())
+                .map_err(backend)?;
+            for (index, owner) in [
+                (&t.subs_task, sub.task_id),
+                (&t.subs_expert, sub.expert_id),
+                (&t.subs_project, sub.project_id),
+            ] {
+                index
+                    .insert(keys::pair(owner, sub.id), &[])
+                    .map_err(backend)?;
+            }
+            t.taskstatus
+                .insert(keys::id(m.status.task_id), enc(&m.status)?)
+                .map_err(backend)?;
+            match open_index_entry(&m.status) {
+                (key, Some(entry)) => t.queue.insert(key, entry),
+                (key, None) => t.queue.remove(key),
+            }
+            .map_err(backend)?;
+            t.audit
+                .insert(m.audit_key.as_slice(), audit_bytes.as_slice())
+                .map_err(backend)?;
+        }
+        for (project, name, delta) in counts {
+            let key = keys::with_suffix(*project, name.as_bytes());
+            t.counters
+                .update_and_fetch(key, |old| {
+                    let counter = Counter::decode(old);
+                    if replaying && counter.batch >= seq {
+                        return old.map(<[u8]>::to_vec); // it has this batch's change already
                     }
-                    let sub = &m.submission;
-                    submissions.insert(&keys::id(sub.id), submission_bytes.as_slice())?;
-                    by_task.insert(&keys::pair(sub.task_id, sub.id), &[])?;
-                    by_expert.insert(&keys::pair(sub.expert_id, sub.id), &[])?;
-                    by_project.insert(&keys::pair(sub.project_id, sub.id), &[])?;
-                    let key = keys::id(m.status.task_id);
-                    let old = Self::tx_old_status(statuses, m.status.task_id, &firsts)?;
-                    tx_put(statuses, &key, &m.status)?;
-                    tx_transition_counted(&mut deltas, queue, &m.status, old.map(|s| s.state))?;
-                    deltas.add(sub.project_id, "submissions", 1);
-                    deltas.add(sub.project_id, &hour_counter(sub.submitted_at), 1);
-                    audit.insert(m.audit_key.as_slice(), audit_bytes.as_slice())?;
-                }
-                meta.insert(SUBMIT_LOG_SEQ, &seq.to_be_bytes())?;
-                deltas.apply(counters)
-            })
-            .map_err(from_tx)
+                    Some(
+                        Counter {
+                            batch: seq,
+                            ..counter.plus(*delta)
+                        }
+                        .encode(),
+                    )
+                })
+                .map_err(backend)?;
+        }
+        t.meta
+            .insert(SUBMIT_LOG_SEQ, &seq.to_be_bytes())
+            .map_err(backend)?;
+        Ok(())
     }
 
     /// Makes every batch committed so far durable: one fdatasync of the log, or, when the log
@@ -172,8 +247,8 @@ impl SledStore {
         log.sync(self.sync_file.is_some())
     }
 
-    /// At open: applies every batch the log holds that sled does not have, then flushes sled
-    /// and empties the log.
+    /// At open: applies again every batch the log holds that sled does not wholly have, then
+    /// flushes sled and empties the log.
     pub(super) fn replay_submit_log(&self, records: Vec<Record>) -> StoreResult<()> {
         let applied = self
             .t
@@ -187,12 +262,19 @@ impl SledStore {
             if *seq <= applied {
                 continue;
             }
-            let members: Vec<Member> =
+            let logged: Logged =
                 serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
                     tree: "submit log",
                     message: format!("batch {seq}: {e}"),
                 })?;
-            self.apply_submit_batch(&members, &encode(&members)?, *seq, true)?;
+            let (members, counts) = match logged {
+                Logged::Counted { members, counts } => (members, counts),
+                Logged::Whole(members) => {
+                    let counts = self.count_batch(&members)?;
+                    (members, counts)
+                }
+            };
+            self.write_submit_batch(&members, &encode(&members)?, &counts, *seq, true)?;
             replayed += members.len();
         }
         if replayed > 0 {
@@ -253,8 +335,16 @@ mod tests {
         };
         let members = vec![member(1), member(2)];
         let encoded = encode(&members).unwrap();
-        let payload = log_payload(&members, &encoded).unwrap();
-        let back: Vec<Member> = serde_json::from_slice(&payload).unwrap();
+        let counts = vec![(1, "submissions".to_owned(), 2), (1, "open".to_owned(), -1)];
+        let payload = log_payload(&members, &encoded, &counts).unwrap();
+        let Logged::Counted {
+            members: back,
+            counts: counts_back,
+        } = serde_json::from_slice(&payload).unwrap()
+        else {
+            panic!("a new record reads back as one with counts");
+        };
+        assert_eq!(counts_back, counts);
         assert_eq!(encode(&back).unwrap(), encoded);
         assert_eq!(
             back.iter().map(|m| m.audit_key.clone()).collect::<Vec<_>>(),
@@ -264,5 +354,11 @@ mod tests {
             serde_json::to_value(&back[0].ended).unwrap(),
             serde_json::to_value(&ended).unwrap()
         );
+        // A record schema version 8 wrote (the members alone) reads as a whole batch.
+        let old = serde_json::to_vec(&members).unwrap();
+        match serde_json::from_slice::<Logged>(&old).unwrap() {
+            Logged::Whole(members) => assert_eq!(encode(&members).unwrap(), encoded),
+            Logged::Counted { .. } => panic!("an old record has no counts"),
+        }
     }
 }

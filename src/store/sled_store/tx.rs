@@ -58,7 +58,50 @@ pub(super) fn tx_put<T: Serialize>(
     Ok(())
 }
 
-/// Add `delta` to a kept counter inside a transaction.
+/// A kept counter as stored: its value, and the number of the last submit batch that added to
+/// it (0 when none did). Submit batches are written without a transaction, so after a crash a
+/// batch may be applied again over a part of itself; the number says whether this counter
+/// already holds the batch's change (`submit_batch.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counter {
+    pub value: u64,
+    pub batch: u64,
+}
+
+impl Counter {
+    /// Reads `value: u64 BE` optionally followed by `batch: u64 BE` (older databases and
+    /// counters no batch touched have the value alone).
+    pub(super) fn decode(bytes: Option<&[u8]>) -> Self {
+        let at = |i: usize| {
+            bytes
+                .and_then(|b| b.get(i..i + 8))
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_be_bytes)
+        };
+        Self {
+            value: at(0),
+            batch: at(8),
+        }
+    }
+
+    pub(super) fn encode(self) -> Vec<u8> {
+        let mut out = self.value.to_be_bytes().to_vec();
+        if self.batch > 0 {
+            out.extend_from_slice(&self.batch.to_be_bytes());
+        }
+        out
+    }
+
+    /// The counter with `delta` added (never below zero).
+    pub(super) fn plus(self, delta: i64) -> Self {
+        Self {
+            value: (self.value as i64 + delta).max(0) as u64,
+            ..self
+        }
+    }
+}
+
+/// Add `delta` to a kept counter inside a transaction (keeping its batch number).
 pub(super) fn tx_count(
     counters: &TransactionalTree,
     project: Id,
@@ -69,13 +112,8 @@ pub(super) fn tx_count(
         return Ok(());
     }
     let key = keys::with_suffix(project, name.as_bytes());
-    let current = counters
-        .get(&key)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0);
-    let next = (current as i64 + delta).max(0) as u64;
-    counters.insert(key, &next.to_be_bytes())?;
+    let current = Counter::decode(counters.get(&key)?.as_deref());
+    counters.insert(key, current.plus(delta).encode())?;
     Ok(())
 }
 
@@ -110,6 +148,39 @@ impl CounterDeltas {
         }
         Ok(())
     }
+
+    /// The changes, leaving out those that cancelled out.
+    pub(super) fn into_vec(self) -> Vec<(Id, String, i64)> {
+        self.0
+            .into_iter()
+            .filter(|(_, delta)| *delta != 0)
+            .map(|((project, name), delta)| (project, name, delta))
+            .collect()
+    }
+}
+
+/// The counter changes of a task moving from `from` to its status's state.
+pub(super) fn count_transition(
+    deltas: &mut CounterDeltas,
+    status: &TaskStatus,
+    from: Option<TaskState>,
+) {
+    if from != Some(status.state) {
+        if let Some(from) = from {
+            deltas.add(status.project_id, state_counter(from), -1);
+        }
+        deltas.add(status.project_id, state_counter(status.state), 1);
+    }
+}
+
+/// The open-task index entry of a task: its key, and its value while the task is open or
+/// waiting in QA (`None`: the entry goes). The index carries the status itself, so rebuilding
+/// the in-memory queue at start-up is one sequential scan instead of a random read per task;
+/// the QA queue is built from the same scan.
+pub(super) fn open_index_entry(status: &TaskStatus) -> ([u8; 16], Option<Vec<u8>>) {
+    let key = keys::pair(status.project_id, status.task_id);
+    let open = matches!(status.state, TaskState::Open | TaskState::InQa);
+    (key, open.then(|| queue_codec::encode(status)))
 }
 
 /// Moves a task between states: counters and the open-queue index.
@@ -131,21 +202,11 @@ pub(super) fn tx_transition_counted(
     status: &TaskStatus,
     from: Option<TaskState>,
 ) -> TxResult<()> {
-    let key = keys::pair(status.project_id, status.task_id);
-    if from != Some(status.state) {
-        if let Some(from) = from {
-            deltas.add(status.project_id, state_counter(from), -1);
-        }
-        deltas.add(status.project_id, state_counter(status.state), 1);
-    }
-    // The open-task index carries the status itself, so rebuilding the in-memory queue at
-    // start-up is one sequential scan instead of a random read per task. Tasks waiting in QA
-    // are kept there too: the QA queue is built from the same scan.
-    if matches!(status.state, TaskState::Open | TaskState::InQa) {
-        queue.insert(&key, queue_codec::encode(status))?;
-    } else {
-        queue.remove(&key)?;
-    }
+    count_transition(deltas, status, from);
+    match open_index_entry(status) {
+        (key, Some(entry)) => queue.insert(&key, entry)?,
+        (key, None) => queue.remove(&key)?,
+    };
     Ok(())
 }
 
