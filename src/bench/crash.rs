@@ -211,6 +211,29 @@ async fn check(
     }
     outcome.lost = acked.keys().filter(|id| !stored.contains(id)).count() as u64;
     outcome.over_reviewed = per_task.values().filter(|&&n| n > REVIEWS).count() as u64;
+    // The kept counters agree with the records (a submit batch is written without a
+    // transaction, and completed from the submit log after a kill): a mismatch breaks a rule.
+    let (_, counts) = call(
+        client,
+        reqwest::Method::GET,
+        format!("{url}/api/v1/projects/{looped}/stats"),
+        admin,
+        None,
+    )
+    .await?;
+    let count = |name: &str| counts[name].as_u64().unwrap_or(0);
+    let complete = per_task.values().filter(|&&n| n >= REVIEWS).count() as u64;
+    let states = ["open", "in_qa", "complete", "archived", "broken"].map(count);
+    if count("submissions") != stored.len() as u64
+        || count("complete") != complete
+        || states.iter().sum::<u64>() != count("tasks")
+    {
+        return Err(format!(
+            "the counters disagree with the records after a restart: {counts}; the export \
+             holds {} submissions and {complete} complete tasks",
+            stored.len()
+        ));
+    }
     let (_, stats) = call(
         client,
         reqwest::Method::GET,
