@@ -23,7 +23,7 @@ pub struct QaClaims {
 }
 
 /// A login session.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionClaims {
     pub iss: String,
     pub sub: Id,
@@ -89,6 +89,58 @@ pub struct Keys {
     /// Key for CSRF tokens, derived from the secret so it needs no storage of its own.
     csrf_key: Vec<u8>,
     pub session_seconds: i64,
+    sessions: Verified<SessionClaims>,
+    assignments: Verified<AssignmentClaims>,
+}
+
+/// Tokens whose signature checked out, with their claims. Every request carries a session
+/// token and a submit a lease token too; checking one (base64, HMAC, JSON) cost a twentieth of
+/// the server's CPU in the review loop, so a token seen before is looked up instead (its time
+/// limits are still checked at each use). Only tokens that verified get in, none longer than
+/// [`MAX_REMEMBERED_TOKEN`], and the map is emptied when it reaches [`MAX_REMEMBERED`]: its
+/// size is bounded whatever clients send.
+struct Verified<T> {
+    tokens: parking_lot::Mutex<std::collections::HashMap<String, T>>,
+}
+
+const MAX_REMEMBERED: usize = 8192;
+const MAX_REMEMBERED_TOKEN: usize = 2048;
+
+impl<T: Clone> Verified<T> {
+    fn new() -> Self {
+        Self {
+            tokens: Default::default(),
+        }
+    }
+
+    /// The claims of `token`: remembered, or from `verify` (and then remembered). `current`
+    /// checks the time limits of remembered claims.
+    fn get(
+        &self,
+        token: &str,
+        verify: impl FnOnce() -> Option<T>,
+        current: impl Fn(&T) -> bool,
+    ) -> Option<T> {
+        let remembered = self.tokens.lock().get(token).cloned();
+        if let Some(claims) = remembered {
+            return current(&claims).then_some(claims);
+        }
+        let claims = verify()?;
+        if token.len() <= MAX_REMEMBERED_TOKEN {
+            let mut tokens = self.tokens.lock();
+            if tokens.len() >= MAX_REMEMBERED {
+                tokens.clear();
+            }
+            tokens.insert(token.to_owned(), claims.clone());
+        }
+        Some(claims)
+    }
+}
+
+/// Whether `now` (seconds) lies in a token's `nbf ..= exp`, as the signature check tests it
+/// (no leeway).
+fn in_time(nbf: Option<i64>, exp: i64, now: i64) -> bool {
+    nbf.is_none_or(|nbf| nbf <= now) && now <= exp
 }
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -106,6 +158,8 @@ impl Keys {
                 h.finalize().to_vec()
             },
             session_seconds: session_hours as i64 * 3600,
+            sessions: Verified::new(),
+            assignments: Verified::new(),
         }
     }
 
@@ -172,10 +226,14 @@ impl Keys {
     /// A session token that is signed, current (`nbf` to `exp`), and no longer-lived than
     /// sessions are now (`exp - iat`), issued no later than now.
     pub fn verify_session(&self, token: &str) -> Option<SessionClaims> {
-        let claims: SessionClaims = self.verify(token, SESSION_ISSUER, &["exp", "iss", "nbf"])?;
         let now = crate::now_ms() / 1000;
-        let sane = claims.iat <= now && claims.exp - claims.iat <= self.session_seconds;
-        sane.then_some(claims)
+        let sane = |c: &SessionClaims| c.iat <= now && c.exp - c.iat <= self.session_seconds;
+        let claims = self.sessions.get(
+            token,
+            || self.verify(token, SESSION_ISSUER, &["exp", "iss", "nbf"]),
+            |c| in_time(Some(c.nbf), c.exp, now),
+        )?;
+        sane(&claims).then_some(claims)
     }
 
     pub fn assignment(&self, a: &Assignment) -> Result<String, String> {
@@ -224,6 +282,49 @@ impl Keys {
     }
 
     pub fn verify_assignment(&self, token: &str) -> Option<AssignmentClaims> {
-        self.verify(token, ASSIGNMENT_ISSUER, &["exp", "iss"])
+        let now = crate::now_ms() / 1000;
+        self.assignments.get(
+            token,
+            || self.verify(token, ASSIGNMENT_ISSUER, &["exp", "iss"]),
+            |c| in_time(c.nbf, c.exp, now),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_token_is_still_checked_for_time_and_the_memory_stays_bounded() {
+        let verified = Verified::<i64>::new();
+        // Verified once, then looked up without verifying again.
+        assert_eq!(verified.get("a", || Some(1), |_| true), Some(1));
+        assert_eq!(
+            verified.get("a", || panic!("verified twice"), |_| true),
+            Some(1)
+        );
+        // Remembered, but out of its time now: refused.
+        assert_eq!(verified.get("a", || Some(1), |_| false), None);
+        // A token that does not verify is not remembered.
+        assert_eq!(verified.get("bad", || None, |_| true), None);
+        assert!(!verified.tokens.lock().contains_key("bad"));
+        // Overlong tokens are verified each time; the map never grows past its bound.
+        let long = "x".repeat(MAX_REMEMBERED_TOKEN + 1);
+        assert_eq!(verified.get(&long, || Some(2), |_| true), Some(2));
+        assert!(!verified.tokens.lock().contains_key(&long));
+        for i in 0..MAX_REMEMBERED + 10 {
+            verified.get(&format!("t{i}"), || Some(3), |_| true);
+        }
+        assert!(verified.tokens.lock().len() <= MAX_REMEMBERED);
+    }
+
+    #[test]
+    fn time_limits_match_the_signature_check() {
+        assert!(in_time(Some(10), 20, 10));
+        assert!(in_time(Some(10), 20, 20));
+        assert!(!in_time(Some(10), 20, 9));
+        assert!(!in_time(Some(10), 20, 21));
+        assert!(in_time(None, 20, 0));
     }
 }
