@@ -734,53 +734,54 @@ fn a_batch_sled_kept_in_part_is_completed_once_at_open() {
     };
     let project_counter = move |name: &str| keys::with_suffix(p.id, name.as_bytes());
     let second = stored[1].id;
-    // (what sled kept, the edit that leaves only that)
+    // (what sled kept, the edit that leaves only that, whether the submit log lost the batch)
     type Edit = Box<dyn Fn(&sled::Db, &sled::Db)>;
-    let cuts: Vec<(&str, Edit)> = vec![
+    let first_member_only = move |from: &sled::Db, to: &sled::Db| {
+        revert(from, to, "submissions_id", &keys::id(second));
+        let by_task = keys::pair(t2.task_id, second);
+        revert(from, to, "submissions_task_id", &by_task);
+        revert(from, to, "taskstatus_id", &keys::id(t2.task_id));
+        let queued = keys::pair(p.id, t2.task_id);
+        revert(from, to, "queue_project_task", &queued);
+        for name in [
+            "open",
+            "complete",
+            "submissions",
+            "submitted_hour_000000000000",
+        ] {
+            revert(from, to, "counters_project_name", &project_counter(name));
+        }
+        revert(from, to, "meta", b"submit_log_seq");
+    };
+    let cuts: Vec<(&str, Edit, bool)> = vec![
         (
             "every record and some counters, not the rest nor the batch's number",
             Box::new(move |from, to| {
-                revert(
-                    from,
-                    to,
-                    "counters_project_name",
-                    &project_counter("submissions"),
-                );
+                let submissions = project_counter("submissions");
+                revert(from, to, "counters_project_name", &submissions);
                 revert(from, to, "meta", b"submit_log_seq");
             }),
+            false,
         ),
         (
             "the first member and a part of the second, no counter",
-            Box::new(move |from, to| {
-                revert(from, to, "submissions_id", &keys::id(second));
-                revert(
-                    from,
-                    to,
-                    "submissions_task_id",
-                    &keys::pair(t2.task_id, second),
-                );
-                revert(from, to, "taskstatus_id", &keys::id(t2.task_id));
-                revert(
-                    from,
-                    to,
-                    "queue_project_task",
-                    &keys::pair(p.id, t2.task_id),
-                );
-                for name in [
-                    "open",
-                    "complete",
-                    "submissions",
-                    "submitted_hour_000000000000",
-                ] {
-                    revert(from, to, "counters_project_name", &project_counter(name));
-                }
-                revert(from, to, "meta", b"submit_log_seq");
-            }),
+            Box::new(first_member_only),
+            false,
+        ),
+        (
+            // A power cut before the log's record was synced: the redo record sled wrote
+            // before the batch completes it.
+            "the first member and a part of the second, and the log lost the batch",
+            Box::new(first_member_only),
+            true,
         ),
     ];
-    for (i, (kept, edit)) in cuts.iter().enumerate() {
+    for (i, (kept, edit, log_lost)) in cuts.iter().enumerate() {
         let cut = dir.path().join(format!("cut{i}"));
         copy_dir(&db, &cut);
+        if *log_lost {
+            std::fs::copy(before.join("submit.log"), cut.join("submit.log")).unwrap();
+        }
         {
             let (from, to) = (raw_db(&before), raw_db(&cut));
             edit(&from, &to);

@@ -31,6 +31,7 @@
 //! | `broken_project_task`    | project id ++ task id (quarantined)   | BrokenTask           |
 //! | `imports_id`             | import id (begun, not yet published)  | import record        |
 //! | `segments_import`        | import id (a published segment)       | project id, u64 BE   |
+//! | `submit_redo`            | `b"batch"` (the last submit batch)    | seq u64 BE ++ its submit log record |
 //!
 //! Large imports (batches of 256 tasks or more) do not write the task trees: their tasks go to a
 //! write-once segment file (`segment_file.rs`) holding each task and its first status, and the
@@ -120,6 +121,7 @@ struct Trees {
     audit_blocks: Tree,
     /// Published import segments: import id → project id (`segments.rs`).
     segments: Tree,
+    submit_redo: Tree,
 }
 
 pub struct SledStore {

@@ -71,6 +71,7 @@ impl SledStore {
             qa_results: tree("qa_results_lease")?,
             audit_blocks: tree("audit_blocks_seq")?,
             segments: tree("segments_import")?,
+            submit_redo: tree("submit_redo")?,
         };
         let published: Vec<Id> = t
             .segments

@@ -7,13 +7,16 @@
 //! - its checks are made under the project locks the committer holds, which every writer of
 //!   assignments and task statuses also takes, so nothing changes between check and write;
 //!   a batch whose check fails writes nothing;
-//! - after a crash, sled recovers a prefix of its log (it stops at the first torn message),
-//!   and a batch writes its number (`meta/submit_log_seq`) last: when the number is there, so
-//!   is the whole batch. Otherwise the log's record of the batch is applied again over
-//!   whatever part of it sled kept. Records are written with the ids and encodings they first
-//!   had, so writing them twice leaves them as once. Counters are not idempotent: the record
-//!   carries the counter changes the batch made, and each counter stores the number of the
-//!   last batch that changed it, so a change is added only to a counter that lacks it.
+//! - after a crash, sled recovers a prefix of its log (it stops at the first torn message).
+//!   A batch writes its redo record (`submit_redo`: its number and its submit log record)
+//!   first and its number (`meta/submit_log_seq`) last: when the number is there, so is the
+//!   whole batch; when any part of the batch is there, so is its redo record, even after a
+//!   power cut that lost the submit log's copy (not yet synced). At open, a batch sled does not
+//!   wholly have is applied again from the submit log or the redo record, over whatever part
+//!   of it sled kept. Records are written with the ids and encodings they first had, so
+//!   writing them twice leaves them as once. Counters are not idempotent: the record carries
+//!   the counter changes the batch made, and each counter stores the number of the last batch
+//!   that changed it, so a change is added only to a counter that lacks it.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +28,8 @@ use crate::store::{keys, Store, StoreError, StoreResult, SubmissionWrite};
 
 /// The number of the last submit batch wholly in sled (`meta`).
 const SUBMIT_LOG_SEQ: &[u8] = b"submit_log_seq";
+/// The key of the last batch's redo record (`submit_redo`).
+const REDO_KEY: &[u8] = b"batch";
 
 /// One member of a submit batch as written: ids assigned, so that applying it again writes
 /// exactly the same records.
@@ -131,6 +136,11 @@ impl SledStore {
         let payload = log_payload(&members, &encoded, &counts)?;
         let mut log = self.submit_log.lock();
         let seq = log.next_seq;
+        let mut redo = Vec::with_capacity(8 + payload.len());
+        redo.extend_from_slice(&seq.to_be_bytes());
+        redo.extend_from_slice(&payload);
+        // Before any of the batch's writes (see the module notes); nothing is written if it fails.
+        self.t.submit_redo.insert(REDO_KEY, redo).map_err(backend)?;
         log.next_seq += 1;
         let written = self.write_submit_batch(&members, &encoded, &counts, seq, false);
         // Logged even when a write failed part-way: the next open then completes the batch
@@ -247,8 +257,26 @@ impl SledStore {
         log.sync(self.sync_file.is_some())
     }
 
-    /// At open: applies again every batch the log holds that sled does not wholly have, then
-    /// flushes sled and empties the log.
+    /// Applies one logged batch again (at open).
+    fn replay_batch(&self, seq: u64, payload: &[u8], source: &'static str) -> StoreResult<usize> {
+        let logged: Logged = serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
+            tree: source,
+            message: format!("batch {seq}: {e}"),
+        })?;
+        let (members, counts) = match logged {
+            Logged::Counted { members, counts } => (members, counts),
+            Logged::Whole(members) => {
+                let counts = self.count_batch(&members)?;
+                (members, counts)
+            }
+        };
+        self.write_submit_batch(&members, &encode(&members)?, &counts, seq, true)?;
+        Ok(members.len())
+    }
+
+    /// At open: applies again every batch sled does not wholly have (from the submit log, and
+    /// the last one from its redo record when the log lost it), then flushes sled and empties
+    /// the log.
     pub(super) fn replay_submit_log(&self, records: Vec<Record>) -> StoreResult<()> {
         let applied = self
             .t
@@ -258,24 +286,24 @@ impl SledStore {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
         let mut replayed = 0;
+        let mut last = applied;
         for (seq, payload) in &records {
-            if *seq <= applied {
+            if *seq <= last {
                 continue;
             }
-            let logged: Logged =
-                serde_json::from_slice(payload).map_err(|e| StoreError::Corrupt {
-                    tree: "submit log",
-                    message: format!("batch {seq}: {e}"),
-                })?;
-            let (members, counts) = match logged {
-                Logged::Counted { members, counts } => (members, counts),
-                Logged::Whole(members) => {
-                    let counts = self.count_batch(&members)?;
-                    (members, counts)
-                }
-            };
-            self.write_submit_batch(&members, &encode(&members)?, &counts, *seq, true)?;
-            replayed += members.len();
+            replayed += self.replay_batch(*seq, payload, "submit log")?;
+            last = *seq;
+        }
+        let redo = self.t.submit_redo.get(REDO_KEY).map_err(backend)?;
+        let redo = redo.as_deref().and_then(|r| {
+            let seq = u64::from_be_bytes(r.get(..8)?.try_into().ok()?);
+            Some((seq, &r[8..]))
+        });
+        if let Some((seq, payload)) = redo {
+            if seq > last {
+                replayed += self.replay_batch(seq, payload, "submit_redo")?;
+                last = seq;
+            }
         }
         if replayed > 0 {
             // The hand-out index saved at the last clean stop does not know these.
@@ -286,12 +314,12 @@ impl SledStore {
             );
         }
         let mut log = self.submit_log.lock();
-        if !records.is_empty() {
+        if !records.is_empty() || replayed > 0 {
             super::super::Store::flush(self)?;
             log.clear()?;
         }
-        let last = records.last().map_or(0, |(seq, _)| *seq);
-        log.next_seq = applied.max(last) + 1;
+        let logged = records.last().map_or(0, |(seq, _)| *seq);
+        log.next_seq = last.max(logged) + 1;
         Ok(())
     }
 }
