@@ -593,20 +593,35 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// A batch acknowledged through the submit log, whose transaction never reached sled's disk,
-/// is applied again when the store opens: whole, once, with the ids it was answered with.
-#[test]
-fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
-    let before = dir.path().join("before");
+/// A two-member batch on two tasks of project "p" (the second member completes its task),
+/// committed in `db` and durable through the submit log, with the database as it was before
+/// the batch copied to `before`.
+struct TwoMemberBatch {
+    db: std::path::PathBuf,
+    before: std::path::PathBuf,
+    p: Project,
+    t: TaskStatus,
+    t2: TaskStatus,
+    a1: Assignment,
+    a2: Assignment,
+    done2: TaskStatus,
+    stored: Vec<Submission>,
+}
+
+/// `lease_lost`: the second lease's record is never stored (lost in a crash; its token vouched
+/// for it). `sled_too`: sled is flushed after the batch, so its files hold all of it.
+fn two_member_batch(dir: &std::path::Path, lease_lost: bool, sled_too: bool) -> TwoMemberBatch {
+    let db = dir.join("db");
+    let before = dir.join("before");
     let (p, t, t2, a1, a2) = {
         let (s, p, t) = store_with_task(&db, None, 2);
         let t2 = another_task(s.as_ref(), p.id);
         let a1 = assignment(s.as_ref(), &t, 7, 1000);
-        // a2's lease record is never stored (lost in a crash): its token vouched for it.
         let a2 = assignment(s.as_ref(), &t2, 8, 1000);
         s.put_assignment(&a1).unwrap();
+        if !lease_lost {
+            s.put_assignment(&a2).unwrap();
+        }
         s.flush().unwrap();
         (p, t, t2, a1, a2)
     };
@@ -617,63 +632,86 @@ fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
     let mut done2 = t2.clone();
     done2.done_by.push(8);
     done2.state = TaskState::Complete;
-    let stored = {
-        let s = open(&db);
-        let stored = s
-            .commit_submissions(vec![write(&a1, &after1), write(&a2, &done2)])
-            .unwrap();
-        // Durable through the log only: the shared flush is never called.
-        s.sync_submissions(&|| panic!("the log alone makes a batch durable"))
-            .unwrap();
-        stored
-    };
-    // Sled as before the batch, with the log written since: the batch is applied again.
-    std::fs::copy(db.join("submit.log"), before.join("submit.log")).unwrap();
-    let check = |s: &dyn Store, (open_tasks, complete, submissions): (u64, u64, u64)| {
-        assert_eq!(
-            s.submissions_for_task(t.task_id).unwrap(),
-            vec![stored[0].clone()]
-        );
-        assert_eq!(
-            s.submission(stored[1].id).unwrap().as_ref(),
-            Some(&stored[1])
-        );
-        assert_eq!(
-            s.assignment(a1.id).unwrap().unwrap().submission_id,
-            Some(stored[0].id)
-        );
-        assert_eq!(
-            s.assignment(a2.id).unwrap().unwrap().status,
-            AssignmentStatus::Submitted
-        );
-        assert!(s.active_assignments().unwrap().is_empty());
-        assert_eq!(s.task_status(t2.task_id).unwrap().unwrap(), done2);
-        let counts = s.project_counts(p.id).unwrap();
+    let s = open(&db);
+    let stored = s
+        .commit_submissions(vec![write(&a1, &after1), write(&a2, &done2)])
+        .unwrap();
+    // Durable through the log only: the shared flush is never called.
+    s.sync_submissions(&|| panic!("the log alone makes a batch durable"))
+        .unwrap();
+    if sled_too {
+        s.flush().unwrap();
+    }
+    TwoMemberBatch {
+        db,
+        before,
+        p,
+        t,
+        t2,
+        a1,
+        a2,
+        done2,
+        stored,
+    }
+}
+
+impl TwoMemberBatch {
+    /// `s` holds the batch whole and once, and its project counts (open, complete,
+    /// submissions), hourly submissions and submit audit events are as given.
+    fn check(&self, s: &dyn Store, (open, complete, submissions): (u64, u64, u64), what: &str) {
+        let stored = &self.stored;
+        for (task, sub) in [(&self.t, &stored[0]), (&self.t2, &stored[1])] {
+            let of_task = s.submissions_for_task(task.task_id).unwrap();
+            assert_eq!(of_task, vec![sub.clone()], "{what}");
+        }
+        for (a, sub) in [(&self.a1, &stored[0]), (&self.a2, &stored[1])] {
+            let a = s.assignment(a.id).unwrap().unwrap();
+            assert_eq!(a.status, AssignmentStatus::Submitted, "{what}");
+            assert_eq!(a.submission_id, Some(sub.id), "{what}");
+        }
+        assert!(s.active_assignments().unwrap().is_empty(), "{what}");
+        let status = s.task_status(self.t2.task_id).unwrap().unwrap();
+        assert_eq!(status, self.done2, "{what}");
+        let counts = s.project_counts(self.p.id).unwrap();
         assert_eq!(
             (counts.open, counts.complete, counts.submissions),
-            (open_tasks, complete, submissions)
+            (open, complete, submissions),
+            "{what}"
         );
+        let hourly = s.submissions_per_hour(self.p.id, 0, 1).unwrap();
+        assert_eq!(hourly, vec![submissions], "{what}");
         let submits = s
             .recent_audit(10)
             .unwrap()
             .into_iter()
             .filter(|e| e.action == AuditAction::TaskSubmit)
             .count();
-        assert_eq!(submits as u64, submissions);
-    };
+        assert_eq!(submits as u64, submissions, "{what}");
+    }
+}
+
+/// A batch acknowledged through the submit log, whose writes never reached sled's disk, is
+/// applied again when the store opens: whole, once, with the ids it was answered with.
+#[test]
+fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = two_member_batch(dir.path(), true, false);
+    let before = &b.before;
+    // Sled as before the batch, with the log written since: the batch is applied again.
+    std::fs::copy(b.db.join("submit.log"), before.join("submit.log")).unwrap();
     let t3 = {
-        let s = open(&before);
-        check(s.as_ref(), (1, 1, 2));
-        let t3 = another_task(s.as_ref(), p.id);
+        let s = open(before);
+        b.check(s.as_ref(), (1, 1, 2), "replayed");
+        let t3 = another_task(s.as_ref(), b.p.id);
         s.flush().unwrap();
         t3
     };
     let again = dir.path().join("again");
-    copy_dir(&before, &again);
+    copy_dir(before, &again);
     // Opened again: nothing is applied twice. A batch after the replay is numbered after it,
     // so it too is applied when sled loses it.
-    let s = open(&before);
-    check(s.as_ref(), (2, 1, 2));
+    let s = open(before);
+    b.check(s.as_ref(), (2, 1, 2), "opened again");
     let a3 = assignment(s.as_ref(), &t3, 7, 1000);
     let mut done3 = t3.clone();
     done3.done_by.push(7);
@@ -685,7 +723,7 @@ fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
     std::fs::copy(before.join("submit.log"), again.join("submit.log")).unwrap();
     let s = open(&again);
     assert_eq!(s.submission(third.id).unwrap().as_ref(), Some(&third));
-    check(s.as_ref(), (1, 2, 3));
+    b.check(s.as_ref(), (1, 2, 3), "a later batch replayed");
 }
 
 /// Sets `tree`'s entry at `key` in `to` to what it is in `from` (absent there: removed).
@@ -703,37 +741,9 @@ fn revert(from: &sled::Db, to: &sled::Db, tree: &str, key: &[u8]) {
 fn a_batch_sled_kept_in_part_is_completed_once_at_open() {
     use assay::store::keys;
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
-    let before = dir.path().join("before");
-    let (p, t, t2, a1, a2) = {
-        let (s, p, t) = store_with_task(&db, None, 2);
-        let t2 = another_task(s.as_ref(), p.id);
-        let a1 = assignment(s.as_ref(), &t, 7, 1000);
-        let a2 = assignment(s.as_ref(), &t2, 8, 1000);
-        s.put_assignment(&a1).unwrap();
-        s.put_assignment(&a2).unwrap();
-        s.flush().unwrap();
-        (p, t, t2, a1, a2)
-    };
-    copy_dir(&db, &before);
-    let mut after1 = t.clone();
-    after1.done_by.push(7);
-    let mut done2 = t2.clone();
-    done2.done_by.push(8);
-    done2.state = TaskState::Complete;
-    let stored = {
-        let s = open(&db);
-        let stored = s
-            .commit_submissions(vec![write(&a1, &after1), write(&a2, &done2)])
-            .unwrap();
-        s.sync_submissions(&|| panic!("the log alone makes a batch durable"))
-            .unwrap();
-        // The whole batch in sled's files too; the cuts below take parts of it away.
-        s.flush().unwrap();
-        stored
-    };
+    let b = two_member_batch(dir.path(), false, true);
+    let (p, t2, second) = (b.p.clone(), b.t2.clone(), b.stored[1].id);
     let project_counter = move |name: &str| keys::with_suffix(p.id, name.as_bytes());
-    let second = stored[1].id;
     // (what sled kept, the edit that leaves only that, whether the submit log lost the batch)
     type Edit = Box<dyn Fn(&sled::Db, &sled::Db)>;
     let first_member_only = move |from: &sled::Db, to: &sled::Db| {
@@ -778,53 +788,22 @@ fn a_batch_sled_kept_in_part_is_completed_once_at_open() {
     ];
     for (i, (kept, edit, log_lost)) in cuts.iter().enumerate() {
         let cut = dir.path().join(format!("cut{i}"));
-        copy_dir(&db, &cut);
+        copy_dir(&b.db, &cut);
         if *log_lost {
-            std::fs::copy(before.join("submit.log"), cut.join("submit.log")).unwrap();
+            std::fs::copy(b.before.join("submit.log"), cut.join("submit.log")).unwrap();
         }
         {
-            let (from, to) = (raw_db(&before), raw_db(&cut));
+            let (from, to) = (raw_db(&b.before), raw_db(&cut));
             edit(&from, &to);
             to.flush().unwrap();
         }
         for opening in ["first", "second"] {
             let s = open(&cut);
-            let what = format!("sled kept {kept}; {opening} open");
-            assert_eq!(
-                s.submissions_for_task(t.task_id).unwrap(),
-                vec![stored[0].clone()],
-                "{what}"
-            );
-            assert_eq!(
-                s.submissions_for_task(t2.task_id).unwrap(),
-                vec![stored[1].clone()],
-                "{what}"
-            );
-            for (a, sub) in [(&a1, &stored[0]), (&a2, &stored[1])] {
-                let a = s.assignment(a.id).unwrap().unwrap();
-                assert_eq!(a.status, AssignmentStatus::Submitted, "{what}");
-                assert_eq!(a.submission_id, Some(sub.id), "{what}");
-            }
-            assert!(s.active_assignments().unwrap().is_empty(), "{what}");
-            assert_eq!(s.task_status(t2.task_id).unwrap().unwrap(), done2, "{what}");
-            let counts = s.project_counts(p.id).unwrap();
-            assert_eq!(
-                (counts.open, counts.complete, counts.submissions),
+            b.check(
+                s.as_ref(),
                 (1, 1, 2),
-                "{what}"
+                &format!("sled kept {kept}; {opening} open"),
             );
-            assert_eq!(
-                s.submissions_per_hour(p.id, 0, 1).unwrap(),
-                vec![2],
-                "{what}"
-            );
-            let submits = s
-                .recent_audit(10)
-                .unwrap()
-                .into_iter()
-                .filter(|e| e.action == AuditAction::TaskSubmit)
-                .count();
-            assert_eq!(submits, 2, "{what}");
         }
     }
 }
