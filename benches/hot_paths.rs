@@ -192,6 +192,7 @@ fn submit(c: &mut Criterion) {
                             object: "task".into(),
                             detail: json!({}),
                         },
+                        prior_state: Some(TaskState::Open),
                     })
                     .unwrap();
                 store.flush().unwrap();

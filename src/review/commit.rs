@@ -369,6 +369,7 @@ impl Batcher<'_> {
                 "the task no longer needs this review",
             )));
         }
+        let prior_state = status.state;
         let mut new_status = status;
         new_status.done_by.push(a.expert_id);
         pending.decision.apply(&mut new_status, pending.sampled);
@@ -383,6 +384,7 @@ impl Batcher<'_> {
             submission: pending.submission.clone(),
             assignment: pending.assignment.clone(),
             status: new_status,
+            prior_state: Some(prior_state),
         }))
     }
 

@@ -50,6 +50,9 @@ pub struct SubmissionWrite {
     pub assignment: Assignment,
     pub status: TaskStatus,
     pub audit: AuditEvent,
+    /// The task's state before this write, when the caller read it under the lock all writers
+    /// of the task take (the store then need not read it again); `None`: the store reads it.
+    pub prior_state: Option<TaskState>,
 }
 
 /// A QA verdict or final answer, written in one transaction: the submissions with their QA

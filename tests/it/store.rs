@@ -507,6 +507,8 @@ fn write(a: &Assignment, status: &TaskStatus) -> SubmissionWrite {
             object: format!("task:{}", a.task_id),
             detail: json!({"assignment": a.id}),
         },
+        // The store reads it (the committer passes what its index holds).
+        prior_state: None,
     }
 }
 

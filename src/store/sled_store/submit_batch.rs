@@ -102,14 +102,22 @@ impl SledStore {
         batch: Vec<SubmissionWrite>,
     ) -> StoreResult<Vec<Submission>> {
         let _writing = self.writing();
-        // Nothing is written unless every member's lease still stands.
+        // Nothing is written unless every member's lease still stands (its status read alone:
+        // the whole record is decoded only for the error).
+        #[derive(Deserialize)]
+        struct StatusOnly {
+            status: AssignmentStatus,
+        }
         for w in &batch {
-            if let Some(stored) = self.assignment(w.assignment.id)? {
-                if stored.status != AssignmentStatus::Active {
-                    return Err(StoreError::AssignmentEnded(stored));
-                }
+            let key = keys::id(w.assignment.id);
+            let Some(bytes) = self.t.assignments.get(key).map_err(backend)? else {
+                continue;
+            };
+            if dec::<StatusOnly>("assignments_id", &bytes)?.status != AssignmentStatus::Active {
+                return Err(StoreError::AssignmentEnded(dec("assignments_id", &bytes)?));
             }
         }
+        let priors: Vec<Option<TaskState>> = batch.iter().map(|w| w.prior_state).collect();
         let mut members = Vec::with_capacity(batch.len());
         for w in batch {
             let mut submission = w.submission;
@@ -129,7 +137,7 @@ impl SledStore {
                 status: w.status,
             });
         }
-        let counts = self.count_batch(&members)?;
+        let counts = self.count_batch(&members, &priors)?;
         // Encoded once, before the log is locked, for the writes and the log; the log is
         // locked across the writes, so batches reach sled and the log in the same order.
         let encoded = encode(&members)?;
@@ -160,16 +168,18 @@ impl SledStore {
         Ok(members.into_iter().map(|m| m.submission).collect())
     }
 
-    /// The counter changes a batch makes, from the statuses sled holds before it (members on
-    /// one task build on each other).
-    fn count_batch(&self, members: &[Member]) -> StoreResult<Counts> {
+    /// The counter changes a batch makes, from the task states before it: as `priors` gives
+    /// them (by member, in order), else as sled holds them (members on one task build on each
+    /// other).
+    fn count_batch(&self, members: &[Member], priors: &[Option<TaskState>]) -> StoreResult<Counts> {
         let mut deltas = CounterDeltas::default();
         let mut written: std::collections::HashMap<Id, TaskState> = Default::default();
-        for m in members {
+        for (i, m) in members.iter().enumerate() {
             let task = m.status.task_id;
-            let from = match written.get(&task) {
-                Some(state) => Some(*state),
-                None => self.task_status(task)?.map(|s| s.state),
+            let from = match (priors.get(i).copied().flatten(), written.get(&task)) {
+                (Some(prior), _) => Some(prior),
+                (None, Some(state)) => Some(*state),
+                (None, None) => self.task_status(task)?.map(|s| s.state),
             };
             count_transition(&mut deltas, &m.status, from);
             written.insert(task, m.status.state);
@@ -266,7 +276,7 @@ impl SledStore {
         let (members, counts) = match logged {
             Logged::Counted { members, counts } => (members, counts),
             Logged::Whole(members) => {
-                let counts = self.count_batch(&members)?;
+                let counts = self.count_batch(&members, &[])?;
                 (members, counts)
             }
         };
