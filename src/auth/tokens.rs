@@ -227,13 +227,13 @@ impl Keys {
     /// sessions are now (`exp - iat`), issued no later than now.
     pub fn verify_session(&self, token: &str) -> Option<SessionClaims> {
         let now = crate::now_ms() / 1000;
-        let sane = |c: &SessionClaims| c.iat <= now && c.exp - c.iat <= self.session_seconds;
         let claims = self.sessions.get(
             token,
             || self.verify(token, SESSION_ISSUER, &["exp", "iss", "nbf"]),
             |c| in_time(Some(c.nbf), c.exp, now),
         )?;
-        sane(&claims).then_some(claims)
+        let sane = claims.iat <= now && claims.exp - claims.iat <= self.session_seconds;
+        sane.then_some(claims)
     }
 
     pub fn assignment(&self, a: &Assignment) -> Result<String, String> {

@@ -263,8 +263,8 @@ impl Batcher<'_> {
                 }
             }
             Err(e) => {
-                // The store failed part-way: what it wrote is completed from its log at the
-                // next open, so no member is written again now (that would store it twice).
+                // The store failed, possibly part-way: what it wrote is completed from its log
+                // at the next open, so no member is written again now (that would store it twice).
                 tracing::error!(error = %e, members = accepted.len(), "a submit batch failed");
                 for member in accepted {
                     answers.push((member.reply, Err(AppError::storage(e.to_string()))));

@@ -738,7 +738,8 @@ fn revert(from: &sled::Db, to: &sled::Db, tree: &str, key: &[u8]) {
 }
 
 /// A batch is written without a transaction, its number last, so a crash may leave sled with
-/// any part of it: opening completes it from the submit log, adding each counter change once.
+/// any part of it: opening completes it from the submit log (or, when the log lost it, from
+/// the redo record sled wrote first), adding each counter change once.
 #[test]
 fn a_batch_sled_kept_in_part_is_completed_once_at_open() {
     use assay::store::keys;
