@@ -101,19 +101,18 @@ impl Committer {
         })
     }
 
-    /// Queues a checked submission; `reply` is answered once it is committed and durable. Called
-    /// from the thread that checked it, so the request is woken once, with the answer.
-    pub fn enqueue(&self, pending: Pending, reply: Reply) -> AppResult<()> {
-        let sent = self
-            .sender
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.send((pending, reply)).is_ok());
-        if sent != Some(true) {
-            return Err(AppError::internal("the committer has stopped"));
+    /// Queues a checked submission; `reply` is answered once it is committed and durable (or
+    /// at once with an error when the committer has stopped). Called from the thread that
+    /// checked it, so the request is woken once, with the answer.
+    pub fn enqueue(&self, pending: Pending, reply: Reply) {
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        let refused = match sender.as_ref() {
+            Some(s) => s.send((pending, reply)).err().map(|e| e.0 .1),
+            None => Some(reply),
+        };
+        if let Some(reply) = refused {
+            let _ = reply.send(Err(AppError::internal("the committer has stopped")));
         }
-        Ok(())
     }
 
     /// Commits what is queued, then stops the thread. Later submits fail.

@@ -164,6 +164,16 @@ impl ReviewCore {
         pool::scripted(&permit, f).await
     }
 
+    /// Like [`in_project`](Self::in_project), for work that answers through a channel of its
+    /// own: returns once the work is queued.
+    pub(crate) async fn in_project_detached<F>(&self, project: Id, f: F) -> AppResult<()>
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        let permit = self.gates.enter(project).await?;
+        pool::scripted_detached(permit, f).await
+    }
+
     /// A result as `user` may see it: a script failure keeps its details for admins and the
     /// project's leads; an expert is told only what failed (see `ScriptError::redacted`).
     pub(crate) async fn as_seen_by<R>(

@@ -181,6 +181,34 @@ where
     }
 }
 
+/// Starts work that may call scripts and answers through a channel of its own, so the caller
+/// is woken once, by that answer, not also when the job ends. Returns once the job is queued;
+/// the job holds the project's permit (and a script permit) until it ends.
+pub async fn scripted_detached<F>(permit: OwnedSemaphorePermit, f: F) -> AppResult<()>
+where
+    F: FnOnce() + Send + 'static,
+{
+    let span = tracing::Span::current();
+    let Some(pool) = POOL.get() else {
+        drop(tokio::task::spawn_blocking(move || {
+            let _project = permit;
+            span.in_scope(f)
+        }));
+        return Ok(());
+    };
+    let admitted = pool
+        .scripts
+        .acquire()
+        .await
+        .map_err(|_| AppError::internal("pool closed"))?;
+    pool.workers.run(Box::new(move || {
+        let _permits = (permit, admitted);
+        // A panic drops the job's answer channel: its caller is told the job failed.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| span.in_scope(f)));
+    }));
+    Ok(())
+}
+
 /// Runs storage work.
 pub async fn blocking<R, F>(f: F) -> AppResult<R>
 where

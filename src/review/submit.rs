@@ -46,27 +46,25 @@ impl ReviewCore {
         // The project's share of the script permits; a bad token is refused inside, under any gate.
         let project = self.keys.verify_assignment(&token).map_or(0, |c| c.pid);
         let who = user.clone();
-        let (reply, answer_of_committer) = tokio::sync::oneshot::channel();
-        let prepared = self
-            .in_project(project, move || {
-                match core.prepare_submit(&who, id, &token, answer)? {
-                    // Straight to the committer from this thread: it answers once the batch
-                    // is durable.
-                    Prepared::Pending(pending) => core.committer.enqueue(*pending, reply)?,
-                    Prepared::Stored(done) => return Ok(Some(done)),
-                }
-                Ok(None)
-            })
-            .await;
-        let prepared = self.as_seen_by(&user, project, prepared).await;
-        let result = match prepared {
+        // One channel answers the request, from whichever thread decides: the pool thread for
+        // a refusal or a stored answer, the committer once the batch is durable. The request
+        // is woken once, by that answer.
+        let (reply, answered) = tokio::sync::oneshot::channel();
+        self.in_project_detached(project, move || {
+            match core.prepare_submit(&who, id, &token, answer) {
+                Ok(Prepared::Pending(pending)) => core.committer.enqueue(*pending, reply),
+                Ok(Prepared::Stored(done)) => drop(reply.send(Ok(*done))),
+                Err(e) => drop(reply.send(Err(e))),
+            }
+        })
+        .await?;
+        let result = match answered.await {
             // A retry waits for the same guarantee as the first call: the submission on disk.
-            Ok(Some(done)) => self.durable().await.map(|()| *done),
-            Ok(None) => answer_of_committer
-                .await
-                .map_err(|_| AppError::internal("the submit batch failed"))?,
-            Err(e) => Err(e),
+            Ok(Ok(done)) if done.replay => self.durable().await.map(|()| done),
+            Ok(result) => result,
+            Err(_) => Err(AppError::internal("the submit failed")),
         };
+        let result = self.as_seen_by(&user, project, result).await;
         let counter = match &result {
             Ok(done) if done.replay => &self.metrics.submission_replays,
             Ok(_) => &self.metrics.submissions,
