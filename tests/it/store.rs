@@ -1196,6 +1196,35 @@ fn a_busy_audit_log_is_sealed_in_chunks_into_one_chain() {
     assert_eq!((check.sealed, check.head_seq), (1_001, 1_001));
 }
 
+/// A pass reads on from where the last one ended, and goes back only to events written since
+/// with an older time: late events are sealed whether an audit append or a submit batch wrote
+/// them, and nothing is sealed twice.
+#[test]
+fn late_audit_events_are_sealed_by_the_next_pass_whatever_wrote_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, t) = store_with_task(dir.path(), None, 2);
+    let a = assignment(s.as_ref(), &t, 7, 1000);
+    s.put_assignment(&a).unwrap();
+    append_events(s.as_ref(), 0..100, 10_000, 10);
+    let first = s.seal_audit(20_000).unwrap();
+    assert!(first >= 100, "{first}");
+    assert_eq!(s.seal_audit(21_000).unwrap(), 0);
+    // A submit batch whose event is older than the last pass's end.
+    let mut late = write(&a, &t);
+    late.audit.at = 15_000;
+    late.status.done_by.push(7);
+    s.commit_submissions(vec![late]).unwrap();
+    assert_eq!(s.seal_audit(22_000).unwrap(), 1);
+    // An append older still, then one inside the next pass's own span.
+    s.append_audit(&event(12_500, "task:late")).unwrap();
+    s.append_audit(&event(22_500, "task:new")).unwrap();
+    assert_eq!(s.seal_audit(23_000).unwrap(), 2);
+    assert_eq!(s.seal_audit(24_000).unwrap(), 0);
+    let check = s.verify_audit().unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(check.sealed, first + 3);
+}
+
 /// Version 5 stored a record per seal and one per sealed event; version 6 stores blocks. The
 /// upgrade keeps every hash, so the old chain verifies, goes on, and still names an edit.
 #[test]

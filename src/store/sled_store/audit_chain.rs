@@ -4,7 +4,10 @@
 //! moment ago) and not yet sealed, in key order, and gives each a seal: the next sequence
 //! number and `sha256(previous hash ‖ event key ‖ event bytes)`. Seals are stored in blocks of
 //! up to [`SEALS_PER_BLOCK`] (one write per block, keyed by its first sequence number), because
-//! a write per event doubled the audit log's share of the store's work. Verification walks the
+//! a write per event doubled the audit log's share of the store's work. A pass reads from the
+//! last pass's end, or from the earliest event written since (writers note its time), within a
+//! look-back window; re-reading the whole window every second was a thirtieth of the server's
+//! work under load. Verification walks the
 //! seals: an edited event no longer matches its seal, a deleted one leaves its seal pointing
 //! nowhere, a deleted block leaves a gap in the sequence, and an event older than the sealed
 //! window but outside the chain was slipped in later. Rewriting the whole chain after an edit
@@ -14,6 +17,7 @@
 //! as the base the chain continues from.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -133,23 +137,44 @@ impl SledStore {
         Ok(keys)
     }
 
+    /// Notes that audit events from time `at` (ms) on were written; called after the write.
+    pub(super) fn audit_written(&self, at: i64) {
+        self.audit_written_from.fetch_min(at, Ordering::SeqCst);
+    }
+
     pub(super) fn seal_audit_events(&self, settled_before: i64) -> StoreResult<u64> {
         let _one_sealer = self.audit_sealer.lock().unwrap_or_else(|p| p.into_inner());
+        // Taken before the pass reads: an event noted before this was written before it, so the
+        // pass finds it; one noted after is looked for by the next pass.
+        let written_from = self.audit_written_from.swap(i64::MAX, Ordering::SeqCst);
+        let sealed = self.seal_pass(settled_before, written_from);
+        if sealed.is_err() {
+            self.audit_written(written_from);
+        }
+        sealed
+    }
+
+    fn seal_pass(&self, settled_before: i64, written_from: i64) -> StoreResult<u64> {
         let mut head = self.chain_point(HEAD)?;
         let window_start = head.cursor.saturating_sub(WINDOW_MS).max(0);
-        let from = keys::time(window_start).to_be_bytes();
-        let to = keys::time(settled_before).to_be_bytes();
-        // Keys sealed inside the look-back window, checked in memory: a busy log costs one
-        // pass over new events, not a lookup per event of the whole window.
+        // Keys sealed inside the look-back window, checked in memory.
         let mut recent_slot = self
             .audit_recently_sealed
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // A process's first pass looks over the whole window (what it missed while down is
+        // there); later ones start at the cursor, or earlier where a late event was written.
+        let start = match &*recent_slot {
+            None => window_start,
+            Some(_) => head.cursor.min(written_from).max(window_start),
+        };
         let recent = match &mut *recent_slot {
             Some(recent) => recent,
             empty => empty.insert(self.sealed_since(window_start)?),
         };
         recent.retain(|k| key_time(k) >= window_start);
+        let from = keys::time(start).to_be_bytes();
+        let to = keys::time(settled_before).to_be_bytes();
         let pass_end = head.cursor.max(settled_before);
         let mut blocks: Vec<(u64, Block)> = Vec::new();
         // Keys of `blocks`, remembered as sealed once they are committed.

@@ -141,6 +141,10 @@ pub struct SledStore {
     /// Audit keys sealed inside the sealer's look-back window (read from the newest blocks at
     /// the first pass, then kept up by the sealer).
     audit_recently_sealed: Mutex<Option<std::collections::HashSet<Vec<u8>>>>,
+    /// The earliest time (ms) of the audit events written since the sealer's last pass began
+    /// (`i64::MAX`: none), noted after each write: a pass looks back only that far, not over
+    /// its whole window (see `audit_chain.rs`).
+    audit_written_from: std::sync::atomic::AtomicI64,
     /// Every write holds the shared side; a backup holds the exclusive side for its copy.
     gate: parking_lot::RwLock<()>,
     /// Added to sled's id counter: a restored database starts its ids above the backup's.

@@ -101,6 +101,7 @@ impl SledStore {
             sync_file,
             audit_sealer: Mutex::new(()),
             audit_recently_sealed: Default::default(),
+            audit_written_from: std::sync::atomic::AtomicI64::new(i64::MAX),
             gate: Default::default(),
             id_base,
             segments,

@@ -775,7 +775,11 @@ impl Store for SledStore {
                 }
                 Ok(())
             })
-            .map_err(from_tx)
+            .map_err(from_tx)?;
+        if let Some(at) = w.audit.iter().map(|e| e.at).min() {
+            self.audit_written(at);
+        }
+        Ok(())
     }
 
     fn qa_result(&self, lease: Id) -> StoreResult<Option<serde_json::Value>> {
@@ -986,6 +990,7 @@ impl Store for SledStore {
             .audit
             .insert(keys::pair(keys::time(event.at), id), enc(event)?)
             .map_err(backend)?;
+        self.audit_written(event.at);
         Ok(())
     }
 

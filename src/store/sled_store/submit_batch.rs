@@ -151,6 +151,9 @@ impl SledStore {
         self.t.submit_redo.insert(REDO_KEY, redo).map_err(backend)?;
         log.next_seq += 1;
         let written = self.write_submit_batch(&members, &encoded, &counts, seq, false);
+        if let Some(at) = members.iter().map(|m| m.audit.at).min() {
+            self.audit_written(at);
+        }
         // Logged even when a write failed part-way: the next open then completes the batch
         // from the log. Its members are answered with the error all the same.
         let logged = log.append(seq, &payload);
