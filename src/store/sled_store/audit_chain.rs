@@ -7,11 +7,13 @@
 //! a write per event doubled the audit log's share of the store's work. A pass reads from the
 //! last pass's end, or from the earliest event written since (writers note its time), within a
 //! look-back window; re-reading the whole window every second was a thirtieth of the server's
-//! work under load. Verification walks the
-//! seals: an edited event no longer matches its seal, a deleted one leaves its seal pointing
-//! nowhere, a deleted block leaves a gap in the sequence, and an event older than the sealed
-//! window but outside the chain was slipped in later. Rewriting the whole chain after an edit
-//! is only caught against a head recorded elsewhere: `assay audit verify` and the API print it.
+//! work under load.
+//!
+//! Verification walks the seals: an edited event no longer matches its seal, a deleted one
+//! leaves its seal pointing nowhere, a deleted block leaves a gap in the sequence, and an event
+//! older than the sealed window but outside the chain was slipped in later. Rewriting the whole
+//! chain after an edit is only caught against a head recorded elsewhere: `assay audit verify`
+//! and the API print it.
 //!
 //! Retention removes the oldest sealed events with their seals and keeps the last removed hash
 //! as the base the chain continues from.
