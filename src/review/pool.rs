@@ -142,25 +142,27 @@ enum Admission {
     Hashing,
 }
 
-async fn run_on<R, F>(admission: Admission, f: F) -> AppResult<R>
+/// Waits (holding no thread) for `admission`'s permit, then queues `job` with the caller's
+/// tracing span; the permit is held until the job ends. A panic in the job is caught: whatever
+/// the job was to send is dropped, so its caller learns that it failed.
+async fn start<F>(admission: Admission, job: F) -> AppResult<()>
 where
-    F: FnOnce() -> AppResult<R> + Send + 'static,
-    R: Send + 'static,
+    F: FnOnce() + Send + 'static,
 {
-    // The caller's tracing span goes along.
     let span = tracing::Span::current();
-    let task = move || span.in_scope(f);
+    let job = move || {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| span.in_scope(job)));
+    };
     let Some(pool) = POOL.get() else {
-        return tokio::task::spawn_blocking(task)
-            .await
-            .map_err(|e| AppError::internal(format!("blocking task failed: {e}")))?;
+        drop(tokio::task::spawn_blocking(job));
+        return Ok(());
     };
     let permits = match admission {
         Admission::Storage => None,
         Admission::Script => Some(&pool.scripts),
         Admission::Hashing => Some(&pool.hashing),
     };
-    let _admitted = match permits {
+    let admitted = match permits {
         Some(permits) => Some(
             permits
                 .acquire()
@@ -169,16 +171,27 @@ where
         ),
         None => None,
     };
-    let (done, result) = tokio::sync::oneshot::channel();
     pool.workers.run(Box::new(move || {
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
-        let _ = done.send(outcome);
+        let _admitted = admitted;
+        job();
     }));
-    match result.await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(AppError::internal("blocking task panicked")),
-        Err(_) => Err(AppError::internal("blocking task was dropped")),
-    }
+    Ok(())
+}
+
+/// Runs `f` on the pool and waits for its result.
+async fn run_on<R, F>(admission: Admission, f: F) -> AppResult<R>
+where
+    F: FnOnce() -> AppResult<R> + Send + 'static,
+    R: Send + 'static,
+{
+    let (done, result) = tokio::sync::oneshot::channel();
+    start(admission, move || {
+        let _ = done.send(f());
+    })
+    .await?;
+    result
+        .await
+        .unwrap_or_else(|_| Err(AppError::internal("blocking task panicked")))
 }
 
 /// Starts work that may call scripts and answers through a channel of its own, so the caller
@@ -188,25 +201,11 @@ pub async fn scripted_detached<F>(permit: OwnedSemaphorePermit, f: F) -> AppResu
 where
     F: FnOnce() + Send + 'static,
 {
-    let span = tracing::Span::current();
-    let Some(pool) = POOL.get() else {
-        drop(tokio::task::spawn_blocking(move || {
-            let _project = permit;
-            span.in_scope(f)
-        }));
-        return Ok(());
-    };
-    let admitted = pool
-        .scripts
-        .acquire()
-        .await
-        .map_err(|_| AppError::internal("pool closed"))?;
-    pool.workers.run(Box::new(move || {
-        let _permits = (permit, admitted);
-        // A panic drops the job's answer channel: its caller is told the job failed.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| span.in_scope(f)));
-    }));
-    Ok(())
+    start(Admission::Script, move || {
+        let _project = permit;
+        f();
+    })
+    .await
 }
 
 /// Runs storage work.
