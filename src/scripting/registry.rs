@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::rubric::Criterion;
 use super::{ScriptEngine, ScriptError};
-use crate::domain::{PluginVersion, Task};
+use crate::domain::{Id, PluginVersion, Task};
 use crate::error::AppError;
 
 pub use crate::domain::PluginKind;
@@ -96,6 +96,9 @@ pub struct Plugin {
     /// Whether the rubric's `criteria(task)` reads its argument at all (see
     /// `analysis::reads_parameter`); when it does not, one result serves every task.
     pub criteria_reads_task: bool,
+    /// Whether the rubric's `validate(task, answer)` or `score(task, answer)` reads its task;
+    /// when neither does, checking an answer passes them `()` instead of converting the task.
+    pub checks_read_task: bool,
     /// The task fields a router's `route(task)` may read (see `analysis::parameter_fields`);
     /// `None`: all of them. Importing builds only these, instead of converting every task
     /// whole.
@@ -114,6 +117,10 @@ impl Plugin {
     ) -> Self {
         let criteria_reads_task = super::analysis::reads_parameter(&ast, "criteria", 1);
         let route_reads = super::analysis::parameter_fields(&ast, "route", 1);
+        let reads_task = |function: &str| {
+            has_fn(&ast, function, 2) && super::analysis::reads_parameter(&ast, function, 2)
+        };
+        let checks_read_task = reads_task("validate") || reads_task("score");
         Self {
             name: name.to_owned(),
             kind,
@@ -123,6 +130,7 @@ impl Plugin {
             ast,
             loaded_at: crate::now_ms(),
             criteria_reads_task,
+            checks_read_task,
             route_reads,
         }
     }
@@ -133,10 +141,13 @@ impl Plugin {
     }
 
     pub fn has_fn(&self, name: &str, arity: usize) -> bool {
-        self.ast
-            .iter_functions()
-            .any(|f| f.name == name && f.params.len() == arity)
+        has_fn(&self.ast, name, arity)
     }
+}
+
+fn has_fn(ast: &AST, name: &str, arity: usize) -> bool {
+    ast.iter_functions()
+        .any(|f| f.name == name && f.params.len() == arity)
 }
 
 /// What `GET /api/v1/plugins` shows of a plugin.
@@ -447,10 +458,21 @@ impl Registry {
     /// task: each pair is computed once (the hand-out and the submit of a task both need it),
     /// and once per version when `criteria` never reads its `task`.
     pub fn criteria(&self, rubric: &Plugin, task: &Task) -> Result<Arc<[Criterion]>, ScriptError> {
+        self.criteria_of(rubric, task.id, Some(task))
+    }
+
+    /// [`Registry::criteria`] where the task may be left out (`None`) when the rubric's
+    /// `criteria` never reads it: a hand-out then need not decode the task at all.
+    pub fn criteria_of(
+        &self,
+        rubric: &Plugin,
+        task_id: Id,
+        task: Option<&Task>,
+    ) -> Result<Arc<[Criterion]>, ScriptError> {
         let key = (
             version_key(&rubric.hash),
             if rubric.criteria_reads_task {
-                task.id
+                task_id
             } else {
                 0
             },
@@ -458,8 +480,20 @@ impl Registry {
         if let Some(found) = self.criteria.get(key) {
             return Ok(found);
         }
+        let content = match task {
+            Some(task) => super::rubric::task_value(task),
+            // Never read: any task gives the same criteria.
+            None if !rubric.criteria_reads_task => serde_json::json!({"id": task_id}),
+            None => {
+                return Err(ScriptError::contract(
+                    rubric,
+                    "criteria",
+                    "reads its task, which was not given",
+                ))
+            }
+        };
         let computed: Arc<[Criterion]> =
-            super::rubric::criteria(&self.engine, rubric, &super::rubric::task_value(task))?.into();
+            super::rubric::criteria(&self.engine, rubric, &content)?.into();
         self.criteria.put(key, computed.clone());
         Ok(computed)
     }
@@ -576,5 +610,31 @@ impl Registry {
             .collect();
         out.sort_by(|a, b| (a.kind.as_str(), &a.name).cmp(&(b.kind.as_str(), &b.name)));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(source: &str) -> Plugin {
+        let ast = rhai::Engine::new().compile(source).expect("compiles");
+        let (file, hash) = ("test.rhai".to_owned(), "0".to_owned());
+        Plugin::new("test", PluginKind::Rubric, file, hash, source.into(), ast)
+    }
+
+    #[test]
+    fn an_answer_check_gets_the_task_only_when_validate_or_score_reads_it() {
+        let ignores =
+            "fn validate(task, answer) { [] }\nfn score(task, answer) { #{ n: answer.n } }";
+        assert!(!plugin(ignores).checks_read_task);
+        assert!(!plugin("fn criteria(task) { task.data }").checks_read_task);
+        for reads in [
+            "fn validate(task, answer) { if task.data.x == 1 { [] } else { [] } }",
+            "fn validate(task, answer) { [] }\nfn score(task, answer) { #{ n: task.id } }",
+            "fn score(t, a) { let t2 = t; #{} }",
+        ] {
+            assert!(plugin(reads).checks_read_task, "{reads}");
+        }
     }
 }

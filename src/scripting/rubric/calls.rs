@@ -90,12 +90,16 @@ pub fn check_answer_with(
     criteria: &[Criterion],
     answer: &Value,
 ) -> Result<Checked, ScriptError> {
-    let task_json = task_value(task);
     let mut errors = check_declarative(criteria, &task.data, answer);
     if !errors.is_empty() {
         return Ok(Checked::Invalid(errors));
     }
-    let task_dyn = to_dynamic(rubric, "validate", &task_json)?;
+    // Converting the task is most of what a check costs; skipped when no check reads it.
+    let task_dyn = if rubric.checks_read_task {
+        to_dynamic(rubric, "validate", &task_value(task))?
+    } else {
+        Dynamic::UNIT
+    };
     let answer_dyn = to_dynamic(rubric, "validate", answer)?;
     if rubric.has_fn("validate", 2) {
         let out = engine.call(rubric, "validate", (task_dyn.clone(), answer_dyn.clone()))?;
