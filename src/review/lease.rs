@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{blocking, ReviewCore};
@@ -26,7 +27,7 @@ pub struct Handout {
     pub task: TaskView,
     /// The rubric's criteria (their shape: "Rubric plugins" in the README).
     #[schemars(with = "Vec<serde_json::Value>")]
-    pub criteria: Vec<Criterion>,
+    pub criteria: Arc<[Criterion]>,
     pub instructions: String,
 }
 
@@ -43,7 +44,43 @@ pub struct AssignmentView {
 pub struct TaskView {
     pub id: Id,
     pub external_id: Option<String>,
-    pub data: Value,
+    /// The task's content as stored: passed through, not decoded and encoded again.
+    #[schemars(with = "Value")]
+    pub data: Box<RawValue>,
+}
+
+impl TaskView {
+    pub fn of(task: Task) -> AppResult<Self> {
+        Ok(Self {
+            id: task.id,
+            external_id: task.external_id,
+            data: serde_json::value::to_raw_value(&task.data).map_err(AppError::internal)?,
+        })
+    }
+
+    /// From a task's stored encoding, reading only what the view shows (`meta` and `gold` are
+    /// skipped unread).
+    fn from_stored(id: Id, stored: &[u8]) -> AppResult<Self> {
+        #[derive(Deserialize)]
+        struct Stored<'a> {
+            #[serde(default)]
+            external_id: Option<String>,
+            #[serde(borrow)]
+            data: &'a RawValue,
+        }
+        let view: Stored = serde_json::from_slice(stored)
+            .map_err(|e| AppError::storage(format!("task {id} is damaged: {e}")))?;
+        Ok(Self {
+            id,
+            external_id: view.external_id,
+            data: view.data.to_owned(),
+        })
+    }
+
+    /// The content as a value, for pages that render it.
+    pub fn content(&self) -> Value {
+        serde_json::from_str(self.data.get()).unwrap_or(Value::Null)
+    }
 }
 
 pub(super) fn lease_error(code: ErrorCode, message: &str) -> AppError {
@@ -137,9 +174,9 @@ impl ReviewCore {
                     None => Ok(None),
                 };
             };
-            let task = self
+            let stored = self
                 .store
-                .task(assignment.task_id)?
+                .task_json(assignment.task_id)?
                 .ok_or(AppError::NotFound("task"))?;
             let rubric = match self.served_rubric(&assignment) {
                 Ok(rubric) => rubric,
@@ -151,8 +188,21 @@ impl ReviewCore {
                     return Err(e);
                 }
             };
-            match self.registry.criteria(&rubric, &task) {
-                Ok(criteria) => break (assignment, task, criteria),
+            // Decoded only for a rubric whose criteria depend on the task.
+            let task: Option<Task> = match rubric.criteria_reads_task {
+                true => Some(serde_json::from_slice(&stored).map_err(|e| {
+                    AppError::storage(format!("task {} is damaged: {e}", assignment.task_id))
+                })?),
+                false => None,
+            };
+            match self
+                .registry
+                .criteria_of(&rubric, assignment.task_id, task.as_ref())
+            {
+                Ok(criteria) => {
+                    let task = TaskView::from_stored(assignment.task_id, &stored)?;
+                    break (assignment, task, criteria);
+                }
                 Err(error) if !take_new => return Err(error.into()),
                 Err(error) => {
                     // This task's form cannot be built: set it aside and serve the next one, a
@@ -196,12 +246,8 @@ impl ReviewCore {
                 served_at: assignment.served_at,
                 rubric_version: assignment.rubric_version.clone(),
             },
-            task: TaskView {
-                id: task.id,
-                external_id: task.external_id,
-                data: task.data,
-            },
-            criteria: criteria.to_vec(),
+            task,
+            criteria,
             instructions: project.instructions,
         }))
     }

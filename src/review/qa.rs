@@ -56,7 +56,7 @@ pub struct QaHandout {
     pub submissions: Vec<QaSubmission>,
     /// The rubric's criteria (their shape: "Rubric plugins" in the README).
     #[schemars(with = "Vec<serde_json::Value>")]
-    pub criteria: Vec<Criterion>,
+    pub criteria: Arc<[Criterion]>,
     pub instructions: String,
 }
 
@@ -268,13 +268,9 @@ impl ReviewCore {
                 token,
                 expires_at: lease.expires_at,
             },
-            task: TaskView {
-                id: task.id,
-                external_id: task.external_id,
-                data: task.data,
-            },
+            task: TaskView::of(task)?,
             submissions,
-            criteria: criteria.to_vec(),
+            criteria,
             instructions: project.instructions,
         }))
     }

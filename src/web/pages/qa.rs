@@ -27,6 +27,7 @@ pub async fn qa(state: web::Data<AppState>, session: Session, id: web::Path<Id>)
         return page(&state, Some(&session), "start_review", "Start QA", data);
     };
     let labels = response_labels(&item.criteria);
+    let content = item.task.content();
     let submissions: Vec<_> = item
         .submissions
         .iter()
@@ -34,7 +35,7 @@ pub async fn qa(state: web::Data<AppState>, session: Session, id: web::Path<Id>)
         .map(|(i, s)| {
             json!({
                 "n": i + 1, "id": s.id, "expert": s.expert,
-                "fields": answer_view(&item.criteria, &item.task.data, &s.answer),
+                "fields": answer_view(&item.criteria, &content, &s.answer),
                 "answer_json": serde_json::to_string_pretty(&s.answer).unwrap_or_default(),
                 "active_seconds": s.active_seconds,
             })
@@ -45,10 +46,10 @@ pub async fn qa(state: web::Data<AppState>, session: Session, id: web::Path<Id>)
         "adjudicate": item.kind == QaKind::Adjudicate,
         "assignment": item.assignment,
         "task": { "id": item.task.id, "external_id": item.task.external_id,
-                  "view": task_view(&item.task.data, &labels) },
+                  "view": task_view(&content, &labels) },
         "submissions": submissions,
         // The rubric's form, for fixes and final answers.
-        "criteria": criteria_view(&item.criteria, &item.task.data),
+        "criteria": criteria_view(&item.criteria, &content),
         "instructions": if item.instructions.trim().is_empty() { None } else { Some(&item.instructions) },
     });
     let title = if item.kind == QaKind::Adjudicate {

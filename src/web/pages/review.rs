@@ -63,6 +63,7 @@ fn review_page(
     handout: &Handout,
 ) -> PageResult {
     let labels = response_labels(&handout.criteria);
+    let content = handout.task.content();
     let lease_seconds = project.lease_seconds;
     let data = json!({
         "project": { "id": project.id, "name": project.name },
@@ -77,9 +78,9 @@ fn review_page(
         "task": {
             "id": handout.task.id,
             "external_id": handout.task.external_id,
-            "view": task_view(&handout.task.data, &labels),
+            "view": task_view(&content, &labels),
         },
-        "criteria": criteria_view(&handout.criteria, &handout.task.data),
+        "criteria": criteria_view(&handout.criteria, &content),
         "lease_seconds": lease_seconds,
         // Heartbeats well inside the lease; active time stops counting after this idle gap.
         "heartbeat_seconds": (lease_seconds / 3).clamp(5, 30),
