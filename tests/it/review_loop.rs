@@ -387,3 +387,31 @@ async fn skip_release_and_pools() {
     let (status, _) = s.next(&lay, project).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+/// The hand-out passes the task's stored content through: exactly what was imported (nested
+/// values, escapes, non-ASCII text), and never the task's meta or gold answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_out_shows_the_content_as_imported_and_nothing_else() {
+    let s = Server::start().await;
+    let admin = s.admin().await;
+    let project = s.project(&admin, pairwise_project("verbatim", 1)).await;
+    let data = json!({
+        "prompt": "Quote \"this\" \\ and <b>that</b>\n— naïve café, 東京, 🙂",
+        "responses": [{"id": "a", "text": "A", "scores": [1, 2.5, -3e-7]}, {"id": "b", "text": ""}],
+        "context": {"nested": {"deep": [null, true, {"k": "v"}]}}
+    });
+    let line = json!({"external_id": "v-1", "data": data,
+        "meta": {"source": "META-SECRET"}, "gold": {"preference": {"pick": "left", "strength": 2}}});
+    let (status, report) = s.upload(&admin, project, &line.to_string()).await;
+    assert_eq!(status, StatusCode::CREATED, "{report}");
+    let (expert, token) = s.expert(&admin, "verbatim-expert", &[]).await;
+    s.add_member(&admin, project, expert, "expert").await;
+    let (status, next) = s.next(&token, project).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_eq!(next["task"]["data"], data);
+    assert_eq!(next["task"]["external_id"], "v-1");
+    let shown = next.to_string();
+    assert!(!shown.contains("META-SECRET"), "{shown}");
+    assert!(!shown.contains("gold"), "{shown}");
+    assert_eq!(next["criteria"][0]["id"], "preference");
+}
