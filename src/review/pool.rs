@@ -37,36 +37,29 @@ const LINGER: Duration = Duration::from_micros(50);
 
 /// A fixed set of threads and their job queue.
 struct Workers {
-    state: parking_lot::Mutex<State>,
-    /// One per thread: a sleeper is woken alone, the one that slept last first (its caches
-    /// are the warmest; the others stay asleep).
-    wakes: Vec<parking_lot::Condvar>,
+    queue: parking_lot::Mutex<VecDeque<Job>>,
+    wake: parking_lot::Condvar,
+    /// Threads waiting on `wake` (changed under the queue's lock).
+    sleeping: AtomicUsize,
     /// Threads looking for their next job before they sleep: raised before a thread's first
     /// look at the queue, lowered under the queue's lock as it takes a job or gives up.
     lingering: AtomicUsize,
 }
 
-#[derive(Default)]
-struct State {
-    jobs: VecDeque<Job>,
-    /// The threads waiting for a job (their `wakes` index), the one that slept last at the end.
-    sleepers: Vec<usize>,
-}
-
 impl Workers {
     fn start(name: &str, threads: usize) -> std::io::Result<Arc<Self>> {
-        let threads = threads.max(1);
         let workers = Arc::new(Self {
-            state: parking_lot::Mutex::new(State::default()),
-            wakes: (0..threads).map(|_| parking_lot::Condvar::new()).collect(),
+            queue: parking_lot::Mutex::new(VecDeque::new()),
+            wake: parking_lot::Condvar::new(),
+            sleeping: AtomicUsize::new(0),
             lingering: AtomicUsize::new(0),
         });
-        for i in 0..threads {
+        for i in 0..threads.max(1) {
             let w = workers.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || loop {
-                    let job = w.next_job(i);
+                    let job = w.next_job();
                     job();
                 })?;
         }
@@ -74,29 +67,26 @@ impl Workers {
     }
 
     fn run(&self, job: Job) {
-        let mut state = self.state.lock();
-        state.jobs.push_back(job);
+        let mut queue = self.queue.lock();
+        queue.push_back(job);
         // Each lingering thread will look at the queue again and take one job; a sleeper is
         // woken only for the jobs beyond those (waking one is the dear part). A thread counts
-        // itself as lingering before it looks and stops under this lock, and lists itself
+        // itself as lingering before it looks and stops under this lock, and counts itself
         // asleep under it, so no job is left without a thread to take it.
-        let woken = if state.jobs.len() > self.lingering.load(Ordering::Acquire) {
-            state.sleepers.pop()
-        } else {
-            None
-        };
-        drop(state);
-        if let Some(i) = woken {
-            self.wakes[i].notify_one();
+        let wake = queue.len() > self.lingering.load(Ordering::Acquire)
+            && self.sleeping.load(Ordering::Acquire) > 0;
+        drop(queue);
+        if wake {
+            self.wake.notify_one();
         }
     }
 
-    fn next_job(&self, me: usize) -> Job {
+    fn next_job(&self) -> Job {
         self.lingering.fetch_add(1, Ordering::AcqRel);
         let lingering = Instant::now();
         loop {
-            let mut state = self.state.lock();
-            let job = state.jobs.pop_front();
+            let mut queue = self.queue.lock();
+            let job = queue.pop_front();
             if job.is_some() || lingering.elapsed() >= LINGER {
                 // Stops lingering under the lock it takes its job (or gives up) under.
                 self.lingering.fetch_sub(1, Ordering::AcqRel);
@@ -104,18 +94,15 @@ impl Workers {
                     return job;
                 }
                 loop {
-                    state.sleepers.push(me);
-                    self.wakes[me].wait(&mut state);
-                    // Woken by `run` (which took it off the list) or spuriously (still on it).
-                    if let Some(at) = state.sleepers.iter().rposition(|s| *s == me) {
-                        state.sleepers.remove(at);
-                    }
-                    if let Some(job) = state.jobs.pop_front() {
+                    self.sleeping.fetch_add(1, Ordering::AcqRel);
+                    self.wake.wait(&mut queue);
+                    self.sleeping.fetch_sub(1, Ordering::AcqRel);
+                    if let Some(job) = queue.pop_front() {
                         return job;
                     }
                 }
             }
-            drop(state);
+            drop(queue);
             std::thread::yield_now();
         }
     }
