@@ -94,7 +94,7 @@ pub fn check_answer_with(
     if !errors.is_empty() {
         return Ok(Checked::Invalid(errors));
     }
-    // Converting the task is most of what a check costs; skipped when no check reads it.
+    // Converting the task (a deep copy, then a Rhai map) is skipped when no check reads it.
     let task_dyn = if rubric.checks_read_task {
         to_dynamic(rubric, "validate", &task_value(task))?
     } else {
