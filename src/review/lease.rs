@@ -68,8 +68,7 @@ impl TaskView {
             #[serde(borrow)]
             data: &'a RawValue,
         }
-        let view: Stored = serde_json::from_slice(stored)
-            .map_err(|e| AppError::storage(format!("task {id} is damaged: {e}")))?;
+        let view: Stored = decode_stored(stored)?;
         Ok(Self {
             id,
             external_id: view.external_id,
@@ -82,6 +81,16 @@ impl TaskView {
     pub fn content(&self) -> Value {
         serde_json::from_str(self.data.get()).unwrap_or(Value::Null)
     }
+}
+
+/// Decodes (part of) a stored task, failing as the store does on a damaged record.
+fn decode_stored<'a, T: Deserialize<'a>>(stored: &'a [u8]) -> AppResult<T> {
+    serde_json::from_slice(stored).map_err(|e| {
+        AppError::from(StoreError::Corrupt {
+            tree: "tasks_id",
+            message: e.to_string(),
+        })
+    })
 }
 
 pub(super) fn lease_error(code: ErrorCode, message: &str) -> AppError {
@@ -191,9 +200,7 @@ impl ReviewCore {
             };
             // Decoded only for a rubric whose criteria depend on the task.
             let task: Option<Task> = match rubric.criteria_reads_task {
-                true => Some(serde_json::from_slice(&stored).map_err(|e| {
-                    AppError::storage(format!("task {} is damaged: {e}", assignment.task_id))
-                })?),
+                true => Some(decode_stored(&stored)?),
                 false => None,
             };
             match self
