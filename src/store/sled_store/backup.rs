@@ -38,6 +38,9 @@ pub(super) const ID_BASE: &[u8] = b"id_base";
 const LOCAL_META: &[&[u8]] = &[b"snapshot_mark"];
 /// A header is a few hundred bytes; anything larger is not a backup.
 const MAX_HEADER: u32 = 64 * 1024;
+/// The largest key or value a backup can hold: far above any record the server writes (a
+/// request body is capped well below), so a larger length can only be damage.
+const MAX_FIELD: u32 = 256 << 20;
 
 /// What a backup holds, written at its start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,11 +169,19 @@ struct Checked<R: Read> {
     bytes: u64,
 }
 
+/// Why a read stopped short: the file ends inside a record (it was cut off, or a damaged
+/// length points past its end), or it cannot be read at all.
+fn short_read(e: std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "the backup is damaged or cut off: it ends inside a record".into()
+    } else {
+        format!("the backup cannot be read: {e}")
+    }
+}
+
 impl<R: Read> Checked<R> {
     fn exact(&mut self, buf: &mut [u8]) -> Result<(), String> {
-        self.inner
-            .read_exact(buf)
-            .map_err(|e| format!("the backup ends early or cannot be read: {e}"))?;
+        self.inner.read_exact(buf).map_err(short_read)?;
         self.hash.update(&*buf);
         self.bytes += buf.len() as u64;
         Ok(())
@@ -185,18 +196,32 @@ impl<R: Read> Checked<R> {
         self.exact(&mut b)?;
         Ok(u32::from_be_bytes(b))
     }
+    /// A length-prefixed field. The length is not trusted: the field is read as it arrives,
+    /// so a damaged length costs at most what the file holds, never the 4 GiB it may claim.
     fn bytes(&mut self) -> Result<Vec<u8>, String> {
-        let n = self.u32()? as usize;
-        let mut v = vec![0u8; n];
-        self.exact(&mut v)?;
+        let n = self.u32()?;
+        if n > MAX_FIELD {
+            return Err(format!(
+                "the backup is damaged: a field claims {n} bytes (at most {MAX_FIELD})"
+            ));
+        }
+        let mut v = Vec::with_capacity((n as usize).min(1 << 16));
+        (&mut self.inner)
+            .take(u64::from(n))
+            .read_to_end(&mut v)
+            .map_err(short_read)?;
+        if v.len() != n as usize {
+            return Err(short_read(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        self.hash.update(&v);
+        self.bytes += v.len() as u64;
         Ok(v)
     }
 }
 
 fn header<R: Read>(r: &mut Checked<R>) -> Result<BackupHeader, String> {
     let mut magic = [0u8; MAGIC.len()];
-    r.exact(&mut magic)?;
-    if magic != MAGIC {
+    if r.exact(&mut magic).is_err() || magic != MAGIC {
         return Err("this file is not an assay backup".into());
     }
     let len = r.u32()?;
@@ -354,7 +379,7 @@ fn read_backup(
     let mut stored = [0u8; 32];
     r.inner
         .read_exact(&mut stored)
-        .map_err(|e| format!("the backup ends before its checksum: {e}"))?;
+        .map_err(|_| "the backup is damaged or cut off: it ends before its checksum")?;
     if stored[..] != digest[..] {
         return Err("the backup's checksum does not match its content: it is damaged".into());
     }
@@ -371,4 +396,76 @@ fn read_backup(
         bytes: r.bytes + stored.len() as u64,
         sha256: hex(&digest),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small store's backup: a few entries of different sizes in two trees.
+    fn small_backup() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("db"), false).unwrap();
+        for (tree, n) in [("tasks_id", 5usize), ("submissions_id", 3)] {
+            let t = store.db.open_tree(tree).unwrap();
+            for i in 0..n {
+                t.insert((i as u64).to_be_bytes(), vec![b'x'; 1 + 70 * i])
+                    .unwrap();
+            }
+        }
+        let mut out = Vec::new();
+        store.write_backup(&mut out).unwrap();
+        out
+    }
+
+    /// Any changed byte after the magic, and any cut, is reported as damage; a damaged length
+    /// is never trusted for an allocation (the reads would take gigabytes otherwise).
+    #[test]
+    fn every_damaged_byte_or_cut_is_reported_as_damage() {
+        let good = small_backup();
+        let summary = verify(&mut good.as_slice()).unwrap();
+        assert!(summary.entries >= 8, "{summary:?}");
+        for at in MAGIC.len()..good.len() {
+            for mask in [0x55u8, 0xff, 0x80] {
+                let mut bad = good.clone();
+                bad[at] ^= mask;
+                let err = verify(&mut bad.as_slice()).unwrap_err();
+                assert!(err.contains("damaged"), "byte {at} ^ {mask:#x}: {err}");
+            }
+        }
+        for len in 0..good.len() {
+            let err = verify(&mut &good[..len]).unwrap_err();
+            let expected = if len < MAGIC.len() {
+                "not an assay backup"
+            } else {
+                "damaged"
+            };
+            assert!(err.contains(expected), "cut at {len}: {err}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(verify(&mut longer.as_slice())
+            .unwrap_err()
+            .contains("damaged"));
+    }
+
+    #[test]
+    fn a_damaged_restore_leaves_nothing_and_a_good_one_restores_every_entry() {
+        let good = small_backup();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("db");
+        let mut bad = good.clone();
+        let at = good.len() / 2;
+        bad[at] ^= 0x55;
+        let err = restore(&mut bad.as_slice(), &target).unwrap_err();
+        assert!(err.contains("damaged"), "{err}");
+        assert!(!target.exists() && !target.with_extension("restoring").exists());
+        let summary = restore(&mut good.as_slice(), &target).unwrap();
+        let db = sled::open(&target).unwrap();
+        let tasks = db.open_tree("tasks_id").unwrap();
+        assert_eq!(tasks.len(), 5);
+        assert_eq!(tasks.get(4u64.to_be_bytes()).unwrap().unwrap().len(), 281);
+        assert_eq!(db.open_tree("submissions_id").unwrap().len(), 3);
+        assert!(summary.entries >= 8);
+    }
 }
