@@ -1,5 +1,6 @@
 //! Submit, second half: the committer. Checked submissions queue here; one thread takes
-//! whatever has queued up (up to [`MAX_BATCH`]) and commits it as one batch:
+//! whatever has queued up (up to [`MAX_BATCH`]) and commits it as one batch (a submission that
+//! finds the committer idle is committed by the thread that checked it, as a batch of one):
 //!
 //! 1. lock the queues of the batch's projects (in id order);
 //! 2. re-check each member against the index, and against the members before it (two reviews
@@ -17,6 +18,7 @@
 //! writing a member again now would store it twice.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -53,6 +55,7 @@ pub(super) type Reply = oneshot::Sender<AppResult<Submitted>>;
 pub struct Committer {
     sender: Mutex<Option<mpsc::Sender<(Pending, Reply)>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    batcher: Arc<Batcher>,
 }
 
 impl Committer {
@@ -63,17 +66,21 @@ impl Committer {
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = mpsc::channel::<(Pending, Reply)>();
+        let batcher = Arc::new(Batcher {
+            store,
+            queue,
+            flusher,
+            metrics,
+            committing: parking_lot::Mutex::new(()),
+            queued: AtomicUsize::new(0),
+        });
+        let b = batcher.clone();
         let thread = std::thread::Builder::new()
             .name("assay-commit".into())
             .spawn(move || {
-                let batcher = Batcher {
-                    store: &*store,
-                    queue: &queue,
-                    flusher: &flusher,
-                    metrics: &metrics,
-                };
                 // Block for the first member, then take whatever else has arrived meanwhile.
                 while let Ok(first) = receiver.recv() {
+                    let _one_batch_at_a_time = b.committing.lock();
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
                         match receiver.try_recv() {
@@ -81,37 +88,58 @@ impl Committer {
                             Err(_) => break,
                         }
                     }
-                    Metrics::count(&metrics.commit_batches);
-                    metrics
-                        .commit_members
-                        .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    // A panic must not take the committer down with it: the members of that
-                    // batch get an error (their reply senders are dropped), the next batch runs.
-                    let run = std::panic::AssertUnwindSafe(|| batcher.commit(batch));
-                    if std::panic::catch_unwind(run).is_err() {
-                        tracing::error!(
-                            "a submit batch panicked; its members were answered with an error"
-                        );
-                    }
+                    b.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+                    b.run(batch);
                 }
             })?;
         Ok(Self {
             sender: Mutex::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
+            batcher,
         })
     }
 
-    /// Queues a checked submission; `reply` is answered once it is committed and durable (or
+    /// Commits a checked submission; `reply` is answered once it is committed and durable (or
     /// at once with an error when the committer has stopped). Called from the thread that
     /// checked it, so the request is woken once, with the answer.
+    ///
+    /// When no batch is committing and none is gathering, the calling thread commits the
+    /// member itself: waking the committer thread for a batch of one would cost a sleeping
+    /// thread's wake-up on the path of every answer under light load. Otherwise the member
+    /// joins the batch that gathers for the committer thread.
     pub fn enqueue(&self, pending: Pending, reply: Reply) {
         let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
-        let refused = match sender.as_ref() {
-            Some(s) => s.send((pending, reply)).err().map(|e| e.0 .1),
-            None => Some(reply),
-        };
-        if let Some(reply) = refused {
+        let Some(s) = sender.as_ref() else {
             let _ = reply.send(Err(AppError::internal("the committer has stopped")));
+            return;
+        };
+        let idle = self.batcher.queued.load(Ordering::Acquire) == 0;
+        // Taken while the sender is held, so `stop` (which takes the sender first) waits for it.
+        if let Some(_alone) = idle.then(|| self.batcher.committing.try_lock()).flatten() {
+            drop(sender);
+            self.batcher.run(vec![(pending, reply)]);
+            return;
+        }
+        self.batcher.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(refused) = s.send((pending, reply)) {
+            self.batcher.queued.fetch_sub(1, Ordering::AcqRel);
+            let _ = refused
+                .0
+                 .1
+                .send(Err(AppError::internal("the committer has stopped")));
+        }
+    }
+
+    /// Hands members to the committer thread so that they are committed as one batch.
+    #[cfg(test)]
+    pub fn enqueue_together(&self, members: Vec<(Pending, Reply)>) {
+        let _gathering = self.batcher.committing.lock();
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        for member in members {
+            self.batcher.queued.fetch_add(1, Ordering::AcqRel);
+            if let Some(s) = sender.as_ref() {
+                let _ = s.send(member);
+            }
         }
     }
 
@@ -121,6 +149,8 @@ impl Committer {
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }
+        // A batch a submitting thread was committing itself ends before this returns.
+        drop(self.batcher.committing.lock());
     }
 }
 
@@ -174,14 +204,33 @@ fn ended_lease(store: &dyn Store, stored: Option<Assignment>) -> AppResult<Submi
     }
 }
 
-struct Batcher<'a> {
-    store: &'a dyn Store,
-    queue: &'a Queue,
-    flusher: &'a GroupFlusher,
-    metrics: &'a Metrics,
+struct Batcher {
+    store: Arc<dyn Store>,
+    queue: Arc<Queue>,
+    flusher: Arc<GroupFlusher>,
+    metrics: Arc<Metrics>,
+    /// Held while a batch commits: one batch at a time, by the committer thread or by a
+    /// submitting thread that found it idle.
+    committing: parking_lot::Mutex<()>,
+    /// Members sent to the committer thread and not yet taken into a batch.
+    queued: AtomicUsize,
 }
 
-impl Batcher<'_> {
+impl Batcher {
+    /// Commits one batch; the caller holds `committing`.
+    fn run(&self, batch: Vec<(Pending, Reply)>) {
+        Metrics::count(&self.metrics.commit_batches);
+        self.metrics
+            .commit_members
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // A panic must not take the committer down with it: the members of that batch get an
+        // error (their reply senders are dropped), the next batch runs.
+        let run = std::panic::AssertUnwindSafe(|| self.commit(batch));
+        if std::panic::catch_unwind(run).is_err() {
+            tracing::error!("a submit batch panicked; its members were answered with an error");
+        }
+    }
+
     fn commit(&self, batch: Vec<(Pending, Reply)>) {
         let mut projects: Vec<Id> = batch.iter().map(|(p, _)| p.assignment.project_id).collect();
         projects.sort_unstable();
@@ -278,7 +327,7 @@ impl Batcher<'_> {
                 .store
                 .assignment(aid)
                 .map_err(AppError::from)
-                .and_then(|stored| ended_lease(self.store, stored));
+                .and_then(|stored| ended_lease(&*self.store, stored));
             answers.push((reply, result));
         }
         // Acknowledged only once durable; a failed flush fails every answer that waited on it
@@ -298,7 +347,7 @@ impl Batcher<'_> {
             }
             self.metrics.durable_synced_writes.fetch_add(
                 waiting - u64::from(flushed_instead.get()),
-                std::sync::atomic::Ordering::Relaxed,
+                Ordering::Relaxed,
             );
             synced.map_err(|e| e.to_string())
         } else {
@@ -336,7 +385,7 @@ impl Batcher<'_> {
                 self.store
                     .assignment(a.id)
                     .map_err(AppError::from)
-                    .and_then(|stored| ended_lease(self.store, stored)),
+                    .and_then(|stored| ended_lease(&*self.store, stored)),
             );
         }
         let status = match (overlay.get(&a.task_id), slot) {
@@ -414,7 +463,7 @@ impl Batcher<'_> {
             Err(StoreError::AssignmentEnded(stored)) => {
                 // The store ended this lease behind the index's back: mirror that.
                 queue.remove_lease(stored.task_id, stored.id);
-                ended_lease(self.store, Some(stored))
+                ended_lease(&*self.store, Some(stored))
             }
             Err(e) => Err(e.into()),
         }

@@ -285,8 +285,7 @@ async fn a_lease_ended_behind_the_batch_fails_alone() {
         tokio::sync::oneshot::channel(),
         tokio::sync::oneshot::channel(),
     );
-    f.core.committer.enqueue(pa, ta);
-    f.core.committer.enqueue(pb, tb);
+    f.core.committer.enqueue_together(vec![(pa, ta), (pb, tb)]);
     let (ra, rb) = (wa.await.unwrap(), wb.await.unwrap());
     assert!(!ra.unwrap().replay);
     assert_eq!(rb.unwrap_err().code(), crate::error::ErrorCode::LeaseEnded);
