@@ -20,7 +20,7 @@
 //! start-up, not application state.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,12 @@ type Job = Box<dyn FnOnce() + Send>;
 /// How long a thread that ran out of jobs keeps looking before it sleeps.
 const LINGER: Duration = Duration::from_micros(50);
 
+/// How long one thread at a time keeps looking: under light load the next job comes a
+/// client's round trip after the last one, and a thread still looking takes it without the
+/// wake-up (on a virtual machine, an interrupt to another CPU: tens of microseconds). Only one
+/// thread does, so that under load the lookers do not take CPU from the work.
+const LONG_LINGER: Duration = Duration::from_micros(300);
+
 /// A fixed set of threads and their job queue.
 struct Workers {
     queue: parking_lot::Mutex<VecDeque<Job>>,
@@ -44,6 +50,8 @@ struct Workers {
     /// Threads looking for their next job before they sleep: raised before a thread's first
     /// look at the queue, lowered under the queue's lock as it takes a job or gives up.
     lingering: AtomicUsize,
+    /// A thread is looking for [`LONG_LINGER`].
+    long_lingerer: AtomicBool,
 }
 
 impl Workers {
@@ -53,6 +61,7 @@ impl Workers {
             wake: parking_lot::Condvar::new(),
             sleeping: AtomicUsize::new(0),
             lingering: AtomicUsize::new(0),
+            long_lingerer: AtomicBool::new(false),
         });
         for i in 0..threads.max(1) {
             let w = workers.clone();
@@ -84,10 +93,21 @@ impl Workers {
     fn next_job(&self) -> Job {
         self.lingering.fetch_add(1, Ordering::AcqRel);
         let lingering = Instant::now();
+        let mut limit = LINGER;
         loop {
             let mut queue = self.queue.lock();
             let job = queue.pop_front();
-            if job.is_some() || lingering.elapsed() >= LINGER {
+            if job.is_none()
+                && limit == LINGER
+                && lingering.elapsed() >= LINGER
+                && !self.long_lingerer.swap(true, Ordering::AcqRel)
+            {
+                limit = LONG_LINGER;
+            }
+            if job.is_some() || lingering.elapsed() >= limit {
+                if limit == LONG_LINGER {
+                    self.long_lingerer.store(false, Ordering::Release);
+                }
                 // Stops lingering under the lock it takes its job (or gives up) under.
                 self.lingering.fetch_sub(1, Ordering::AcqRel);
                 if let Some(job) = job {
