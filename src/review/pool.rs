@@ -35,10 +35,11 @@ type Job = Box<dyn FnOnce() + Send>;
 /// How long a thread that ran out of jobs keeps looking before it sleeps.
 const LINGER: Duration = Duration::from_micros(50);
 
-/// How long one thread at a time keeps looking: under light load the next job comes a
-/// client's round trip after the last one, and a thread still looking takes it without the
-/// wake-up (on a virtual machine, an interrupt to another CPU: tens of microseconds). Only one
-/// thread does, so that under load the lookers do not take CPU from the work.
+/// How long one thread keeps looking when no other is working: under light load the next job
+/// comes a client's round trip after the last one, and a thread still looking takes it without
+/// the wake-up (on a virtual machine, an interrupt to another CPU: tens of microseconds). Only
+/// one thread, and only while the pool is idle, so that under load no looker takes CPU from
+/// the work.
 const LONG_LINGER: Duration = Duration::from_micros(300);
 
 /// A fixed set of threads and their job queue.
@@ -52,6 +53,8 @@ struct Workers {
     lingering: AtomicUsize,
     /// A thread is looking for [`LONG_LINGER`].
     long_lingerer: AtomicBool,
+    /// Threads running a job.
+    busy: AtomicUsize,
 }
 
 impl Workers {
@@ -62,6 +65,7 @@ impl Workers {
             sleeping: AtomicUsize::new(0),
             lingering: AtomicUsize::new(0),
             long_lingerer: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
         });
         for i in 0..threads.max(1) {
             let w = workers.clone();
@@ -69,7 +73,9 @@ impl Workers {
                 .name(format!("{name}-{i}"))
                 .spawn(move || loop {
                     let job = w.next_job();
+                    w.busy.fetch_add(1, Ordering::Relaxed);
                     job();
+                    w.busy.fetch_sub(1, Ordering::Relaxed);
                 })?;
         }
         Ok(workers)
@@ -100,6 +106,7 @@ impl Workers {
             if job.is_none()
                 && limit == LINGER
                 && lingering.elapsed() >= LINGER
+                && self.busy.load(Ordering::Relaxed) == 0
                 && !self.long_lingerer.swap(true, Ordering::AcqRel)
             {
                 limit = LONG_LINGER;
