@@ -53,8 +53,8 @@ struct Workers {
     lingering: AtomicUsize,
     /// A thread is looking for [`LONG_LINGER`].
     long_lingerer: AtomicBool,
-    /// Threads running a job.
-    busy: AtomicUsize,
+    /// The pool's size: a thread neither sleeping nor lingering is running a job.
+    threads: usize,
 }
 
 impl Workers {
@@ -65,17 +65,15 @@ impl Workers {
             sleeping: AtomicUsize::new(0),
             lingering: AtomicUsize::new(0),
             long_lingerer: AtomicBool::new(false),
-            busy: AtomicUsize::new(0),
+            threads: threads.max(1),
         });
-        for i in 0..threads.max(1) {
+        for i in 0..workers.threads {
             let w = workers.clone();
             std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
                 .spawn(move || loop {
                     let job = w.next_job();
-                    w.busy.fetch_add(1, Ordering::Relaxed);
                     job();
-                    w.busy.fetch_sub(1, Ordering::Relaxed);
                 })?;
         }
         Ok(workers)
@@ -96,23 +94,25 @@ impl Workers {
         }
     }
 
+    /// No thread is running a job (each is asleep or looking for one).
+    fn pool_idle(&self) -> bool {
+        self.sleeping.load(Ordering::Acquire) + self.lingering.load(Ordering::Acquire)
+            >= self.threads
+    }
+
     fn next_job(&self) -> Job {
         self.lingering.fetch_add(1, Ordering::AcqRel);
         let lingering = Instant::now();
-        let mut limit = LINGER;
+        let mut long = false;
         loop {
             let mut queue = self.queue.lock();
             let job = queue.pop_front();
-            if job.is_none()
-                && limit == LINGER
-                && lingering.elapsed() >= LINGER
-                && self.busy.load(Ordering::Relaxed) == 0
-                && !self.long_lingerer.swap(true, Ordering::AcqRel)
-            {
-                limit = LONG_LINGER;
+            let looked = lingering.elapsed();
+            if job.is_none() && !long && looked >= LINGER && self.pool_idle() {
+                long = !self.long_lingerer.swap(true, Ordering::AcqRel);
             }
-            if job.is_some() || lingering.elapsed() >= limit {
-                if limit == LONG_LINGER {
+            if job.is_some() || looked >= if long { LONG_LINGER } else { LINGER } {
+                if long {
                     self.long_lingerer.store(false, Ordering::Release);
                 }
                 // Stops lingering under the lock it takes its job (or gives up) under.

@@ -169,11 +169,13 @@ struct Checked<R: Read> {
     bytes: u64,
 }
 
-/// Why a read stopped short: the file ends inside a record (it was cut off, or a damaged
-/// length points past its end), or it cannot be read at all.
+/// The file ends inside a record: it was cut off, or a damaged length points past its end.
+const ENDS_INSIDE_A_RECORD: &str = "the backup is damaged or cut off: it ends inside a record";
+
+/// Why a read stopped short: the file ends inside a record, or it cannot be read at all.
 fn short_read(e: std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        "the backup is damaged or cut off: it ends inside a record".into()
+        ENDS_INSIDE_A_RECORD.into()
     } else {
         format!("the backup cannot be read: {e}")
     }
@@ -211,7 +213,7 @@ impl<R: Read> Checked<R> {
             .read_to_end(&mut v)
             .map_err(short_read)?;
         if v.len() != n as usize {
-            return Err(short_read(std::io::ErrorKind::UnexpectedEof.into()));
+            return Err(ENDS_INSIDE_A_RECORD.into());
         }
         self.hash.update(&v);
         self.bytes += v.len() as u64;
