@@ -6,6 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -60,6 +61,32 @@ impl Slot {
 
 type Order = (Reverse<i64>, Id);
 
+/// Hashes task ids for the slot table. Ids are handed out in order, and an import's tasks take
+/// consecutive ones: an id's low bits are kept as they are, so consecutive ids land in
+/// neighbouring buckets and loading a million tasks walks the table rather than missing the
+/// cache twice a task. The top 7 bits, the tag the table compares first, are mixed from the
+/// whole id. Ids come from the server's own counter, never from a client.
+#[derive(Default)]
+pub struct TaskIdHasher(u64);
+
+impl Hasher for TaskIdHasher {
+    fn finish(&self) -> u64 {
+        const TAG: u64 = 0xfe00_0000_0000_0000;
+        self.0 ^ (self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) & TAG)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for ids; anything else still hashes, byte by byte.
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id;
+    }
+}
+
 /// Open tasks and leases of one project.
 #[derive(Debug, Default)]
 pub struct ProjectQueue {
@@ -70,7 +97,7 @@ pub struct ProjectQueue {
     /// Boxed: the table then holds 16-byte entries, and its spare capacity (a hash table keeps
     /// up to half its buckets empty) costs little; inline slots made it most of an idle
     /// server's memory.
-    slots: HashMap<Id, Box<Slot>>,
+    slots: HashMap<Id, Box<Slot>, BuildHasherDefault<TaskIdHasher>>,
     /// The lease each expert holds in this project (an expert works on one task at a time).
     held: HashMap<Id, (Id, Lease)>,
     /// Leases handed to each expert in this project since start-up (for routers' `pick`).
@@ -186,6 +213,60 @@ impl ProjectQueue {
                 self.forget_held(lease);
             }
         }
+    }
+
+    /// A project's queue from `count` stored statuses, as `set_status` for each would build
+    /// it, for a start-up's million tasks: one table insert per task into a table sized once,
+    /// and each pool's waiting set built at the end from its orders, which come sorted when
+    /// the statuses come by task id at one priority (as stored).
+    fn load(count: usize, statuses: impl Iterator<Item = TaskStatus>) -> Self {
+        let mut queue = Self::default();
+        queue.slots.reserve(count);
+        let mut waiting: HashMap<Option<String>, Vec<Order>> = HashMap::new();
+        let mut repeated = false;
+        for status in statuses {
+            if status.state == TaskState::InQa || !queue.qa.is_empty() {
+                queue.qa.set(&status);
+            }
+            let task = status.task_id;
+            if status.state != TaskState::Open {
+                repeated |= queue.slots.remove(&task).is_some();
+                continue;
+            }
+            if status.done_by.len() < status.reviews as usize {
+                let order = Self::order(&status);
+                match waiting.get_mut(&status.pool) {
+                    Some(orders) => orders.push(order),
+                    None => {
+                        waiting.insert(status.pool.clone(), vec![order]);
+                    }
+                }
+            }
+            let slot = Box::new(Slot {
+                status,
+                leases: Vec::new(),
+            });
+            repeated |= queue.slots.insert(task, slot).is_some();
+        }
+        if repeated {
+            // A task listed twice: its last status stands, so the orders are taken from the
+            // table rather than from every status seen.
+            waiting.clear();
+            for slot in queue.slots.values() {
+                let s = &slot.status;
+                if s.done_by.len() < s.reviews as usize {
+                    waiting
+                        .entry(s.pool.clone())
+                        .or_default()
+                        .push(Self::order(s));
+                }
+            }
+        }
+        queue.pools = waiting
+            .into_iter()
+            .map(|(pool, orders)| (pool, BTreeSet::from_iter(orders)))
+            .collect();
+        queue
     }
 
     pub fn slot(&self, task: Id) -> Option<&Slot> {
@@ -480,16 +561,25 @@ pub struct Built {
 }
 
 impl Built {
+    /// `open` comes project by project (as the store and the snapshot list it); a project
+    /// that comes again is added to with `set_status`.
     pub fn new(open: Vec<TaskStatus>, leases: Vec<(Id, Id, Lease)>) -> Self {
         let mut projects: HashMap<Id, ProjectQueue> = HashMap::new();
-        // Tasks come project by project: one lookup per project.
-        let mut open = open.into_iter().peekable();
-        while let Some(first) = open.next() {
-            let project = first.project_id;
-            let queue = projects.entry(project).or_default();
-            queue.set_status(first);
-            while let Some(status) = open.next_if(|s| s.project_id == project) {
-                queue.set_status(status);
+        let runs: Vec<usize> = open
+            .chunk_by(|a, b| a.project_id == b.project_id)
+            .map(<[TaskStatus]>::len)
+            .collect();
+        let mut open = open.into_iter();
+        for run in runs {
+            let mut statuses = open.by_ref().take(run).peekable();
+            let Some(project) = statuses.peek().map(|s| s.project_id) else {
+                continue;
+            };
+            match projects.entry(project) {
+                Entry::Vacant(slot) => {
+                    slot.insert(ProjectQueue::load(run, statuses));
+                }
+                Entry::Occupied(mut queue) => statuses.for_each(|s| queue.get_mut().set_status(s)),
             }
         }
         for (project, task, lease) in leases {
@@ -502,6 +592,7 @@ impl Built {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn status(task: Id, pool: Option<&str>, reviews: u32, priority: i64) -> TaskStatus {
         TaskStatus {
@@ -565,6 +656,100 @@ mod tests {
         q.set_status(s);
         assert_eq!(q.pick(11, &[], 0), None);
         assert_eq!(q.open_count(), 0);
+    }
+
+    /// Everything a queue holds, with pools that wait for nothing left out (`set_status` keeps
+    /// an empty set for a pool it has seen; a bulk load has none).
+    #[allow(clippy::type_complexity)]
+    fn contents_of(
+        q: &ProjectQueue,
+    ) -> (
+        Vec<(Option<String>, Vec<Order>)>,
+        Vec<TaskStatus>,
+        Vec<TaskStatus>,
+    ) {
+        let mut pools: Vec<_> = q
+            .pools
+            .iter()
+            .filter(|(_, set)| !set.is_empty())
+            .map(|(pool, set)| (pool.clone(), set.iter().copied().collect()))
+            .collect();
+        pools.sort();
+        let mut open: Vec<_> = q.slots.values().map(|s| s.status.clone()).collect();
+        open.sort_by_key(|s| s.task_id);
+        let qa = q.qa.waiting.values().cloned().collect();
+        (pools, open, qa)
+    }
+
+    fn any_project_status() -> impl Strategy<Value = TaskStatus> {
+        (
+            (0u64..40, 0u8..4, 0u32..4, -2i64..3),
+            (
+                0usize..3,
+                prop::collection::vec(1u64..5, 0..3),
+                any::<bool>(),
+            ),
+        )
+            .prop_map(|((task, state, reviews, priority), (pool, done, skip))| {
+                let mut s = status(task, [None, Some("a"), Some("b")][pool], reviews, priority);
+                s.state = [
+                    TaskState::Open,
+                    TaskState::Open,
+                    TaskState::InQa,
+                    TaskState::Complete,
+                ][state as usize];
+                s.qa = (s.state == TaskState::InQa).then_some(crate::domain::QaKind::Qa);
+                s.done_by = done;
+                s.skipped_by = if skip { vec![4] } else { vec![] };
+                s
+            })
+    }
+
+    proptest::proptest! {
+        /// The start-up's bulk load holds what a status at a time builds, in whatever order
+        /// and with whatever repeats the statuses come.
+        #[test]
+        fn a_bulk_load_builds_what_set_status_builds(
+            mut statuses in prop::collection::vec(any_project_status(), 0..80),
+            sorted in any::<bool>(),
+        ) {
+            if sorted {
+                statuses.sort_by_key(|s| s.task_id);
+            }
+            let mut one_by_one = ProjectQueue::default();
+            for s in &statuses {
+                one_by_one.set_status(s.clone());
+            }
+            let loaded = ProjectQueue::load(statuses.len(), statuses.into_iter());
+            proptest::prop_assert_eq!(contents_of(&loaded), contents_of(&one_by_one));
+            for expert in 1..5 {
+                for skills in [vec![], vec!["a".to_owned()], vec!["a".to_owned(), "b".to_owned()]] {
+                    proptest::prop_assert_eq!(
+                        loaded.eligible(expert, &skills, 0, 100),
+                        one_by_one.eligible(expert, &skills, 0, 100)
+                    );
+                }
+            }
+        }
+    }
+
+    /// A project whose statuses come in two runs is loaded whole.
+    #[test]
+    fn a_project_listed_twice_is_loaded_whole() {
+        let mut other = status(9, None, 1, 0);
+        other.project_id = 2;
+        let built = Built::new(
+            vec![status(1, None, 1, 0), other, status(2, Some("a"), 1, 0)],
+            vec![],
+        );
+        assert_eq!(built.projects[&1].open_tasks(), vec![1, 2]);
+        assert_eq!(built.projects[&1].pick(5, &[], 0), Some(1));
+        assert_eq!(built.projects[&1].pick(5, &["a".into()], 0), Some(1));
+        assert_eq!(
+            built.projects[&1].eligible(5, &["a".into()], 0, 9),
+            vec![1, 2]
+        );
+        assert_eq!(built.projects[&2].open_count(), 1);
     }
 
     #[test]

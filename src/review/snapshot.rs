@@ -87,13 +87,14 @@ pub fn read(path: &Path) -> Result<Snapshot, String> {
         return Err(corrupt());
     }
     let mut open = Vec::with_capacity(open_count);
+    let mut decoder = queue_codec::Decoder::default();
     for _ in 0..open_count {
         let project = r.u64().ok_or_else(corrupt)?;
         let task = r.u64().ok_or_else(corrupt)?;
         let len = u32::from_be_bytes(r.take().ok_or_else(corrupt)?) as usize;
         let status = r
             .bytes(len)
-            .and_then(|b| queue_codec::decode(project, task, b))
+            .and_then(|b| decoder.decode(project, task, b))
             .ok_or_else(corrupt)?;
         open.push(status);
     }

@@ -112,51 +112,73 @@ impl Reader<'_> {
 
 /// The status stored for task `task` of `project`; `None` when the bytes are not a valid entry.
 pub fn decode(project: Id, task: Id, bytes: &[u8]) -> Option<TaskStatus> {
-    let mut r = Reader(bytes);
-    if r.take::<1>()?[0] != TAG {
-        return None;
+    Decoder::default().decode(project, task, bytes)
+}
+
+/// Decodes many entries (a start-up reads a million): the text of a router version is made
+/// once and copied while the next entry has the same one, as most of a project's tasks do.
+#[derive(Default)]
+pub struct Decoder {
+    router: Option<([u8; 32], String)>,
+}
+
+impl Decoder {
+    fn router_hex(&mut self, raw: &[u8]) -> Option<String> {
+        let raw: [u8; 32] = raw.try_into().ok()?;
+        match &self.router {
+            Some((last, text)) if *last == raw => Some(text.clone()),
+            _ => Some(self.router.insert((raw, hex::encode(raw))).1.clone()),
+        }
     }
-    let (state, qa) = match r.take::<1>()?[0] {
-        0 => (TaskState::Open, None),
-        1 => (TaskState::InQa, Some(QaKind::Qa)),
-        2 => (TaskState::Complete, None),
-        3 => (TaskState::Archived, None),
-        4 => (TaskState::Broken, None),
-        5 => (TaskState::InQa, Some(QaKind::Adjudicate)),
-        _ => return None,
-    };
-    let reviews = u32::from_be_bytes(r.take()?);
-    let priority = i64::from_be_bytes(r.take()?);
-    let flags = r.take::<1>()?[0];
-    let estimate_minutes = match flags & ESTIMATE {
-        0 => None,
-        _ => Some(f64::from_be_bytes(r.take()?)),
-    };
-    let pool = match flags & POOL {
-        0 => None,
-        _ => Some(r.string()?),
-    };
-    let router_version = match (flags & ROUTER, flags & ROUTER_HASH) {
-        (0, _) => None,
-        (_, 0) => Some(r.string()?),
-        _ => Some(hex::encode(r.bytes(32)?)),
-    };
-    let done_by = r.ids()?;
-    let skipped_by = r.ids()?;
-    r.0.is_empty().then_some(TaskStatus {
-        task_id: task,
-        project_id: project,
-        state,
-        pool,
-        reviews,
-        priority,
-        estimate_minutes,
-        done_by,
-        skipped_by,
-        router_version,
-        gold: flags & GOLD != 0,
-        qa,
-    })
+
+    /// As [`decode`].
+    pub fn decode(&mut self, project: Id, task: Id, bytes: &[u8]) -> Option<TaskStatus> {
+        let mut r = Reader(bytes);
+        if r.take::<1>()?[0] != TAG {
+            return None;
+        }
+        let (state, qa) = match r.take::<1>()?[0] {
+            0 => (TaskState::Open, None),
+            1 => (TaskState::InQa, Some(QaKind::Qa)),
+            2 => (TaskState::Complete, None),
+            3 => (TaskState::Archived, None),
+            4 => (TaskState::Broken, None),
+            5 => (TaskState::InQa, Some(QaKind::Adjudicate)),
+            _ => return None,
+        };
+        let reviews = u32::from_be_bytes(r.take()?);
+        let priority = i64::from_be_bytes(r.take()?);
+        let flags = r.take::<1>()?[0];
+        let estimate_minutes = match flags & ESTIMATE {
+            0 => None,
+            _ => Some(f64::from_be_bytes(r.take()?)),
+        };
+        let pool = match flags & POOL {
+            0 => None,
+            _ => Some(r.string()?),
+        };
+        let router_version = match (flags & ROUTER, flags & ROUTER_HASH) {
+            (0, _) => None,
+            (_, 0) => Some(r.string()?),
+            _ => Some(self.router_hex(r.bytes(32)?)?),
+        };
+        let done_by = r.ids()?;
+        let skipped_by = r.ids()?;
+        r.0.is_empty().then_some(TaskStatus {
+            task_id: task,
+            project_id: project,
+            state,
+            pool,
+            reviews,
+            priority,
+            estimate_minutes,
+            done_by,
+            skipped_by,
+            router_version,
+            gold: flags & GOLD != 0,
+            qa,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +220,13 @@ mod tests {
         ] {
             let bytes = encode(&s);
             assert_eq!(decode(3, 7, &bytes), Some(s.clone()));
+        }
+        // One decoder over entries whose router versions repeat, change and come back.
+        let other = "0f".repeat(32);
+        let mut decoder = Decoder::default();
+        for router in [&hash, &hash, &other, "not-a-hash", &other, &hash] {
+            let s = status(Some(router), None);
+            assert_eq!(decoder.decode(3, 7, &encode(&s)), Some(s));
         }
         let compact = encode(&status(Some(&hash), None));
         assert!(compact.len() < 90, "{} bytes", compact.len());

@@ -230,15 +230,18 @@ impl SledStore {
     /// Decodes one range of the open-task index.
     pub(super) fn open_tasks_in(&self, range: sled::Iter) -> StoreResult<Vec<TaskStatus>> {
         let mut out = Vec::new();
+        let mut decoder = queue_codec::Decoder::default();
         for item in range {
             let (key, value) = item.map_err(backend)?;
             let (Some(project), Some(task)) = (keys::u64_at(&key, 0), keys::u64_at(&key, 8)) else {
                 continue;
             };
-            let status = queue_codec::decode(project, task, &value).ok_or(StoreError::Corrupt {
-                tree: "queue_project_task",
-                message: format!("entry for task {task} is not a valid status"),
-            })?;
+            let status = decoder
+                .decode(project, task, &value)
+                .ok_or(StoreError::Corrupt {
+                    tree: "queue_project_task",
+                    message: format!("entry for task {task} is not a valid status"),
+                })?;
             out.push(status);
         }
         Ok(out)

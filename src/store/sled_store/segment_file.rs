@@ -426,13 +426,14 @@ impl Segment {
         };
         let all = read_body(&self.file, &self.path, from, to)?;
         let mut out = Vec::new();
+        let mut decoder = queue_codec::Decoder::default();
         for (i, &id) in self.ids.iter().enumerate() {
             if !keep(id) {
                 continue;
             }
             let bytes = &all[(self.status_offsets[i] - from) as usize
                 ..(self.status_offsets[i + 1] - from) as usize];
-            out.push(queue_codec::decode(self.project, id, bytes).ok_or_else(|| {
+            out.push(decoder.decode(self.project, id, bytes).ok_or_else(|| {
                 corrupt(&self.path, format!("the status of task {id} is damaged"))
             })?);
         }
