@@ -67,7 +67,7 @@ type Order = (Reverse<i64>, Id);
 /// cache twice a task. The top 7 bits, the tag the table compares first, are mixed from the
 /// whole id. Ids come from the server's own counter, never from a client.
 #[derive(Default)]
-pub struct TaskIdHasher(u64);
+struct TaskIdHasher(u64);
 
 impl Hasher for TaskIdHasher {
     fn finish(&self) -> u64 {
