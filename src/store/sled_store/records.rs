@@ -236,12 +236,13 @@ impl SledStore {
             let (Some(project), Some(task)) = (keys::u64_at(&key, 0), keys::u64_at(&key, 8)) else {
                 continue;
             };
-            let status = decoder
-                .decode(project, task, &value)
-                .ok_or(StoreError::Corrupt {
-                    tree: "queue_project_task",
-                    message: format!("entry for task {task} is not a valid status"),
-                })?;
+            let status =
+                decoder
+                    .decode(project, task, &value)
+                    .ok_or_else(|| StoreError::Corrupt {
+                        tree: "queue_project_task",
+                        message: format!("entry for task {task} is not a valid status"),
+                    })?;
             out.push(status);
         }
         Ok(out)
