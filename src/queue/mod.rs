@@ -565,16 +565,14 @@ impl Built {
     /// that comes again is added to with `set_status`.
     pub fn new(open: Vec<TaskStatus>, leases: Vec<(Id, Id, Lease)>) -> Self {
         let mut projects: HashMap<Id, ProjectQueue> = HashMap::new();
-        let runs: Vec<usize> = open
+        // (project, how many of its statuses come next)
+        let runs: Vec<(Id, usize)> = open
             .chunk_by(|a, b| a.project_id == b.project_id)
-            .map(<[TaskStatus]>::len)
+            .filter_map(|run| Some((run.first()?.project_id, run.len())))
             .collect();
         let mut open = open.into_iter();
-        for run in runs {
-            let mut statuses = open.by_ref().take(run).peekable();
-            let Some(project) = statuses.peek().map(|s| s.project_id) else {
-                continue;
-            };
+        for (project, run) in runs {
+            let statuses = open.by_ref().take(run);
             match projects.entry(project) {
                 Entry::Vacant(slot) => {
                     slot.insert(ProjectQueue::load(run, statuses));
