@@ -975,9 +975,14 @@ fn a_version_3_database_is_upgraded_on_open() {
         a
     };
     {
-        // Version 3 indexed active leases by expiry time ++ assignment id.
+        // Version 3 kept the record in `assignments_id` and indexed active leases by expiry
+        // time ++ assignment id.
         let db = raw_db(dir.path());
         db.drop_tree("leases_assignment").unwrap();
+        db.open_tree("assignments_id")
+            .unwrap()
+            .insert(lease.id.to_be_bytes(), serde_json::to_vec(&lease).unwrap())
+            .unwrap();
         let mut key = ((lease.expires_at as u64) ^ (1 << 63))
             .to_be_bytes()
             .to_vec();
@@ -1034,6 +1039,106 @@ fn a_lease_index_entry_without_a_live_record_is_ignored_and_dropped_at_start() {
     drop(s);
     let db = raw_db(dir.path());
     assert_eq!(db.open_tree("leases_assignment").unwrap().len(), 1);
+}
+
+/// Version 9 kept a live lease's record in `assignments_id` and its index entry empty; version
+/// 10 keeps the record in the index. The upgrade moves live records, drops entries of ended or
+/// missing ones, and finishes a move a crash interrupted.
+#[test]
+fn upgrading_to_10_moves_live_lease_records_into_the_lease_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, t) = store_with_task(dir.path(), None, 1);
+    let live = assignment(s.as_ref(), &t, 1, 100);
+    let moved_halfway = assignment(s.as_ref(), &t, 2, 200);
+    let mut ended = assignment(s.as_ref(), &t, 3, 300);
+    ended.status = AssignmentStatus::Released;
+    s.flush().unwrap();
+    drop(s);
+    {
+        let db = raw_db(dir.path());
+        let records = db.open_tree("assignments_id").unwrap();
+        let index = db.open_tree("leases_assignment").unwrap();
+        for a in [&live, &ended] {
+            records
+                .insert(a.id.to_be_bytes(), serde_json::to_vec(a).unwrap())
+                .unwrap();
+            index.insert(a.id.to_be_bytes(), &[]).unwrap();
+        }
+        // A first run of the upgrade stopped after this record's move, before the number.
+        index
+            .insert(
+                moved_halfway.id.to_be_bytes(),
+                serde_json::to_vec(&moved_halfway).unwrap(),
+            )
+            .unwrap();
+        // An index entry whose record was never written (a crash in a version-9 hand-out).
+        index.insert(987_654u64.to_be_bytes(), &[]).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(b"schema_version", &9u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.active_assignments().unwrap(),
+        vec![live.clone(), moved_halfway.clone()]
+    );
+    assert_eq!(s.assignment(live.id).unwrap(), Some(live.clone()));
+    assert_eq!(s.assignment(ended.id).unwrap(), Some(ended.clone()));
+    // The moved lease ends as any other.
+    let mut submitted = live.clone();
+    submitted.status = AssignmentStatus::Expired;
+    s.end_assignment(&submitted, None).unwrap();
+    assert_eq!(s.assignment(live.id).unwrap(), Some(submitted));
+    assert_eq!(s.active_assignments().unwrap(), vec![moved_halfway.clone()]);
+    drop(s);
+    let db = raw_db(dir.path());
+    let index = db.open_tree("leases_assignment").unwrap();
+    assert_eq!(index.len(), 1, "only the live lease is left in the index");
+    assert!(
+        db.open_tree("assignments_id")
+            .unwrap()
+            .get(moved_halfway.id.to_be_bytes())
+            .unwrap()
+            .is_none(),
+        "a live record is kept in one place"
+    );
+}
+
+/// A lease ended outside a transaction writes its ended record, then removes the live one; a
+/// crash between the two leaves both. Readers take the ended record, and the next open drops
+/// the live one.
+#[test]
+fn a_live_record_beside_its_ended_one_is_dropped_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, t) = store_with_task(dir.path(), None, 1);
+    let a = assignment(s.as_ref(), &t, 1, 100);
+    s.put_assignment(&a).unwrap();
+    let mut ended = a.clone();
+    ended.status = AssignmentStatus::Released;
+    s.flush().unwrap();
+    drop(s);
+    {
+        let db = raw_db(dir.path());
+        db.open_tree("assignments_id")
+            .unwrap()
+            .insert(ended.id.to_be_bytes(), serde_json::to_vec(&ended).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.assignment(a.id).unwrap(), Some(ended.clone()));
+    assert_eq!(s.active_assignments().unwrap(), vec![]);
+    assert_eq!(s.expired_assignments(i64::MAX, 10).unwrap(), vec![]);
+    drop(s);
+    assert_eq!(
+        raw_db(dir.path())
+            .open_tree("leases_assignment")
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[test]

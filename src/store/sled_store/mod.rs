@@ -18,8 +18,8 @@
 //! | `tasks_project_task`     | project id ++ task id                 | import id (or empty) |
 //! | `tasks_project_external` | project id ++ external id bytes       | task id              |
 //! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (binary, `queue_codec`) |
-//! | `assignments_id`         | assignment id                         | Assignment           |
-//! | `leases_assignment`      | assignment id (active leases)         | empty                |
+//! | `assignments_id`         | assignment id (ended leases)          | Assignment           |
+//! | `leases_assignment`      | assignment id (live leases)           | Assignment           |
 //! | `submissions_id`         | submission id                         | Submission           |
 //! | `submissions_task_id`    | task id ++ submission id              | empty                |
 //! | `submissions_expert_id`  | expert id ++ submission id            | empty                |
@@ -48,11 +48,12 @@
 //! their record; counters are updated there too and never computed with `len()`.
 //!
 //! One exception, for speed: a lease is handed out and extended without a transaction (a sled
-//! transaction costs two extra log writes, each synced). `leases_assignment` is keyed by the
-//! assignment id alone, so extending a lease rewrites only the record, and a new lease writes its
-//! index entry first and its record second. The index may therefore name an id whose record is
-//! missing (a crash between the two writes) or no longer active; readers check the record, and
-//! the start-up scan drops such entries. Ending a lease is transactional as before.
+//! transaction costs two extra log writes, each synced). A live lease's record is kept in
+//! `leases_assignment` alone, so handing one out or extending it is one write. Ending one moves
+//! its record to `assignments_id`: in a transaction, or (a submit batch, `put_assignment`) by
+//! writing the ended record first and removing the live one second. A crash between the two
+//! leaves both; the store drops such live records at open, and readers look at the live
+//! record first, so they never miss both.
 //!
 //! The other: a submit batch is written without a transaction; its log record and its number
 //! written last make it whole after a crash (`submit_batch.rs`).

@@ -14,7 +14,7 @@ use crate::store::keys;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 9;
+pub const SCHEMA_VERSION: u32 = 10;
 
 impl SledStore {
     /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
@@ -109,6 +109,8 @@ impl SledStore {
         };
         store.migrate()?;
         store.replay_submit_log(logged)?;
+        // What a crash left of a lease's end outside a transaction (see `indexed_leases`).
+        store.indexed_leases(true)?;
         Ok(store)
     }
 
@@ -166,7 +168,11 @@ impl SledStore {
                 self.finish_upgrade(9)?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(9) => self.upgrade_9_to_10()`, ...
+            Some(9) => {
+                self.upgrade_9_to_10()?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(10) => self.upgrade_10_to_11()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t
@@ -283,6 +289,36 @@ impl SledStore {
         self.finish_upgrade(4)?;
         self.db.drop_tree(OLD).map_err(backend)?;
         Ok(())
+    }
+
+    /// Version 10: a live lease's record is kept in `leases_assignment` (version 9 kept it in
+    /// `assignments_id` and the index entry empty), so a hand-out is one write; `assignments_id`
+    /// holds ended leases. Run again after a crash halfway, it finishes what the first run began.
+    fn upgrade_9_to_10(&self) -> StoreResult<()> {
+        tracing::info!("upgrading the database to schema version 10");
+        for item in self.t.leases.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let record = self.t.assignments.get(&key).map_err(backend)?;
+            let active = match &record {
+                Some(bytes) => {
+                    assignment_status("assignments_id", bytes)? == AssignmentStatus::Active
+                }
+                None => false,
+            };
+            match record {
+                Some(bytes) if active => {
+                    self.t.leases.insert(&key, bytes).map_err(backend)?;
+                    self.t.assignments.remove(&key).map_err(backend)?;
+                }
+                // Moved by a run that stopped halfway.
+                None if !value.is_empty() => {}
+                // Ended, or never written: not a live lease.
+                _ => {
+                    self.t.leases.remove(&key).map_err(backend)?;
+                }
+            }
+        }
+        self.finish_upgrade(10)
     }
 
     /// Records that an upgrade step is complete, durably, before the next step or any use.

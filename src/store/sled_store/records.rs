@@ -207,16 +207,22 @@ impl SledStore {
         Ok(out)
     }
 
-    /// Every assignment the lease index names whose record is active. With `repair`, index
-    /// entries without an active record are dropped (safe only while no lease is being handed out).
+    /// Every live lease in `leases_assignment`. An entry is stale when the lease's ended record
+    /// is in `assignments_id` too (a crash between the two writes that end one outside a
+    /// transaction) or when it holds no record (schema 9 and before kept the index empty;
+    /// the upgrade to 10 fills it). With `repair`, stale entries are dropped (safe only while
+    /// no lease is being handed out: the store does it at open).
     pub(super) fn indexed_leases(&self, repair: bool) -> StoreResult<Vec<Assignment>> {
         let mut out = Vec::new();
-        for item in self.t.leases.iter().keys() {
-            let key = item.map_err(backend)?;
-            let Some(id) = keys::u64_at(&key, 0) else {
-                continue;
-            };
-            match self.assignment(id)? {
+        for item in self.t.leases.iter() {
+            let (key, value) = item.map_err(backend)?;
+            let live =
+                if value.is_empty() || self.t.assignments.contains_key(&key).map_err(backend)? {
+                    None
+                } else {
+                    Some(dec::<Assignment>("leases_assignment", &value)?)
+                };
+            match live {
                 Some(a) if a.status == AssignmentStatus::Active => out.push(a),
                 _ if repair => {
                     self.t.leases.remove(&key).map_err(backend)?;
@@ -577,23 +583,28 @@ impl Store for SledStore {
 
     fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
         let _writing = self.writing();
-        // No transaction (see the module notes): the index entry of an active lease goes first,
-        // so the index never misses a live lease; the record of an ended one goes first, so a
-        // live-looking index entry is always checked against it.
+        // No transaction (see the module notes): a live lease is one write. An ended one is
+        // written to `assignments_id` before its live record goes, so a reader that finds no
+        // live record always finds the ended one.
         let id = keys::id(a.id);
-        let active = a.status == AssignmentStatus::Active;
-        if active && !self.t.leases.contains_key(id).map_err(backend)? {
-            self.t.leases.insert(id, &[]).map_err(backend)?;
-        }
-        self.t.assignments.insert(id, enc(a)?).map_err(backend)?;
-        if !active {
+        if a.status == AssignmentStatus::Active {
+            self.t.leases.insert(id, enc(a)?).map_err(backend)?;
+        } else {
+            self.t.assignments.insert(id, enc(a)?).map_err(backend)?;
             self.t.leases.remove(id).map_err(backend)?;
         }
         Ok(())
     }
 
     fn assignment(&self, id: Id) -> StoreResult<Option<Assignment>> {
-        self.get(&self.t.assignments, "assignments_id", &keys::id(id))
+        // The live record first: ending a lease writes the ended record before it removes the
+        // live one, so this order never misses both.
+        let key = keys::id(id);
+        match self.t.leases.get(key).map_err(backend)? {
+            // A live record a crash left beside its ended one is dropped at open.
+            Some(live) if !live.is_empty() => dec("leases_assignment", &live).map(Some),
+            _ => self.get(&self.t.assignments, "assignments_id", &key),
+        }
     }
 
     fn end_assignment(&self, ended: &Assignment, status: Option<&TaskStatus>) -> StoreResult<()> {

@@ -102,18 +102,13 @@ impl SledStore {
         batch: Vec<SubmissionWrite>,
     ) -> StoreResult<Vec<Submission>> {
         let _writing = self.writing();
-        // Nothing is written unless every member's lease still stands (its status read alone:
-        // the whole record is decoded only for the error).
-        #[derive(Deserialize)]
-        struct StatusOnly {
-            status: AssignmentStatus,
-        }
+        // Nothing is written unless every member's lease still stands: it has no ended record.
         for w in &batch {
             let key = keys::id(w.assignment.id);
             let Some(bytes) = self.t.assignments.get(key).map_err(backend)? else {
                 continue;
             };
-            if dec::<StatusOnly>("assignments_id", &bytes)?.status != AssignmentStatus::Active {
+            if assignment_status("assignments_id", &bytes)? != AssignmentStatus::Active {
                 return Err(StoreError::AssignmentEnded(dec("assignments_id", &bytes)?));
             }
         }

@@ -37,6 +37,15 @@ pub(super) fn dec<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Stor
     })
 }
 
+/// A stored assignment's status, decoded alone (the whole record is decoded only when needed).
+pub(super) fn assignment_status(tree: &'static str, bytes: &[u8]) -> StoreResult<AssignmentStatus> {
+    #[derive(serde::Deserialize)]
+    struct StatusOnly {
+        status: AssignmentStatus,
+    }
+    dec::<StatusOnly>(tree, bytes).map(|s| s.status)
+}
+
 /// Read a JSON value inside a transaction.
 pub(super) fn tx_get<T: DeserializeOwned>(
     tree: &TransactionalTree,
