@@ -177,7 +177,7 @@ pub(super) fn existing(store: &dyn Store, a: &Assignment) -> AppResult<Submitted
         .submission_id
         .ok_or_else(|| AppError::internal("submitted assignment without submission"))?;
     let submission = store
-        .submission(sid)?
+        .submission(a.project_id, sid)?
         .ok_or(AppError::NotFound("submission"))?;
     Ok(Submitted {
         submission,

@@ -212,7 +212,8 @@ pub trait Store: Send + Sync + 'static {
             .pop()
             .ok_or(StoreError::Missing("submission"))
     }
-    fn submission(&self, id: Id) -> StoreResult<Option<Submission>>;
+    /// A submission, by its project and id.
+    fn submission(&self, project: Id, id: Id) -> StoreResult<Option<Submission>>;
     /// Like `submissions_page`, as the stored JSON text of each [`Submission`].
     fn submissions_page_json(
         &self,

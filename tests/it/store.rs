@@ -461,7 +461,10 @@ fn submissions_commit_atomically_once() {
         Err(StoreError::AssignmentEnded(cur)) => assert_eq!(cur.submission_id, Some(stored.id)),
         other => panic!("expected AssignmentEnded, got {other:?}"),
     }
-    assert_eq!(s.submission(stored.id).unwrap().unwrap(), stored);
+    assert_eq!(
+        s.submission(stored.project_id, stored.id).unwrap().unwrap(),
+        stored
+    );
     assert_eq!(
         s.submissions_for_task(t.task_id).unwrap(),
         vec![stored.clone()]
@@ -724,7 +727,10 @@ fn a_batch_only_the_submit_log_holds_is_applied_again_at_open() {
     drop(s);
     std::fs::copy(before.join("submit.log"), again.join("submit.log")).unwrap();
     let s = open(&again);
-    assert_eq!(s.submission(third.id).unwrap().as_ref(), Some(&third));
+    assert_eq!(
+        s.submission(third.project_id, third.id).unwrap().as_ref(),
+        Some(&third)
+    );
     b.check(s.as_ref(), (1, 2, 3), "a later batch replayed");
 }
 
@@ -750,7 +756,12 @@ fn a_batch_sled_kept_in_part_is_completed_once_at_open() {
     // (what sled kept, the edit that leaves only that, whether the submit log lost the batch)
     type Edit = Box<dyn Fn(&sled::Db, &sled::Db)>;
     let first_member_only = move |from: &sled::Db, to: &sled::Db| {
-        revert(from, to, "submissions_id", &keys::id(second));
+        revert(
+            from,
+            to,
+            "submissions_project_id",
+            &keys::pair(p.id, second),
+        );
         let by_task = keys::pair(t2.task_id, second);
         revert(from, to, "submissions_task_id", &by_task);
         revert(from, to, "taskstatus_id", &keys::id(t2.task_id));
@@ -1103,6 +1114,69 @@ fn upgrading_to_10_moves_live_lease_records_into_the_lease_index() {
             .unwrap()
             .is_none(),
         "a live record is kept in one place"
+    );
+}
+
+/// Version 10 stored a submission by id alone (`submissions_id`) and indexed it by project,
+/// task and expert with empty entries; version 11 stores it under its project and the task and
+/// expert entries name the project. Every read finds the same submissions after the upgrade.
+#[test]
+fn upgrading_to_11_stores_submissions_under_their_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, p, t) = store_with_task(dir.path(), None, 2);
+    let mut stored = Vec::new();
+    let mut status = t.clone();
+    for expert in [4, 5] {
+        let a = assignment(s.as_ref(), &t, expert, 1000);
+        s.put_assignment(&a).unwrap();
+        status.done_by.push(expert);
+        stored.push(s.commit_submission(write(&a, &status)).unwrap());
+    }
+    s.flush().unwrap();
+    drop(s);
+    {
+        let db = raw_db(dir.path());
+        let by_project = db.open_tree("submissions_project_id").unwrap();
+        let by_id = db.open_tree("submissions_id").unwrap();
+        for item in by_project.iter() {
+            let (key, bytes) = item.unwrap();
+            by_id.insert(&key[8..], bytes).unwrap();
+            by_project.insert(key, &[]).unwrap();
+        }
+        for index in ["submissions_task_id", "submissions_expert_id"] {
+            let index = db.open_tree(index).unwrap();
+            for key in index.iter().keys() {
+                index.insert(key.unwrap(), &[]).unwrap();
+            }
+        }
+        db.open_tree("meta")
+            .unwrap()
+            .insert(b"schema_version", &10u32.to_be_bytes())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.submissions_for_task(t.task_id).unwrap(), stored);
+    assert_eq!(s.submissions_page(p.id, None, 10).unwrap(), stored);
+    assert_eq!(
+        s.submissions_page(p.id, Some(stored[0].id), 10).unwrap(),
+        vec![stored[1].clone()]
+    );
+    assert_eq!(
+        s.expert_submissions_since(5, 0).unwrap(),
+        vec![stored[1].clone()]
+    );
+    assert_eq!(
+        s.submission(p.id, stored[0].id).unwrap().as_ref(),
+        Some(&stored[0])
+    );
+    drop(s);
+    let db = raw_db(dir.path());
+    assert!(
+        !db.tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"submissions_id"),
+        "the records by id alone are dropped"
     );
 }
 

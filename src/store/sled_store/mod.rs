@@ -20,10 +20,9 @@
 //! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (binary, `queue_codec`) |
 //! | `assignments_id`         | assignment id (ended leases)          | Assignment           |
 //! | `leases_assignment`      | assignment id (live leases)           | Assignment           |
-//! | `submissions_id`         | submission id                         | Submission           |
-//! | `submissions_task_id`    | task id ++ submission id              | empty                |
-//! | `submissions_expert_id`  | expert id ++ submission id            | empty                |
-//! | `submissions_project_id` | project id ++ submission id           | empty                |
+//! | `submissions_project_id` | project id ++ submission id           | Submission           |
+//! | `submissions_task_id`    | task id ++ submission id              | project id, u64 BE   |
+//! | `submissions_expert_id`  | expert id ++ submission id            | project id, u64 BE   |
 //! | `counters_project_name`  | project id ++ counter name            | u64 BE (++ batch u64 BE) |
 //! | `plugins_hash`           | content hash (hex)                    | PluginVersion        |
 //! | `plugins_kind_name_time` | kind 0x00 name 0x00 first-seen time ++ hash | empty          |
@@ -105,7 +104,6 @@ struct Trees {
     submissions: Tree,
     subs_task: Tree,
     subs_expert: Tree,
-    subs_project: Tree,
     counters: Tree,
     plugins: Tree,
     plugins_by_name: Tree,

@@ -14,7 +14,7 @@ use crate::store::keys;
 
 /// Schema version written by this binary. Bump it and add a step to `migrate` when a stored
 /// layout changes.
-pub const SCHEMA_VERSION: u32 = 10;
+pub const SCHEMA_VERSION: u32 = 11;
 
 impl SledStore {
     /// Opens (or creates) the database in `path`, refusing one written by a newer binary.
@@ -57,10 +57,9 @@ impl SledStore {
             queue: tree("queue_project_task")?,
             assignments: tree("assignments_id")?,
             leases: tree("leases_assignment")?,
-            submissions: tree("submissions_id")?,
+            submissions: tree("submissions_project_id")?,
             subs_task: tree("submissions_task_id")?,
             subs_expert: tree("submissions_expert_id")?,
-            subs_project: tree("submissions_project_id")?,
             counters: tree("counters_project_name")?,
             plugins: tree("plugins_hash")?,
             plugins_by_name: tree("plugins_kind_name_time")?,
@@ -172,7 +171,11 @@ impl SledStore {
                 self.upgrade_9_to_10()?;
                 self.migrate()
             }
-            // Later upgrade steps go here, in order: `Some(10) => self.upgrade_10_to_11()`, ...
+            Some(10) => {
+                self.upgrade_10_to_11()?;
+                self.migrate()
+            }
+            // Later upgrade steps go here, in order: `Some(11) => self.upgrade_11_to_12()`, ...
             Some(_) => Ok(()),
             None => {
                 self.t
@@ -319,6 +322,44 @@ impl SledStore {
             }
         }
         self.finish_upgrade(10)
+    }
+
+    /// Version 11: a submission is stored once, under its project (`submissions_project_id`,
+    /// which only indexed it before), and the task and expert indexes name its project, so a
+    /// submit writes one record fewer and an export reads a project's submissions in one range.
+    /// `submissions_id` (the records by id alone) goes. Run again after a crash halfway, it
+    /// copies every record again.
+    fn upgrade_10_to_11(&self) -> StoreResult<()> {
+        const OLD: &str = "submissions_id";
+        tracing::info!("upgrading the database to schema version 11");
+        #[derive(serde::Deserialize)]
+        struct Owners {
+            project_id: Id,
+            task_id: Id,
+            expert_id: Id,
+        }
+        let old = self.db.open_tree(OLD).map_err(backend)?;
+        for item in old.iter() {
+            let (key, bytes) = item.map_err(backend)?;
+            let Some(id) = keys::u64_at(&key, 0) else {
+                continue;
+            };
+            let owners: Owners = dec(OLD, &bytes)?;
+            let project = keys::id(owners.project_id);
+            let t = &self.t;
+            t.submissions
+                .insert(keys::pair(owners.project_id, id), bytes)
+                .map_err(backend)?;
+            t.subs_task
+                .insert(keys::pair(owners.task_id, id), &project)
+                .map_err(backend)?;
+            t.subs_expert
+                .insert(keys::pair(owners.expert_id, id), &project)
+                .map_err(backend)?;
+        }
+        self.finish_upgrade(11)?;
+        self.db.drop_tree(OLD).map_err(backend)?;
+        Ok(())
     }
 
     /// Records that an upgrade step is complete, durably, before the next step or any use.

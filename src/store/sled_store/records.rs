@@ -163,48 +163,38 @@ impl SledStore {
         Ok(Counter::decode(stored.as_deref()).value)
     }
 
-    /// Loads the records whose ids are the second half of index keys under `prefix`.
-    pub(super) fn by_index<T: DeserializeOwned>(
+    /// The stored submissions of a project after `after` (by id), at most `limit`.
+    fn project_submissions_raw(
         &self,
-        index: &Tree,
-        prefix: u64,
+        project: Id,
         after: Option<Id>,
         limit: usize,
-        records: &Tree,
-        name: &'static str,
-    ) -> StoreResult<Vec<T>> {
-        self.by_index_raw(index, prefix, after, limit, records)?
-            .iter()
-            .map(|bytes| dec(name, bytes))
+    ) -> StoreResult<Vec<sled::IVec>> {
+        let start = keys::pair(project, after.map_or(0, |a| a.saturating_add(1)));
+        let end = keys::pair(project, u64::MAX);
+        self.t
+            .submissions
+            .range(start..=end)
+            .values()
+            .take(limit)
+            .map(|v| v.map_err(backend))
             .collect()
     }
 
-    /// The stored bytes of the records whose ids are the second half of index keys under
-    /// `prefix`, in index order.
-    pub(super) fn by_index_raw(
-        &self,
-        index: &Tree,
-        prefix: u64,
-        after: Option<Id>,
-        limit: usize,
-        records: &Tree,
-    ) -> StoreResult<Vec<sled::IVec>> {
-        let start = keys::pair(prefix, after.map(|a| a.saturating_add(1)).unwrap_or(0));
-        let end = keys::pair(prefix, u64::MAX);
-        let mut out = Vec::new();
-        for item in index.range(start..=end) {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, _) = item.map_err(backend)?;
-            let Some(id) = keys::u64_at(&key, 8) else {
-                continue;
-            };
-            if let Some(bytes) = records.get(keys::id(id)).map_err(backend)? {
-                out.push(bytes);
-            }
-        }
-        Ok(out)
+    /// The submission an owner index entry (`subs_task`, `subs_expert`: owner ++ id, valued
+    /// with the project id) names.
+    fn indexed_submission(&self, key: &[u8], project: &[u8]) -> StoreResult<Option<Submission>> {
+        let (Some(id), Some(project)) = (keys::u64_at(key, 8), keys::u64_at(project, 0)) else {
+            return Err(StoreError::Corrupt {
+                tree: "submissions_owner_id",
+                message: "an index entry is not an owner, an id and a project".into(),
+            });
+        };
+        self.get(
+            &self.t.submissions,
+            "submissions_project_id",
+            &keys::pair(project, id),
+        )
     }
 
     /// Every live lease in `leases_assignment`. An entry is stale when the lease's ended record
@@ -737,7 +727,7 @@ impl Store for SledStore {
         let subs = w
             .submissions
             .iter()
-            .map(|s| Ok((keys::id(s.id), enc(s)?)))
+            .map(|s| Ok((keys::pair(s.project_id, s.id), enc(s)?)))
             .collect::<StoreResult<Vec<_>>>()?;
         let mut events = Vec::with_capacity(w.audit.len());
         for event in &w.audit {
@@ -819,13 +809,7 @@ impl Store for SledStore {
         after: Option<Id>,
         limit: usize,
     ) -> StoreResult<Vec<Vec<u8>>> {
-        let raw = self.by_index_raw(
-            &self.t.subs_project,
-            project,
-            after,
-            limit,
-            &self.t.submissions,
-        )?;
+        let raw = self.project_submissions_raw(project, after, limit)?;
         Ok(raw.into_iter().map(|v| v.to_vec()).collect())
     }
 
@@ -834,13 +818,8 @@ impl Store for SledStore {
         let range = keys::pair(expert, 0)..=keys::pair(expert, u64::MAX);
         let mut out = Vec::new();
         for item in self.t.subs_expert.range(range).rev() {
-            let (key, _) = item.map_err(backend)?;
-            let Some(id) = keys::u64_at(&key, 8) else {
-                continue;
-            };
-            let Some(sub) =
-                self.get::<Submission>(&self.t.submissions, "submissions_id", &keys::id(id))?
-            else {
+            let (key, project) = item.map_err(backend)?;
+            let Some(sub) = self.indexed_submission(&key, &project)? else {
                 continue;
             };
             if sub.submitted_at < since {
@@ -862,19 +841,22 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn submission(&self, id: Id) -> StoreResult<Option<Submission>> {
-        self.get(&self.t.submissions, "submissions_id", &keys::id(id))
+    fn submission(&self, project: Id, id: Id) -> StoreResult<Option<Submission>> {
+        self.get(
+            &self.t.submissions,
+            "submissions_project_id",
+            &keys::pair(project, id),
+        )
     }
 
     fn submissions_for_task(&self, task: Id) -> StoreResult<Vec<Submission>> {
-        self.by_index(
-            &self.t.subs_task,
-            task,
-            None,
-            usize::MAX,
-            &self.t.submissions,
-            "submissions_id",
-        )
+        let range = keys::pair(task, 0)..=keys::pair(task, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.t.subs_task.range(range) {
+            let (key, project) = item.map_err(backend)?;
+            out.extend(self.indexed_submission(&key, &project)?);
+        }
+        Ok(out)
     }
 
     fn submissions_page(
@@ -883,14 +865,10 @@ impl Store for SledStore {
         after: Option<Id>,
         limit: usize,
     ) -> StoreResult<Vec<Submission>> {
-        self.by_index(
-            &self.t.subs_project,
-            project,
-            after,
-            limit,
-            &self.t.submissions,
-            "submissions_id",
-        )
+        self.project_submissions_raw(project, after, limit)?
+            .iter()
+            .map(|bytes| dec("submissions_project_id", bytes))
+            .collect()
     }
 
     fn put_plugin_version(&self, version: &PluginVersion) -> StoreResult<()> {

@@ -206,15 +206,14 @@ impl SledStore {
             t.leases.remove(id).map_err(backend)?;
             let sub = &m.submission;
             t.submissions
-                .insert(keys::id(sub.id), submission_bytes.as_slice())
+                .insert(
+                    keys::pair(sub.project_id, sub.id),
+                    submission_bytes.as_slice(),
+                )
                 .map_err(backend)?;
-            for (index, owner) in [
-                (&t.subs_task, sub.task_id),
-                (&t.subs_expert, sub.expert_id),
-                (&t.subs_project, sub.project_id),
-            ] {
+            for (index, owner) in [(&t.subs_task, sub.task_id), (&t.subs_expert, sub.expert_id)] {
                 index
-                    .insert(keys::pair(owner, sub.id), &[])
+                    .insert(keys::pair(owner, sub.id), &keys::id(sub.project_id))
                     .map_err(backend)?;
             }
             t.taskstatus
