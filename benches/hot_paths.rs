@@ -202,6 +202,79 @@ fn submit(c: &mut Criterion) {
     });
 }
 
+/// What the store writes for a loop under load: a lease per expert, then their 16 submissions
+/// as one batch (not synced: the submit log's one fdatasync a batch is the same whatever the
+/// batch holds). Per batch of 16 loops.
+fn loop_writes(c: &mut Criterion) {
+    const BATCH: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), true).unwrap();
+    let answer =
+        json!({"preference": {"pick": "left", "strength": 2}, "justification": "A is better."});
+    let mut waiting: Vec<TaskStatus> = Vec::new();
+    let mut group = c.benchmark_group("store writes");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("16 loops: 16 leases, one submit batch", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                if waiting.len() < BATCH {
+                    // Imported in batches under 256 tasks, so their statuses are in the trees
+                    // (a large import's live in a segment file until they change).
+                    waiting = store
+                        .import_batch(1, (0..200).map(|_| status(rand_id())).collect())
+                        .unwrap()
+                        .created;
+                }
+                let started = std::time::Instant::now();
+                let mut batch = Vec::with_capacity(BATCH);
+                for (expert, s) in waiting.drain(..BATCH).enumerate() {
+                    let expert = expert as Id + 1;
+                    let a = assignment(&store, s.task_id, expert);
+                    store.put_assignment(&a).unwrap();
+                    let mut done = s.clone();
+                    done.done_by.push(expert);
+                    done.state = TaskState::Complete;
+                    let submission = Submission {
+                        id: 0,
+                        task_id: s.task_id,
+                        project_id: 1,
+                        assignment_id: a.id,
+                        expert_id: expert,
+                        answer: answer.clone(),
+                        scores: json!({"preference": 2}),
+                        rubric: "r".into(),
+                        rubric_version: "v".into(),
+                        router: "q".into(),
+                        router_version: "v".into(),
+                        served_at: 0,
+                        submitted_at: 1,
+                        active_seconds: 1.0,
+                        qa: None,
+                    };
+                    batch.push(SubmissionWrite {
+                        submission,
+                        assignment: a,
+                        status: done,
+                        audit: AuditEvent {
+                            at: 1,
+                            actor: Some(expert),
+                            action: AuditAction::TaskSubmit,
+                            object: format!("task:{}", s.task_id),
+                            detail: json!({"assignment": 1}),
+                        },
+                        prior_state: Some(TaskState::Open),
+                    });
+                }
+                black_box(store.commit_submissions(batch).unwrap());
+                spent += started.elapsed();
+            }
+            spent
+        })
+    });
+    group.finish();
+}
+
 fn rand_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1_000_000);
@@ -233,6 +306,7 @@ criterion_group!(
     rubric_check,
     handout,
     submit,
+    loop_writes,
     review_page,
     import_parse
 );
