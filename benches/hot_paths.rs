@@ -141,6 +141,42 @@ fn handout(c: &mut Criterion) {
     });
 }
 
+/// The submission of lease `a` on task `s`, which it completes.
+fn submission_write(s: &TaskStatus, a: Assignment, answer: &serde_json::Value) -> SubmissionWrite {
+    let mut done = s.clone();
+    done.done_by.push(a.expert_id);
+    done.state = TaskState::Complete;
+    SubmissionWrite {
+        submission: Submission {
+            id: 0,
+            task_id: s.task_id,
+            project_id: s.project_id,
+            assignment_id: a.id,
+            expert_id: a.expert_id,
+            answer: answer.clone(),
+            scores: json!({"preference": 2}),
+            rubric: "r".into(),
+            rubric_version: "v".into(),
+            router: "q".into(),
+            router_version: "v".into(),
+            served_at: 0,
+            submitted_at: 1,
+            active_seconds: 1.0,
+            qa: None,
+        },
+        audit: AuditEvent {
+            at: 1,
+            actor: Some(a.expert_id),
+            action: AuditAction::TaskSubmit,
+            object: format!("task:{}", s.task_id),
+            detail: json!({"assignment": a.id}),
+        },
+        assignment: a,
+        status: done,
+        prior_state: Some(TaskState::Open),
+    }
+}
+
 /// Submit: the transaction and the flush that makes it durable.
 fn submit(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
@@ -160,40 +196,8 @@ fn submit(c: &mut Criterion) {
                 (s, a)
             },
             |(s, a)| {
-                let mut done = s.clone();
-                done.done_by.push(7);
-                done.state = TaskState::Complete;
-                let sub = Submission {
-                    id: 0,
-                    task_id: s.task_id,
-                    project_id: 1,
-                    assignment_id: a.id,
-                    expert_id: 7,
-                    answer: answer.clone(),
-                    scores: json!({"preference": 2}),
-                    rubric: "r".into(),
-                    rubric_version: "v".into(),
-                    router: "q".into(),
-                    router_version: "v".into(),
-                    served_at: 0,
-                    submitted_at: 1,
-                    active_seconds: 1.0,
-                    qa: None,
-                };
                 store
-                    .commit_submission(SubmissionWrite {
-                        submission: sub,
-                        assignment: a.clone(),
-                        status: done,
-                        audit: AuditEvent {
-                            at: 1,
-                            actor: Some(7),
-                            action: AuditAction::TaskSubmit,
-                            object: "task".into(),
-                            detail: json!({}),
-                        },
-                        prior_state: Some(TaskState::Open),
-                    })
+                    .commit_submission(submission_write(&s, a, &answer))
                     .unwrap();
                 store.flush().unwrap();
             },
@@ -232,39 +236,7 @@ fn loop_writes(c: &mut Criterion) {
                     let expert = expert as Id + 1;
                     let a = assignment(&store, s.task_id, expert);
                     store.put_assignment(&a).unwrap();
-                    let mut done = s.clone();
-                    done.done_by.push(expert);
-                    done.state = TaskState::Complete;
-                    let submission = Submission {
-                        id: 0,
-                        task_id: s.task_id,
-                        project_id: 1,
-                        assignment_id: a.id,
-                        expert_id: expert,
-                        answer: answer.clone(),
-                        scores: json!({"preference": 2}),
-                        rubric: "r".into(),
-                        rubric_version: "v".into(),
-                        router: "q".into(),
-                        router_version: "v".into(),
-                        served_at: 0,
-                        submitted_at: 1,
-                        active_seconds: 1.0,
-                        qa: None,
-                    };
-                    batch.push(SubmissionWrite {
-                        submission,
-                        assignment: a,
-                        status: done,
-                        audit: AuditEvent {
-                            at: 1,
-                            actor: Some(expert),
-                            action: AuditAction::TaskSubmit,
-                            object: format!("task:{}", s.task_id),
-                            detail: json!({"assignment": 1}),
-                        },
-                        prior_state: Some(TaskState::Open),
-                    });
+                    batch.push(submission_write(&s, a, &answer));
                 }
                 black_box(store.commit_submissions(batch).unwrap());
                 spent += started.elapsed();
