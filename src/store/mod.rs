@@ -186,8 +186,7 @@ pub trait Store: Send + Sync + 'static {
     fn reopen_broken(&self, project: Id, tasks: Option<&[Id]>) -> StoreResult<Vec<TaskStatus>>;
     /// Active assignments whose lease ends at or before `now`, oldest first.
     fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>>;
-    /// Every active assignment, for rebuilding the in-memory queue. Also drops index entries a
-    /// crash left without an active record, so call it before leases are handed out.
+    /// Every active assignment, for rebuilding the in-memory queue.
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>>;
 
     // Submissions

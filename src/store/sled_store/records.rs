@@ -200,8 +200,8 @@ impl SledStore {
     /// Every live lease in `leases_assignment`. An entry is stale when the lease's ended record
     /// is in `assignments_id` too (a crash between the two writes that end one outside a
     /// transaction) or when it holds no record (schema 9 and before kept the index empty;
-    /// the upgrade to 10 fills it). With `repair`, stale entries are dropped (safe only while
-    /// no lease is being handed out: the store does it at open).
+    /// the upgrade to 10 fills it). With `repair` (the store at open), stale entries are
+    /// dropped.
     pub(super) fn indexed_leases(&self, repair: bool) -> StoreResult<Vec<Assignment>> {
         let mut out = Vec::new();
         for item in self.t.leases.iter() {
@@ -719,7 +719,7 @@ impl Store for SledStore {
     }
 
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>> {
-        self.indexed_leases(true)
+        self.indexed_leases(false)
     }
 
     fn commit_verdict(&self, w: &VerdictWrite) -> StoreResult<()> {
