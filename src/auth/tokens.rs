@@ -96,7 +96,8 @@ pub struct Keys {
 /// Tokens whose signature checked out, with their claims. Every request carries a session
 /// token and a submit a lease token too; checking one (base64, HMAC, JSON) cost a twentieth of
 /// the server's CPU in the review loop, so a token seen before is looked up instead (its time
-/// limits are still checked at each use). Only tokens that verified get in, none longer than
+/// limits are still checked at each use). Only tokens that verified or that this server signed
+/// (a lease token, when it hands the lease out) get in, none longer than
 /// [`MAX_REMEMBERED_TOKEN`], and the map is emptied when it reaches [`MAX_REMEMBERED`]: its
 /// size is bounded whatever clients send.
 struct Verified<T> {
@@ -126,6 +127,12 @@ impl<T: Clone> Verified<T> {
             return current(&claims).then_some(claims);
         }
         let claims = verify()?;
+        self.remember(token, &claims);
+        Some(claims)
+    }
+
+    /// Remembers a token known to be good: one that verified, or that this server signed.
+    fn remember(&self, token: &str, claims: &T) {
         if token.len() <= MAX_REMEMBERED_TOKEN {
             let mut tokens = self.tokens.lock();
             if tokens.len() >= MAX_REMEMBERED {
@@ -133,7 +140,6 @@ impl<T: Clone> Verified<T> {
             }
             tokens.insert(token.to_owned(), claims.clone());
         }
-        Some(claims)
     }
 }
 
@@ -254,7 +260,10 @@ impl Keys {
             // Valid for a week: heartbeats extend the lease in the store, not in the token.
             exp: a.served_at / 1000 + 7 * 24 * 3600,
         };
-        self.sign(&claims)
+        let token = self.sign(&claims)?;
+        // Signed here, so good: the expert's submit, moments later, need not check it again.
+        self.assignments.remember(&token, &claims);
+        Ok(token)
     }
 
     /// A QA lease token, valid for a day (heartbeats extend the lease, not the token).
@@ -317,6 +326,32 @@ mod tests {
             verified.get(&format!("t{i}"), || Some(3), |_| true);
         }
         assert!(verified.tokens.lock().len() <= MAX_REMEMBERED);
+    }
+
+    /// A lease token is remembered when it is signed, with exactly the claims its signature
+    /// check gives; a token of other keys is still refused.
+    #[test]
+    fn a_signed_lease_token_is_remembered_with_the_claims_its_check_gives() {
+        let keys = Keys::new(b"a secret of some length for the test", 1);
+        let now = crate::now_ms();
+        let lease: Assignment = serde_json::from_value(serde_json::json!({
+            "id": 4, "task_id": 2, "project_id": 1, "expert_id": 3, "status": "active",
+            "served_at": now, "expires_at": now + 60_000, "last_seen_at": now,
+            "active_seconds": 0.0, "fence": 7, "rubric": "r", "rubric_version": "v",
+            "router": "q", "router_version": "w", "submission_id": null, "reason": null
+        }))
+        .unwrap();
+        let token = keys.assignment(&lease).unwrap();
+        let remembered = keys.assignments.tokens.lock().get(&token).cloned();
+        let checked: AssignmentClaims = keys
+            .verify(&token, ASSIGNMENT_ISSUER, &["exp", "iss"])
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(remembered.expect("remembered when signed")).unwrap(),
+            serde_json::to_value(&checked).unwrap()
+        );
+        let other = Keys::new(b"another secret, also long enough", 1);
+        assert!(other.verify_assignment(&token).is_none());
     }
 
     #[test]
