@@ -181,13 +181,18 @@ impl SledStore {
             .collect()
     }
 
-    /// The submission an owner index entry (`subs_task`, `subs_expert`: owner ++ id, valued
-    /// with the project id) names.
-    fn indexed_submission(&self, key: &[u8], project: &[u8]) -> StoreResult<Option<Submission>> {
+    /// The submission an entry of an owner index (`index`: `subs_task` or `subs_expert`,
+    /// owner ++ id, valued with the project id) names.
+    fn indexed_submission(
+        &self,
+        index: &'static str,
+        key: &[u8],
+        project: &[u8],
+    ) -> StoreResult<Option<Submission>> {
         let (Some(id), Some(project)) = (keys::u64_at(key, 8), keys::u64_at(project, 0)) else {
             return Err(StoreError::Corrupt {
-                tree: "submissions_owner_id",
-                message: "an index entry is not an owner, an id and a project".into(),
+                tree: index,
+                message: "an entry is not an owner, an id and a project".into(),
             });
         };
         self.get(
@@ -819,7 +824,8 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for item in self.t.subs_expert.range(range).rev() {
             let (key, project) = item.map_err(backend)?;
-            let Some(sub) = self.indexed_submission(&key, &project)? else {
+            let Some(sub) = self.indexed_submission("submissions_expert_id", &key, &project)?
+            else {
                 continue;
             };
             if sub.submitted_at < since {
@@ -854,7 +860,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for item in self.t.subs_task.range(range) {
             let (key, project) = item.map_err(backend)?;
-            out.extend(self.indexed_submission(&key, &project)?);
+            out.extend(self.indexed_submission("submissions_task_id", &key, &project)?);
         }
         Ok(out)
     }
