@@ -31,6 +31,12 @@ const MAGIC: &[u8; 8] = b"ASSAYSG1";
 const VERSION: u32 = 1;
 const FOOTER: usize = 64;
 
+/// How much of a segment's bodies may sit in the page cache before its write-out is started.
+/// Without it the kernel writes a large import only at the final sync (about 0.3 s for 230 MB
+/// on a disk that writes 500 MB/s), after the parsing is done; started as the import goes, the
+/// write overlaps the parsing and the final sync has little left to wait for.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
 /// The hash external ids are filed under (stable across builds, unlike std's hasher).
 pub(super) fn external_hash(external_id: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -59,6 +65,8 @@ pub(super) struct SegmentWriter {
     path: PathBuf,
     bodies: BufWriter<File>,
     written: u64,
+    /// Where the write-out of `bodies` was last started up to (see [`WRITEBACK_EVERY`]).
+    writeback_from: u64,
     /// The statuses go to a file of their own until `finish` appends them.
     statuses: BufWriter<File>,
     statuses_path: PathBuf,
@@ -95,6 +103,7 @@ impl SegmentWriter {
             path,
             statuses_path,
             written: 0,
+            writeback_from: 0,
             statuses_written: 0,
             ids: Vec::new(),
             body_offsets: vec![0],
@@ -132,7 +141,38 @@ impl SegmentWriter {
             self.externals.push((hash, id));
             self.external_index.entry(hash).or_insert(id);
         }
+        self.start_writeback();
         Ok(())
+    }
+
+    /// Starts writing out the bodies the file holds so far, once [`WRITEBACK_EVERY`] bytes
+    /// wait in the page cache. Only a hint that does not wait for the disk: durability still
+    /// comes from the sync in [`Self::finish`], so a failure here is ignored.
+    fn start_writeback(&mut self) {
+        let in_file = self.written - self.bodies.buffer().len() as u64;
+        if in_file - self.writeback_from < WRITEBACK_EVERY {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let (Ok(from), Ok(len)) = (
+                self.writeback_from.try_into(),
+                (in_file - self.writeback_from).try_into(),
+            ) else {
+                return;
+            };
+            // SAFETY: a plain system call on a descriptor this writer owns; it reads no memory.
+            unsafe {
+                libc::sync_file_range(
+                    self.bodies.get_ref().as_raw_fd(),
+                    from,
+                    len,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+        self.writeback_from = in_file;
     }
 
     /// Tasks in it so far.
