@@ -42,12 +42,16 @@ fn push_ids(out: &mut Vec<u8>, ids: &[Id]) {
 }
 
 pub fn encode(s: &TaskStatus) -> Vec<u8> {
+    // Kept as 32 raw bytes only when the text is what decoding them gives back (lowercase hex),
+    // so a version always reads back exactly as it was written.
     let hash = s
         .router_version
         .as_deref()
-        .filter(|v| v.len() == 64)
-        .and_then(|v| hex::decode(v).ok())
-        .filter(|raw| hex::encode(raw) == s.router_version.as_deref().unwrap_or_default());
+        .filter(|v| v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .and_then(|v| {
+            let mut raw = [0u8; 32];
+            hex::decode_to_slice(v, &mut raw).ok().map(|()| raw)
+        });
     let mut flags = 0;
     flags |= if s.gold { GOLD } else { 0 };
     flags |= if s.estimate_minutes.is_some() {
@@ -209,6 +213,9 @@ mod tests {
             status(Some(&hash), Some("cardiology")),
             status(Some("not-a-hash"), None),
             status(Some(&"AB".repeat(32)), None), // upper-case hex is kept as written
+            status(Some(&"aB".repeat(32)), None),
+            status(Some(&"ab".repeat(31)), None), // lowercase hex of another length
+            status(Some(&"ab".repeat(33)), None),
             status(None, Some("")),
             TaskStatus {
                 estimate_minutes: None,

@@ -87,6 +87,7 @@ impl SledStore {
             .next()
             .is_some();
         let mut out = ImportedBatch::default();
+        out.created.reserve(batch.len());
         let mut for_trees = Vec::new();
         for new in batch {
             if let Some(x) = &new.external_id {
