@@ -47,7 +47,7 @@ pub fn encode(s: &TaskStatus) -> Vec<u8> {
     let hash = s
         .router_version
         .as_deref()
-        .filter(|v| v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         .and_then(|v| {
             let mut raw = [0u8; 32];
             hex::decode_to_slice(v, &mut raw).ok().map(|()| raw)
