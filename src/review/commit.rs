@@ -5,9 +5,11 @@
 //! 1. lock the queues of the batch's projects (in id order);
 //! 2. re-check each member against the index, and against the members before it (two reviews
 //!    of one task in a batch build on each other's task status);
-//! 3. write every member that passed as one batch (see `store/sled_store/submit_batch.rs`);
+//! 3. write every member that passed as one batch (see `store/sled_store/submit_batch.rs`:
+//!    the batch's submit log record is written first and synced on another thread while
+//!    sled is written);
 //! 4. mirror what committed into the index and unlock;
-//! 5. make it durable (the store's submit log: one write and one fdatasync, see
+//! 5. wait until it is durable (the store's submit log: one write and one fdatasync, see
 //!    `store/sled_store/submit_log.rs`), then answer each member.
 //!
 //! While one batch is made durable the next one gathers, so batches grow with the load: one

@@ -63,12 +63,14 @@
 //! [`Store`] over the trees; `backup.rs` writes and restores consistent backups (segments'
 //! tasks are written into it as tree entries, so a restored database has no segments);
 //! `submit_batch.rs` writes submit batches and `submit_log.rs` makes them durable without a
-//! flush of sled (a batch sled lost in a crash is applied again from the log at open);
+//! flush of sled (a batch sled lost in a crash is applied again from the log at open), synced
+//! on a thread of its own by `log_sync.rs`;
 //! `cache.rs` keeps projects and project roles in memory.
 
 mod audit_chain;
 pub mod backup;
 mod cache;
+mod log_sync;
 mod open;
 mod records;
 mod segment_file;
@@ -152,6 +154,8 @@ pub struct SledStore {
     segments: segments::Segments,
     /// What makes submit batches durable (`submit_log.rs`).
     submit_log: parking_lot::Mutex<submit_log::SubmitLog>,
+    /// Syncs the submit log while a batch's sled writes run (`log_sync.rs`).
+    log_sync: log_sync::LogSync,
 }
 
 impl SledStore {

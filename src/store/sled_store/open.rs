@@ -91,6 +91,7 @@ impl SledStore {
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
         let (submit_log, logged) = super::submit_log::SubmitLog::open(path)?;
+        let log_sync = super::log_sync::LogSync::start(submit_log.sync_handle()?, 0)?;
         let store = Self {
             db,
             t,
@@ -105,6 +106,7 @@ impl SledStore {
             id_base,
             segments,
             submit_log: parking_lot::Mutex::new(submit_log),
+            log_sync,
         };
         store.migrate()?;
         store.replay_submit_log(logged)?;

@@ -145,21 +145,28 @@ impl SledStore {
         // Before any of the batch's writes (see the module notes); nothing is written if it fails.
         self.t.submit_redo.insert(REDO_KEY, redo).map_err(backend)?;
         log.next_seq += 1;
+        // Logged before sled is written, and synced while it is (`log_sync.rs`). Once logged,
+        // a batch the writes below fail to finish is completed from the log at the next open;
+        // its members are answered with the error all the same.
+        let logged = log.append(seq, &payload);
+        match &logged {
+            // In sled but not logged: the next sync flushes sled instead.
+            Err(e) => {
+                log.broken = true;
+                tracing::error!(error = %e, "could not append to the submit log; flushing instead");
+            }
+            Ok(()) if self.sync_file.is_some() && log.len() <= CHECKPOINT_BYTES => {
+                self.log_sync.request(seq);
+            }
+            Ok(()) => {} // made durable by a flush of sled (`sync_submit_log`)
+        }
         let written = self.write_submit_batch(&members, &encoded, &counts, seq, false);
         if let Some(at) = members.iter().map(|m| m.audit.at).min() {
             self.audit_written(at);
         }
-        // Logged even when a write failed part-way: the next open then completes the batch
-        // from the log. Its members are answered with the error all the same.
-        let logged = log.append(seq, &payload);
-        if let Err(e) = &logged {
-            // In sled but not logged: the next sync flushes sled instead.
-            log.broken = true;
-            tracing::error!(error = %e, "could not append to the submit log; flushing instead");
-        }
         if let Err(e) = written {
-            if logged.is_ok() {
-                let _ = log.sync(self.sync_file.is_some());
+            if logged.is_ok() && self.sync_file.is_some() {
+                let _ = self.log_sync.wait(seq);
             }
             return Err(e);
         }
@@ -252,16 +259,24 @@ impl SledStore {
         Ok(())
     }
 
-    /// Makes every batch committed so far durable: one fdatasync of the log, or, when the log
-    /// is due to be emptied (or an append failed), `flush` (the shared flush of sled) first.
+    /// Makes every batch committed so far durable: its log record synced (the sync began when
+    /// it was appended), or, when the log is due to be emptied (or an append or a sync failed),
+    /// `flush` (the shared flush of sled) first.
     pub(super) fn sync_submit_log(&self, flush: &dyn Fn() -> StoreResult<()>) -> StoreResult<()> {
         let mut log = self.submit_log.lock();
-        if log.broken || log.len() > CHECKPOINT_BYTES {
+        let last = log.next_seq - 1;
+        if log.broken || log.len() > CHECKPOINT_BYTES || self.log_sync.failed() {
             // The log stays locked: no batch can be committed between the flush and the clear.
             flush()?;
-            return log.clear();
+            log.clear()?;
+            self.log_sync.reset(last);
+            return Ok(());
         }
-        log.sync(self.sync_file.is_some())
+        drop(log);
+        if self.sync_file.is_none() {
+            return Ok(()); // without fsync the write to the OS is all, as for sled's own flush
+        }
+        self.log_sync.wait(last)
     }
 
     /// Applies one logged batch again (at open).

@@ -55,8 +55,6 @@ pub(super) struct SubmitLog {
     allocated: u64,
     /// The next batch's number (numbers only grow, also across an emptied log).
     pub next_seq: u64,
-    /// Appended since the last sync.
-    unsynced: bool,
     /// An append failed since the last checkpoint: the log cannot vouch for what sled holds,
     /// so the next sync flushes sled instead.
     pub broken: bool,
@@ -100,7 +98,6 @@ impl SubmitLog {
             len: at as u64,
             allocated: bytes.len() as u64,
             next_seq,
-            unsynced: false,
             broken: false,
         };
         Ok((log, records))
@@ -119,7 +116,7 @@ impl SubmitLog {
         (checksum(seq, payload) == crc).then_some((seq, payload, end))
     }
 
-    /// Appends one batch's record (not yet durable: see [`SubmitLog::sync`]).
+    /// Appends one batch's record (not yet durable: see `log_sync.rs`).
     pub fn append(&mut self, seq: u64, payload: &[u8]) -> StoreResult<()> {
         let len = u32::try_from(payload.len())
             .ok()
@@ -135,7 +132,6 @@ impl SubmitLog {
             return Err(io_error(e));
         }
         self.len += record.len() as u64;
-        self.unsynced = true;
         Ok(())
     }
 
@@ -152,14 +148,9 @@ impl SubmitLog {
         self.file.write_all_at(record, self.len)
     }
 
-    /// Makes every appended record durable (`fsync`: with an fdatasync; without it, the write
-    /// to the OS is all, as for sled's own flush under `storage.fsync = false`).
-    pub fn sync(&mut self, fsync: bool) -> StoreResult<()> {
-        if self.unsynced && fsync {
-            self.file.sync_data().map_err(io_error)?;
-        }
-        self.unsynced = false;
-        Ok(())
+    /// A second handle of the log's file, to sync it without holding the log (`log_sync.rs`).
+    pub fn sync_handle(&self) -> StoreResult<File> {
+        self.file.try_clone().map_err(io_error)
     }
 
     pub fn len(&self) -> u64 {
@@ -170,7 +161,6 @@ impl SubmitLog {
     /// record is written over the first; until then the old ones read as already applied.
     pub fn clear(&mut self) -> StoreResult<()> {
         self.len = 0;
-        self.unsynced = false;
         self.broken = false;
         Ok(())
     }
@@ -189,7 +179,6 @@ mod tests {
             assert_eq!(log.next_seq, 1);
             log.append(1, b"first").unwrap();
             log.append(2, b"second").unwrap();
-            log.sync(true).unwrap();
         }
         let path = dir.path().join(FILE_NAME);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), GROWTH);
@@ -206,7 +195,6 @@ mod tests {
         assert_eq!(log.next_seq, 3);
         // Appends go after the last whole record; a damaged byte ends the log there.
         log.append(3, b"third").unwrap();
-        log.sync(true).unwrap();
         drop(log);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[HEADER + 5 + HEADER + 1] ^= 0xff;
