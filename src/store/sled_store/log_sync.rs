@@ -188,4 +188,24 @@ mod tests {
         sync.reset(9);
         sync.wait(9).unwrap();
     }
+
+    /// A failed sync fails the batches it was to cover and is remembered until a reset; the
+    /// batches before it stay durable.
+    #[test]
+    fn a_failed_sync_fails_its_batches_until_the_log_is_reset() {
+        // fdatasync of a socket fails (EINVAL), as a sync of a failing disk would.
+        let (socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(socket));
+        let sync = LogSync::start(file, 2).unwrap();
+        sync.wait(2).unwrap();
+        let failed = sync.wait(3).unwrap_err();
+        assert!(failed.to_string().contains("submit log sync"), "{failed}");
+        assert!(sync.failed());
+        sync.request(4);
+        assert!(sync.wait(3).is_err(), "still failed for the same batch");
+        // Sled was flushed and the log emptied: everything up to 5 is durable that way.
+        sync.reset(5);
+        assert!(!sync.failed());
+        sync.wait(5).unwrap();
+    }
 }
