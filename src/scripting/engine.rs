@@ -65,7 +65,7 @@ thread_local! {
     static PLUGIN: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// CPU time this thread has used (a vDSO call on Linux, no system call).
+/// CPU time this thread has used (on Linux a system call: the vDSO serves no CPU clocks).
 fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
