@@ -80,11 +80,7 @@ impl LogSync {
 
     /// Asks for every record up to batch `seq` to be made durable; returns at once.
     pub fn request(&self, seq: u64) {
-        let mut state = self.shared.state.lock();
-        if seq > state.requested {
-            state.requested = seq;
-            self.shared.asked.notify_one();
-        }
+        self.shared.ask(&mut self.shared.state.lock(), seq);
     }
 
     /// Waits until batch `seq` is durable (asking for it if no one has).
@@ -95,10 +91,7 @@ impl LogSync {
             std::thread::yield_now();
         }
         let mut state = shared.state.lock();
-        if seq > state.requested {
-            state.requested = seq;
-            shared.asked.notify_one();
-        }
+        shared.ask(&mut state, seq);
         loop {
             match &state.failed {
                 Some((upto, e)) if seq <= *upto => {
@@ -128,6 +121,14 @@ impl LogSync {
 }
 
 impl Shared {
+    /// Asks the thread for a sync up to `seq` unless one was already asked for.
+    fn ask(&self, state: &mut State, seq: u64) {
+        if seq > state.requested {
+            state.requested = seq;
+            self.asked.notify_one();
+        }
+    }
+
     fn run(&self) {
         let mut state = self.state.lock();
         loop {
@@ -182,8 +183,16 @@ mod tests {
         sync.wait(2).unwrap();
         sync.request(4);
         sync.wait(4).unwrap();
+        assert!(
+            sync.shared.synced.load(Ordering::Acquire) >= 4,
+            "returned before the sync"
+        );
         // Never asked for: the wait asks.
         sync.wait(6).unwrap();
+        assert!(
+            sync.shared.synced.load(Ordering::Acquire) >= 6,
+            "returned before the sync"
+        );
         assert!(!sync.failed());
         sync.reset(9);
         sync.wait(9).unwrap();
