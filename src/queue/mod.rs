@@ -2,11 +2,23 @@
 //! and progress, active leases) so that choosing the next task never scans or conflicts in the
 //! database. It is rebuilt from the store at start-up; every change to it is made while holding
 //! its project's lock, right after the matching store write succeeded, so the two never drift.
+//!
+//! A project's lock has two parts: its commit gate and its index. [`Queue::lock`] takes both,
+//! and every change takes it that way, except two:
+//!
+//! - the submit committer holds the gates of its batch's projects from its re-check to its
+//!   mirror, and lets go of the index while the batch is written to the store;
+//! - a hand-out takes the index alone ([`Queue::lock_index`]), so it need not wait for a batch's
+//!   writes. That is safe because a hand-out only adds a lease to a task with room, and a batch
+//!   in flight changes no task's room: each member's lease counts against its task until the
+//!   mirror turns it into a review, and the mirror replaces task statuses without touching
+//!   other leases.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -399,9 +411,36 @@ impl ProjectQueue {
     }
 }
 
+/// One project's index and its commit gate (see the module notes).
+#[derive(Default)]
+pub struct ProjectHandle {
+    gate: Mutex<()>,
+    index: Mutex<ProjectQueue>,
+}
+
+/// A project's index, locked with its commit gate.
+pub struct Locked<'a> {
+    // Fields drop in order: the index is let go before the gate.
+    index: MutexGuard<'a, ProjectQueue>,
+    _gate: MutexGuard<'a, ()>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = ProjectQueue;
+    fn deref(&self) -> &ProjectQueue {
+        &self.index
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut ProjectQueue {
+        &mut self.index
+    }
+}
+
 /// All projects' queues. Each project has its own lock, so projects never wait on each other.
 pub struct Queue {
-    projects: Mutex<HashMap<Id, Arc<Mutex<ProjectQueue>>>>,
+    projects: Mutex<HashMap<Id, Arc<ProjectHandle>>>,
     /// False while the start-up load runs. Every project lookup waits for it, and every change
     /// to open tasks or leases looks its project up before writing to the store, so nothing
     /// changes under the load and the index starts as an exact mirror. Async callers wait on
@@ -436,7 +475,8 @@ impl Queue {
         let mut out: Vec<Depth> = projects
             .into_iter()
             .map(|(project, q)| {
-                let queue = Self::lock(&q);
+                // Read only: need not wait for a submit batch's writes.
+                let queue = Self::lock_index(&q);
                 Depth {
                     project,
                     open: queue.slots.len(),
@@ -482,7 +522,7 @@ impl Queue {
     }
 
     /// One project's queue; waits while the start-up load runs.
-    pub fn project(&self, project: Id) -> Arc<Mutex<ProjectQueue>> {
+    pub fn project(&self, project: Id) -> Arc<ProjectHandle> {
         if !self.is_loaded() {
             let mut guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
             while !self.is_loaded() {
@@ -495,15 +535,34 @@ impl Queue {
         self.entry(project)
     }
 
-    fn entry(&self, project: Id) -> Arc<Mutex<ProjectQueue>> {
+    fn entry(&self, project: Id) -> Arc<ProjectHandle> {
         let mut map = self.projects.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(project).or_default().clone()
     }
 
-    /// Locks one project's queue. A poisoned lock still holds consistent data: every change is
-    /// applied after its store write, and none of them can panic half-way.
-    pub fn lock(queue: &Arc<Mutex<ProjectQueue>>) -> MutexGuard<'_, ProjectQueue> {
-        queue.lock().unwrap_or_else(|p| p.into_inner())
+    /// Locks one project's queue with its commit gate: what every change takes, except a
+    /// hand-out's and the committer's (see the module notes). A poisoned lock still holds
+    /// consistent data: every change is applied after its store write, and none of them can
+    /// panic half-way.
+    pub fn lock(queue: &Arc<ProjectHandle>) -> Locked<'_> {
+        let gate = Self::gate(queue);
+        Locked {
+            index: Self::lock_index(queue),
+            _gate: gate,
+        }
+    }
+
+    /// Locks one project's index without its commit gate, so it may be taken while a submit
+    /// batch of the project is being written: only for reading the index, and for a hand-out
+    /// adding a lease (see the module notes). Never wait for a gate while holding it.
+    pub fn lock_index(queue: &Arc<ProjectHandle>) -> MutexGuard<'_, ProjectQueue> {
+        queue.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A project's commit gate alone, for the committer: it holds the gate from its re-check
+    /// to its mirror and takes the index only around them.
+    pub fn gate(queue: &Arc<ProjectHandle>) -> MutexGuard<'_, ()> {
+        queue.gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Fills the index from the store's open tasks and active leases and lets lookups through.
@@ -590,6 +649,24 @@ impl Built {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_change_takes_the_commit_gate_and_a_hand_out_only_the_index() {
+        let queue = Queue::default();
+        let q = queue.project(1);
+        {
+            let _change = Queue::lock(&q);
+            assert!(q.gate.try_lock().is_err() && q.index.try_lock().is_err());
+        }
+        {
+            let _hand_out = Queue::lock_index(&q);
+            assert!(q.gate.try_lock().is_ok(), "a hand-out leaves the gate free");
+        }
+        // The committer's write phase: the gate held and the index free.
+        let _gate = Queue::gate(&q);
+        drop(Queue::lock_index(&q));
+        assert!(q.gate.try_lock().is_err());
+    }
     use proptest::prelude::*;
 
     fn status(task: Id, pool: Option<&str>, reviews: u32, priority: i64) -> TaskStatus {

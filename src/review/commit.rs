@@ -2,13 +2,13 @@
 //! whatever has queued up (up to [`MAX_BATCH`]) and commits it as one batch (a submission that
 //! finds the committer idle is committed by the thread that checked it, as a batch of one):
 //!
-//! 1. lock the queues of the batch's projects (in id order);
+//! 1. take the commit gates and lock the indexes of the batch's projects (in id order);
 //! 2. re-check each member against the index, and against the members before it (two reviews
 //!    of one task in a batch build on each other's task status);
-//! 3. write every member that passed as one batch (see `store/sled_store/submit_batch.rs`:
-//!    the batch's submit log record is written first and synced on another thread while
-//!    sled is written);
-//! 4. mirror what committed into the index and unlock;
+//! 3. let go of the indexes (the gates stay) and write every member that passed as one batch
+//!    (see `store/sled_store/submit_batch.rs`: the batch's submit log record is written first
+//!    and synced on another thread while sled is written); hand-outs go on meanwhile;
+//! 4. lock the indexes again, mirror what committed, and unlock;
 //! 5. wait until it is durable (the store's submit log: one write and one fdatasync, see
 //!    `store/sled_store/submit_log.rs`), then answer each member.
 //!
@@ -238,13 +238,12 @@ impl Batcher {
         projects.sort_unstable();
         projects.dedup();
         let handles: Vec<_> = projects.iter().map(|p| self.queue.project(*p)).collect();
-        // Locked in id order, as every other multi-project locker must.
-        let mut guards: Vec<_> = handles.iter().map(Queue::lock).collect();
-        let mut locked: HashMap<Id, &mut ProjectQueue> = projects
-            .iter()
-            .copied()
-            .zip(guards.iter_mut().map(|g| &mut **g))
-            .collect();
+        // Gates, then indexes, each in id order, as every other multi-project locker must. The
+        // gates are held to the mirror; the indexes are let go while the batch is written, so
+        // hand-outs in these projects need not wait for the writes (see `queue`'s notes).
+        let gates: Vec<_> = handles.iter().map(Queue::gate).collect();
+        let mut guards: Vec<_> = handles.iter().map(Queue::lock_index).collect();
+        let locked = by_project(&projects, &mut guards);
 
         let now = crate::now_ms();
         let mut overlay: HashMap<Id, TaskStatus> = HashMap::new();
@@ -281,11 +280,15 @@ impl Batcher {
         }
 
         let writes: Vec<SubmissionWrite> = accepted.iter().map(|a| a.write.clone()).collect();
+        drop(locked);
+        drop(guards);
         let committed = if writes.is_empty() {
             Ok(Vec::new())
         } else {
             self.store.commit_submissions(writes)
         };
+        let mut guards: Vec<_> = handles.iter().map(Queue::lock_index).collect();
+        let mut locked = by_project(&projects, &mut guards);
         let mut answers: Vec<(Reply, AppResult<Submitted>)> = Vec::with_capacity(accepted.len());
         match committed {
             Ok(stored) => {
@@ -323,6 +326,7 @@ impl Batcher {
         }
         drop(locked);
         drop(guards);
+        drop(gates);
         // A repeat answers like a retry after the first call: with what the store now holds.
         for (aid, reply) in repeats {
             let result = self
@@ -470,6 +474,18 @@ impl Batcher {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The locked indexes by project (`guards` in the order of `projects`).
+fn by_project<'a>(
+    projects: &[Id],
+    guards: &'a mut [std::sync::MutexGuard<'_, ProjectQueue>],
+) -> HashMap<Id, &'a mut ProjectQueue> {
+    projects
+        .iter()
+        .copied()
+        .zip(guards.iter_mut().map(|g| &mut **g))
+        .collect()
 }
 
 /// Mirrors a committed submission into the index: its lease ends, its task takes the new status.

@@ -269,7 +269,7 @@ impl ReviewCore {
         take_new: bool,
     ) -> AppResult<Option<Assignment>> {
         let q = self.queue.project(project.id);
-        let held = Queue::lock(&q).held_by(user.id, now);
+        let held = Queue::lock_index(&q).held_by(user.id, now);
         if let Some((_, aid)) = held {
             let live = self
                 .store
@@ -316,7 +316,9 @@ impl ReviewCore {
         } else {
             Choice::Default
         };
-        let mut queue = Queue::lock(&q);
+        // The index alone, without the commit gate: a hand-out only adds a lease to a task with
+        // room, which a submit batch being written does not change (see `queue`'s notes).
+        let mut queue = Queue::lock_index(&q);
         if let Some((_, aid)) = queue.held_by(user.id, now) {
             // A concurrent `next` of the same expert leased meanwhile: answer with that lease.
             return Ok(self
@@ -369,7 +371,7 @@ impl ReviewCore {
     ) -> AppResult<Choice> {
         let q = self.queue.project(project);
         let (window, handouts) = {
-            let queue = Queue::lock(&q);
+            let queue = Queue::lock_index(&q);
             let ids = queue.eligible(user.id, &user.skills, now, PICK_WINDOW);
             let statuses: Vec<TaskStatus> = ids
                 .iter()

@@ -260,6 +260,49 @@ async fn concurrent_submits_on_one_task_keep_index_and_store_in_step() {
     assert_eq!(status.state, TaskState::Complete);
 }
 
+/// While a submit batch is written, the committer holds its projects' commit gates and lets go of
+/// their indexes: a hand-out goes on meanwhile, and a change to a lease (here a heartbeat) waits
+/// for the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_out_goes_on_while_a_batch_is_written_and_a_lease_change_waits() {
+    use std::time::Duration;
+    let f = fixture(2, 600).await;
+    import(&f, 4).await;
+    let first = next(&f, 0).await;
+    // A thread stands in for the committer in the middle of a batch.
+    let handle = f.core.queue.project(f.project.id);
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let committer = std::thread::spawn(move || {
+        let _gate = crate::queue::Queue::gate(&handle);
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv();
+    });
+    held_rx.recv().unwrap();
+
+    // Bounded only so that a hand-out that waits for the gate fails instead of hanging.
+    let handed = tokio::time::timeout(Duration::from_secs(60), next(&f, 1))
+        .await
+        .expect("a hand-out does not wait for a batch being written");
+    assert_ne!(handed.assignment.id, first.assignment.id);
+
+    let (core, user) = (f.core.clone(), f.experts[0].clone());
+    let mut heartbeat = tokio::spawn(async move {
+        core.heartbeat(user, first.assignment.id, first.assignment.token)
+            .await
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut heartbeat)
+            .await
+            .is_err(),
+        "a heartbeat waits for the batch"
+    );
+    release_tx.send(()).unwrap();
+    committer.join().unwrap();
+    heartbeat.await.unwrap().unwrap();
+    agree(&f.core, "a hand-out and a heartbeat beside a batch");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_ended_behind_the_batch_fails_alone() {
     let f = fixture(1, 600).await;
