@@ -7,6 +7,8 @@ DATA_DIR must not exist yet). Python standard library only."""
 import json, os, random, signal, subprocess, sys, time, urllib.request, urllib.error
 exe, proj, data, port, n, chunk = sys.argv[1:7]
 port, n, chunk = int(port), int(n), int(chunk)
+if os.path.exists(data):
+    sys.exit(f"{data} exists: its tasks would be counted with the N imported here; give a new folder")
 base = f"http://127.0.0.1:{port}"
 PW = "startup-admin-Pw-4411"
 def call(method, path, body=None, token=None, raw=False):
