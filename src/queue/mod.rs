@@ -650,6 +650,8 @@ impl Built {
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+
     #[test]
     fn a_change_takes_the_commit_gate_and_a_hand_out_only_the_index() {
         let queue = Queue::default();
@@ -667,7 +669,6 @@ mod tests {
         drop(Queue::lock_index(&q));
         assert!(q.gate.try_lock().is_err());
     }
-    use proptest::prelude::*;
 
     fn status(task: Id, pool: Option<&str>, reviews: u32, priority: i64) -> TaskStatus {
         TaskStatus {
