@@ -296,11 +296,14 @@ impl ReviewCore {
         self.flusher
             .last_failure()
             .or_else(crate::error::storage_health::failure)
+            .or_else(|| self.store.needs_reopen())
     }
 
     /// Writes and flushes once, now, from a plain thread: whether storage works again.
     pub fn storage_works(&self) -> bool {
-        let works = self.store.set_alive_at(crate::now_ms()).is_ok()
+        // A store that must be reopened does not work again by itself: the watchdog restarts.
+        let works = self.store.needs_reopen().is_none()
+            && self.store.set_alive_at(crate::now_ms()).is_ok()
             && self.flusher.wait_blocking().is_ok();
         if works {
             crate::error::storage_health::recovered();

@@ -205,6 +205,12 @@ pub trait Store: Send + Sync + 'static {
     fn sync_submissions(&self, flush: &dyn Fn() -> StoreResult<()>) -> StoreResult<()> {
         flush()
     }
+    /// Why the store must be reopened before it takes more submit batches: one was written in
+    /// part (a write failed or panicked between its first and last), and only reopening
+    /// completes it. `None` while it works.
+    fn needs_reopen(&self) -> Option<String> {
+        None
+    }
     /// One submission alone: [`Store::commit_submissions`] with a batch of one.
     fn commit_submission(&self, write: SubmissionWrite) -> StoreResult<Submission> {
         self.commit_submissions(vec![write])?

@@ -156,6 +156,11 @@ pub struct SledStore {
     submit_log: parking_lot::Mutex<submit_log::SubmitLog>,
     /// Syncs the submit log while a batch's sled writes run (`log_sync.rs`).
     log_sync: log_sync::LogSync,
+    /// The number of a submit batch whose writes failed or panicked part-way (0: none). Sled
+    /// holds some of it, and no later batch may be written: its number, written last, would
+    /// tell the next open that this one is whole. Set and cleared under the submit log's lock;
+    /// read without it (`/healthz`).
+    unfinished_batch: std::sync::atomic::AtomicU64,
 }
 
 impl SledStore {

@@ -106,6 +106,7 @@ impl SledStore {
             id_base,
             segments,
             submit_log: parking_lot::Mutex::new(submit_log),
+            unfinished_batch: Default::default(),
             log_sync,
         };
         store.migrate()?;

@@ -808,6 +808,11 @@ impl Store for SledStore {
         self.sync_submit_log(flush)
     }
 
+    fn needs_reopen(&self) -> Option<String> {
+        self.unfinished()
+            .map(|seq| super::submit_batch::unfinished_error(seq).to_string())
+    }
+
     fn submissions_page_json(
         &self,
         project: Id,

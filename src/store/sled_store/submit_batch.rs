@@ -16,7 +16,12 @@
 //!   of it sled kept. Records are written with the ids and encodings they first had, so
 //!   writing them twice leaves them as once. Counters are not idempotent: the record carries
 //!   the counter changes the batch made, and each counter stores the number of the last batch
-//!   that changed it, so a change is added only to a counter that lacks it.
+//!   that changed it, so a change is added only to a counter that lacks it;
+//! - a batch whose writes stop part-way while the process runs (a write fails or panics) is in
+//!   sled in part, and a later batch's number would mark it as whole: the store then takes no
+//!   more batches ([`Store::needs_reopen`]) until it is reopened, which completes it.
+
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,6 +101,13 @@ fn log_payload(members: &[Member], encoded: &[Encoded], counts: &Counts) -> Stor
     Ok(out)
 }
 
+pub(super) fn unfinished_error(seq: u64) -> StoreError {
+    StoreError::Backend(format!(
+        "submit batch {seq} was written in part; the store takes no submissions until it is \
+         reopened, which completes that batch"
+    ))
+}
+
 impl SledStore {
     pub(super) fn commit_submit_batch(
         &self,
@@ -138,6 +150,9 @@ impl SledStore {
         let encoded = encode(&members)?;
         let payload = log_payload(&members, &encoded, &counts)?;
         let mut log = self.submit_log.lock();
+        if let Some(seq) = self.unfinished() {
+            return Err(unfinished_error(seq));
+        }
         let seq = log.next_seq;
         let mut redo = Vec::with_capacity(8 + payload.len());
         redo.extend_from_slice(&seq.to_be_bytes());
@@ -160,17 +175,28 @@ impl SledStore {
             }
             Ok(()) => {} // made durable by a flush of sled (`sync_submit_log`)
         }
+        // Cleared once every write is in; a failure or a panic part-way leaves it set.
+        self.unfinished_batch.store(seq, Ordering::Release);
         let written = self.write_submit_batch(&members, &encoded, &counts, seq, false);
+        if written.is_ok() {
+            self.unfinished_batch.store(0, Ordering::Release);
+        }
         if let Some(at) = members.iter().map(|m| m.audit.at).min() {
             self.audit_written(at);
         }
         if let Err(e) = written {
+            tracing::error!(error = %e, batch = seq, "a submit batch was written in part; submits stop until the store is reopened");
             if logged.is_ok() && self.sync_file.is_some() {
                 let _ = self.log_sync.wait(seq);
             }
             return Err(e);
         }
         Ok(members.into_iter().map(|m| m.submission).collect())
+    }
+
+    /// The submit batch written in part, if any (see `unfinished_batch`).
+    pub(super) fn unfinished(&self) -> Option<u64> {
+        Some(self.unfinished_batch.load(Ordering::Acquire)).filter(|seq| *seq != 0)
     }
 
     /// The counter changes a batch makes, from the task states before it: as `priors` gives
@@ -211,6 +237,13 @@ impl SledStore {
             let id = keys::id(m.ended.id);
             t.assignments.insert(id, enc(&m.ended)?).map_err(backend)?;
             t.leases.remove(id).map_err(backend)?;
+            #[cfg(test)]
+            if !replaying
+                && tests::PANIC_AT_MEMBER.with(|at| at.get())
+                    == members.iter().position(|x| std::ptr::eq(x, m))
+            {
+                panic!("a panic in the middle of a submit batch (test)");
+            }
             let sub = &m.submission;
             t.submissions
                 .insert(
@@ -268,6 +301,9 @@ impl SledStore {
         if log.broken || log.len() > CHECKPOINT_BYTES || self.log_sync.failed() {
             // The log stays locked: no batch can be committed between the flush and the clear.
             flush()?;
+            if self.unfinished().is_some() {
+                return Ok(()); // kept for the next open, which completes that batch
+            }
             log.clear()?;
             self.log_sync.reset(last);
             return Ok(());
@@ -349,6 +385,128 @@ impl SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// The batch written next on this thread panics in this member's writes.
+        pub(super) static PANIC_AT_MEMBER: std::cell::Cell<Option<usize>> =
+            const { std::cell::Cell::new(None) };
+    }
+
+    fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// A leased task of one review in project `p`, and the write that submits it.
+    fn leased_task(s: &SledStore, p: Id, expert: Id) -> SubmissionWrite {
+        let task = NewTask {
+            external_id: None,
+            data: serde_json::value::to_raw_value(&serde_json::json!({"prompt": "x"})).unwrap(),
+            meta: serde_json::json!({}),
+            gold: None,
+            routing: Routing {
+                reviews: 1,
+                ..Default::default()
+            },
+        };
+        let mut status = s.import_batch(p, vec![task]).unwrap().created.remove(0);
+        let id = s.new_id().unwrap();
+        let assignment: Assignment = from_json(serde_json::json!({
+            "id": id, "task_id": status.task_id, "project_id": p, "expert_id": expert,
+            "status": "active", "served_at": 0, "expires_at": i64::MAX, "last_seen_at": 0,
+            "active_seconds": 0.0, "fence": 7, "rubric": "r", "rubric_version": "v",
+            "router": "q", "router_version": "w", "submission_id": null, "reason": null
+        }));
+        s.put_assignment(&assignment).unwrap();
+        let submission: Submission = from_json(serde_json::json!({
+            "id": 0, "task_id": status.task_id, "project_id": p, "assignment_id": id,
+            "expert_id": expert, "answer": {"ok": true}, "scores": {}, "rubric": "r",
+            "rubric_version": "v", "router": "q", "router_version": "w", "served_at": 0,
+            "submitted_at": 1, "active_seconds": 1.0, "qa": null
+        }));
+        status.done_by.push(expert);
+        status.state = TaskState::Complete;
+        SubmissionWrite {
+            submission,
+            assignment,
+            status,
+            audit: AuditEvent {
+                at: 1,
+                actor: Some(expert),
+                action: AuditAction::TaskSubmit,
+                object: "task".into(),
+                detail: serde_json::json!({"assignment": id}),
+            },
+            prior_state: None,
+        }
+    }
+
+    /// The write's task is submitted whole: its lease ended with the submission, which the task
+    /// lists, and the task's status is the one written.
+    fn assert_whole(s: &SledStore, w: &SubmissionWrite, what: &str) {
+        let a = s.assignment(w.assignment.id).unwrap().unwrap();
+        assert_eq!(a.status, AssignmentStatus::Submitted, "{what}");
+        let subs = s.submissions_for_task(w.status.task_id).unwrap();
+        assert_eq!(subs.len(), 1, "{what}");
+        assert_eq!(a.submission_id, Some(subs[0].id), "{what}");
+        let status = s.task_status(w.status.task_id).unwrap().unwrap();
+        assert_eq!(status, w.status, "{what}");
+    }
+
+    /// A batch that stops part-way (a panic between its writes) leaves sled holding part of it.
+    /// No later batch may be written: its number would tell the next open that the first is
+    /// whole, and the part would stay. The store refuses batches and asks to be reopened;
+    /// reopening completes the batch from its log.
+    #[test]
+    fn a_batch_written_in_part_stops_submits_until_reopening_completes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second, later) = {
+            let s = SledStore::open(dir.path(), true).unwrap();
+            let project: Project = from_json(serde_json::json!({
+                "id": 0, "name": "p", "instructions": "", "rubric": "r", "router": "q",
+                "reviews_per_task": 1, "lease_seconds": 60, "estimate_minutes": null,
+                "qa_rate": 0.0, "qa_blind": true, "created_at": 0, "updated_at": 0
+            }));
+            let p = s.create_project(project).unwrap().id;
+            let (first, second, later) = (
+                leased_task(&s, p, 1),
+                leased_task(&s, p, 2),
+                leased_task(&s, p, 3),
+            );
+            assert_eq!(s.needs_reopen(), None);
+            PANIC_AT_MEMBER.with(|at| at.set(Some(1)));
+            let batch = vec![first.clone(), second.clone()];
+            let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                s.commit_submissions(batch)
+            }));
+            PANIC_AT_MEMBER.with(|at| at.set(None));
+            assert!(stopped.is_err(), "the batch did not stop");
+            let reason = s.needs_reopen().expect("the store asks to be reopened");
+            assert!(reason.contains("written in part"), "{reason}");
+            match s.commit_submission(later.clone()) {
+                Err(StoreError::Backend(e)) => assert!(e.contains("written in part"), "{e}"),
+                other => panic!("a batch after the part-written one: {other:?}"),
+            }
+            // Flushing empties no log that still holds the unfinished batch.
+            s.sync_submissions(&|| Store::flush(&s)).unwrap();
+            (first, second, later)
+        };
+        let s = SledStore::open(dir.path(), true).unwrap();
+        assert_eq!(s.needs_reopen(), None);
+        assert_whole(&s, &first, "the first member, completed at open");
+        assert_whole(
+            &s,
+            &second,
+            "the member the batch stopped in, completed at open",
+        );
+        let a = s.assignment(later.assignment.id).unwrap().unwrap();
+        assert_eq!(
+            a.status,
+            AssignmentStatus::Active,
+            "the refused batch wrote nothing"
+        );
+        s.commit_submission(later.clone()).unwrap();
+        assert_whole(&s, &later, "a batch after reopening");
+    }
 
     /// The spliced log record reads back as the members it was made from.
     #[test]
