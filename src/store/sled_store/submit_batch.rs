@@ -21,7 +21,7 @@
 //!   sled in part, and a later batch's number would mark it as whole: the store then takes no
 //!   more batches ([`Store::needs_reopen`]) until it is reopened, which completes it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +108,19 @@ pub(super) fn unfinished_error(seq: u64) -> StoreError {
     ))
 }
 
+/// A batch's writes under way: dropped before they are all in (an error returned, or a panic
+/// unwinding), it marks the batch as written in part.
+struct BatchWrites<'a> {
+    unfinished: &'a AtomicU64,
+    seq: u64,
+}
+
+impl Drop for BatchWrites<'_> {
+    fn drop(&mut self) {
+        self.unfinished.store(self.seq, Ordering::Release);
+    }
+}
+
 impl SledStore {
     pub(super) fn commit_submit_batch(
         &self,
@@ -175,11 +188,13 @@ impl SledStore {
             }
             Ok(()) => {} // made durable by a flush of sled (`sync_submit_log`)
         }
-        // Cleared once every write is in; a failure or a panic part-way leaves it set.
-        self.unfinished_batch.store(seq, Ordering::Release);
+        let writing = BatchWrites {
+            unfinished: &self.unfinished_batch,
+            seq,
+        };
         let written = self.write_submit_batch(&members, &encoded, &counts, seq, false);
         if written.is_ok() {
-            self.unfinished_batch.store(0, Ordering::Release);
+            std::mem::forget(writing);
         }
         if let Some(at) = members.iter().map(|m| m.audit.at).min() {
             self.audit_written(at);
@@ -238,11 +253,10 @@ impl SledStore {
             t.assignments.insert(id, enc(&m.ended)?).map_err(backend)?;
             t.leases.remove(id).map_err(backend)?;
             #[cfg(test)]
-            if !replaying
-                && tests::PANIC_AT_MEMBER.with(|at| at.get())
-                    == members.iter().position(|x| std::ptr::eq(x, m))
-            {
-                panic!("a panic in the middle of a submit batch (test)");
+            if let Some((at, probe)) = tests::MID_BATCH.with(|hook| hook.get()) {
+                if !replaying && members.iter().position(|x| std::ptr::eq(x, m)) == Some(at) {
+                    probe(self);
+                }
             }
             let sub = &m.submission;
             t.submissions
@@ -386,9 +400,12 @@ impl SledStore {
 mod tests {
     use super::*;
 
+    /// Called in the writes of a batch member.
+    type Probe = fn(&SledStore);
+
     thread_local! {
-        /// The batch written next on this thread panics in this member's writes.
-        pub(super) static PANIC_AT_MEMBER: std::cell::Cell<Option<usize>> =
+        /// Batches written on this thread call the probe in this member's writes.
+        pub(super) static MID_BATCH: std::cell::Cell<Option<(usize, Probe)>> =
             const { std::cell::Cell::new(None) };
     }
 
@@ -452,6 +469,36 @@ mod tests {
         assert_eq!(status, w.status, "{what}");
     }
 
+    /// While a batch is being written the store works: `/healthz` and the storage watchdog
+    /// ask `needs_reopen` at any moment, and a batch in flight must not read as one that stopped.
+    #[test]
+    fn a_batch_being_written_does_not_ask_for_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path(), true).unwrap();
+        let p = s.create_project(test_project()).unwrap().id;
+        let batch = vec![leased_task(&s, p, 1), leased_task(&s, p, 2)];
+        MID_BATCH.with(|hook| {
+            hook.set(Some((1, |s| {
+                assert_eq!(s.needs_reopen(), None, "asked mid-batch");
+            })))
+        });
+        let committed = s.commit_submissions(batch.clone());
+        MID_BATCH.with(|hook| hook.set(None));
+        assert_eq!(committed.unwrap().len(), 2);
+        assert_eq!(s.needs_reopen(), None, "asked after the batch");
+        for (w, what) in batch.iter().zip(["first", "second"]) {
+            assert_whole(&s, w, what);
+        }
+    }
+
+    fn test_project() -> Project {
+        from_json(serde_json::json!({
+            "id": 0, "name": "p", "instructions": "", "rubric": "r", "router": "q",
+            "reviews_per_task": 1, "lease_seconds": 60, "estimate_minutes": null,
+            "qa_rate": 0.0, "qa_blind": true, "created_at": 0, "updated_at": 0
+        }))
+    }
+
     /// A batch that stops part-way (a panic between its writes) leaves sled holding part of it.
     /// No later batch may be written: its number would tell the next open that the first is
     /// whole, and the part would stay. The store refuses batches and asks to be reopened;
@@ -461,24 +508,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (first, second, later) = {
             let s = SledStore::open(dir.path(), true).unwrap();
-            let project: Project = from_json(serde_json::json!({
-                "id": 0, "name": "p", "instructions": "", "rubric": "r", "router": "q",
-                "reviews_per_task": 1, "lease_seconds": 60, "estimate_minutes": null,
-                "qa_rate": 0.0, "qa_blind": true, "created_at": 0, "updated_at": 0
-            }));
-            let p = s.create_project(project).unwrap().id;
+            let p = s.create_project(test_project()).unwrap().id;
             let (first, second, later) = (
                 leased_task(&s, p, 1),
                 leased_task(&s, p, 2),
                 leased_task(&s, p, 3),
             );
             assert_eq!(s.needs_reopen(), None);
-            PANIC_AT_MEMBER.with(|at| at.set(Some(1)));
+            MID_BATCH.with(|hook| hook.set(Some((1, |_| panic!("a panic mid-batch (test)")))));
             let batch = vec![first.clone(), second.clone()];
             let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 s.commit_submissions(batch)
             }));
-            PANIC_AT_MEMBER.with(|at| at.set(None));
+            MID_BATCH.with(|hook| hook.set(None));
             assert!(stopped.is_err(), "the batch did not stop");
             let reason = s.needs_reopen().expect("the store asks to be reopened");
             assert!(reason.contains("written in part"), "{reason}");
