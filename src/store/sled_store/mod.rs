@@ -158,8 +158,8 @@ pub struct SledStore {
     log_sync: log_sync::LogSync,
     /// The number of a submit batch whose writes failed or panicked part-way (0: none). Sled
     /// holds some of it, and no later batch may be written: its number, written last, would
-    /// tell the next open that this one is whole. Set and cleared under the submit log's lock;
-    /// read without it (`/healthz`).
+    /// tell the next open that this one is whole. Set under the submit log's lock and never
+    /// cleared (reopening the store completes the batch); read without the lock (`/healthz`).
     unfinished_batch: std::sync::atomic::AtomicU64,
 }
 
