@@ -1,4 +1,4 @@
-//! The sled implementation of [`Store`].
+//! The sled implementation of [`Store`](crate::store::Store).
 //!
 //! Trees (one per relation, named `relation_key`), values are JSON unless noted:
 //!
@@ -60,7 +60,7 @@
 //!
 //! Files: `open.rs` opens the database and runs the ordered migrations; `tx.rs` holds the
 //! transaction helpers (encoding, counters, state transitions); `records.rs` implements
-//! [`Store`] over the trees; `backup.rs` writes and restores consistent backups (segments'
+//! [`Store`](crate::store::Store) over the trees; `backup.rs` writes and restores consistent backups (segments'
 //! tasks are written into it as tree entries, so a restored database has no segments);
 //! `submit_batch.rs` writes submit batches and `submit_log.rs` makes them durable without a
 //! flush of sled (a batch sled lost in a crash is applied again from the log at open), synced
