@@ -407,6 +407,9 @@ mod tests {
         /// Batches written on this thread call the probe in this member's writes.
         pub(super) static MID_BATCH: std::cell::Cell<Option<(usize, Probe)>> =
             const { std::cell::Cell::new(None) };
+        /// What a probe saw, for the test to check that it ran.
+        static PROBED: std::cell::Cell<Option<Option<String>>> =
+            const { std::cell::Cell::new(None) };
     }
 
     fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
@@ -479,12 +482,18 @@ mod tests {
         let batch = vec![leased_task(&s, p, 1), leased_task(&s, p, 2)];
         MID_BATCH.with(|hook| {
             hook.set(Some((1, |s| {
-                assert_eq!(s.needs_reopen(), None, "asked mid-batch");
+                PROBED.with(|seen| seen.set(Some(s.needs_reopen())))
             })))
         });
         let committed = s.commit_submissions(batch.clone());
         MID_BATCH.with(|hook| hook.set(None));
         assert_eq!(committed.unwrap().len(), 2);
+        let mid_batch = PROBED.with(|seen| seen.take());
+        assert_eq!(
+            mid_batch,
+            Some(None),
+            "asked mid-batch (Some: the probe ran)"
+        );
         assert_eq!(s.needs_reopen(), None, "asked after the batch");
         for (w, what) in batch.iter().zip(["first", "second"]) {
             assert_whole(&s, w, what);
