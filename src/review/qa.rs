@@ -551,7 +551,7 @@ impl ReviewCore {
                     match rubric::check_answer_with(
                         &self.registry.engine,
                         &rubric,
-                        task,
+                        Some(task),
                         &criteria,
                         answer,
                     )? {
@@ -641,7 +641,7 @@ impl ReviewCore {
         let scores = match rubric::check_answer_with(
             &self.registry.engine,
             &rubric,
-            task,
+            Some(task),
             &criteria,
             &answer,
         )? {

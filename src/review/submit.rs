@@ -15,7 +15,7 @@ use crate::domain::*;
 use crate::error::{AppError, AppResult, ErrorCode};
 use crate::metrics::Metrics;
 use crate::scripting::rubric::{self, Checked};
-use crate::scripting::{router, PluginKind};
+use crate::scripting::{router, Plugin, PluginKind};
 
 /// What a submit produced: the stored submission and whether an earlier call stored it.
 #[derive(Debug, Clone)]
@@ -113,19 +113,43 @@ impl ReviewCore {
                 "the lease has expired; ask for the next task",
             ));
         }
-        let task = self
-            .store
-            .task(a.task_id)?
-            .ok_or(AppError::NotFound("task"))?;
         let rubric = self.served_rubric(&a)?;
-        let criteria = self.registry.criteria(&rubric, &task)?;
-        let checked =
-            rubric::check_answer_with(&self.registry.engine, &rubric, &task, &criteria, &answer)?;
+        let router = self.registry.current(PluginKind::Router, &project.router)?;
+        // The task is read (a copy of its content, decoded) only when something looks at it;
+        // that it still exists is checked again when the submission is committed.
+        let read_task = || -> AppResult<Task> {
+            self.store
+                .task(a.task_id)?
+                .ok_or(AppError::NotFound("task"))
+        };
+        let mut task = match rubric.criteria_reads_task {
+            true => Some(read_task()?),
+            false => None,
+        };
+        let criteria = self
+            .registry
+            .criteria_of(&rubric, a.task_id, task.as_ref())?;
+        let needed = rubric::checks_need_task(&rubric, &criteria)
+            || router.has_fn("on_submit", 3)
+            || (rubric.has_fn("grade", 2) && self.may_be_gold(&a));
+        if task.is_none() && needed {
+            task = Some(read_task()?);
+        }
+        let checked = rubric::check_answer_with(
+            &self.registry.engine,
+            &rubric,
+            task.as_ref(),
+            &criteria,
+            &answer,
+        )?;
         let scores = match checked {
             Checked::Valid { scores } => scores,
             Checked::Invalid(errors) => return Err(AppError::InvalidAnswer(errors)),
         };
-        let decision = self.on_submit(&project, &task, user, &answer, &scores)?;
+        let decision = match &task {
+            Some(task) => self.on_submit(&router, task, user, &answer, &scores)?,
+            None => router::Decision::Default, // the router has no `on_submit`
+        };
         let sampled = super::qa::sampled(a.id, project.qa_rate);
         let submission = Submission {
             id: 0,
@@ -153,16 +177,23 @@ impl ReviewCore {
         })))
     }
 
+    /// Whether a task may be gold (its gold answer is then needed to grade the answer): as the
+    /// hand-out index knows it, and `true` when the index no longer holds the task.
+    fn may_be_gold(&self, a: &Assignment) -> bool {
+        let q = self.queue.project(a.project_id);
+        let index = crate::queue::Queue::lock_index(&q);
+        index.slot(a.task_id).is_none_or(|slot| slot.status.gold)
+    }
+
     /// Asks the project's current router what a new submission means for its task.
     fn on_submit(
         &self,
-        project: &Project,
+        plugin: &Plugin,
         task: &Task,
         user: &User,
         answer: &Value,
         scores: &Value,
     ) -> AppResult<router::Decision> {
-        let plugin = self.registry.current(PluginKind::Router, &project.router)?;
         if !plugin.has_fn("on_submit", 3) {
             return Ok(router::Decision::Default);
         }
@@ -180,7 +211,7 @@ impl ReviewCore {
         all.push(submission.clone());
         Ok(router::on_submit(
             &self.registry.engine,
-            &plugin,
+            plugin,
             &rubric::task_value(task),
             &submission,
             &Value::Array(all),

@@ -415,3 +415,79 @@ async fn a_hand_out_shows_the_content_as_imported_and_nothing_else() {
     assert!(!shown.contains("gold"), "{shown}");
     assert_eq!(next["criteria"][0]["id"], "preference");
 }
+
+/// A rubric whose scripts never look at the task, but whose criteria are checked against it.
+const TASK_CHECKED: &str = r#"fn criteria(task) {
+    [
+        #{ id: "spans", kind: "spans", target: "text", labels: ["wrong"], required: false },
+        #{ id: "steps", kind: "per_item", over: "steps",
+           item: #{ id: "ok", kind: "boolean" } },
+        #{ id: "order", kind: "ranking", items: "responses" }
+    ]
+}
+fn validate(task, answer) { [] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_is_checked_against_its_task_even_when_no_script_reads_it() {
+    let s = Server::start_with(Options {
+        rubrics: vec![("task_checked", TASK_CHECKED.into())],
+        env: vec![],
+    })
+    .await;
+    let admin = s.admin().await;
+    let (eid, expert) = s.expert(&admin, "checker", &[]).await;
+    let p = s
+        .project(
+            &admin,
+            json!({"name": "checked", "rubric": "task_checked", "reviews_per_task": 1}),
+        )
+        .await;
+    s.add_member(&admin, p, eid, "expert").await;
+    let task = json!({"external_id": "t", "data": {
+        "text": "four", "steps": ["a", "b"], "responses": [{"id": "x"}, {"id": "y"}]}});
+    assert_eq!(
+        s.upload(&admin, p, &task.to_string()).await.0,
+        StatusCode::CREATED
+    );
+    let (status, next) = s.next(&expert, p).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let aid = next["assignment"]["id"].as_u64().unwrap();
+    let path = format!("/api/v1/assignments/{aid}/submit");
+    let submit = |answer: serde_json::Value| {
+        s.post(
+            &expert,
+            &path,
+            json!({"token": next["assignment"]["token"], "answer": answer}),
+        )
+    };
+    // Each refusal comes from the task's content: the text is 4 characters, there are two
+    // steps, and the responses to rank are x and y.
+    let refused = [
+        (
+            json!({"spans": [{"start": 0, "end": 5, "label": "wrong"}], "steps": [true, false],
+                   "order": ["x", "y"]}),
+            "spans",
+        ),
+        (json!({"steps": [true], "order": ["x", "y"]}), "steps"),
+        (
+            json!({"steps": [true, false], "order": ["x", "z"]}),
+            "order",
+        ),
+    ];
+    for (answer, field) in refused {
+        let (status, body) = submit(answer).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let fields: Vec<&str> = body["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no field errors: {body}"))
+            .iter()
+            .filter_map(|e| e["field"].as_str())
+            .collect();
+        assert!(fields.iter().any(|f| f.starts_with(field)), "{body}");
+    }
+    let (status, body) = submit(json!({"spans": [{"start": 0, "end": 4, "label": "wrong"}],
+        "steps": [true, false], "order": ["y", "x"]}))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

@@ -79,26 +79,41 @@ pub fn check_answer(
     answer: &Value,
 ) -> Result<Checked, ScriptError> {
     let criteria = criteria(engine, rubric, &task_value(task))?;
-    check_answer_with(engine, rubric, task, &criteria, answer)
+    check_answer_with(engine, rubric, Some(task), &criteria, answer)
+}
+
+/// Whether checking an answer against these criteria needs the task itself; when it does not
+/// (and the task is not gold, which `grade` would need), [`check_answer_with`] may be given
+/// `None`, and the caller need not read the task at all.
+pub fn checks_need_task(rubric: &Plugin, criteria: &[Criterion]) -> bool {
+    rubric.checks_read_task || criteria.iter().any(Criterion::reads_task_data)
 }
 
 /// [`check_answer`] with the task's criteria already at hand (see `Registry::criteria`).
+/// `task`: `None` only for a task that is not gold, when [`checks_need_task`] says no.
 pub fn check_answer_with(
     engine: &ScriptEngine,
     rubric: &Plugin,
-    task: &Task,
+    task: Option<&Task>,
     criteria: &[Criterion],
     answer: &Value,
 ) -> Result<Checked, ScriptError> {
-    let mut errors = check_declarative(criteria, &task.data, answer);
+    let data = task.map_or(&Value::Null, |t| &t.data);
+    let mut errors = check_declarative(criteria, data, answer);
     if !errors.is_empty() {
         return Ok(Checked::Invalid(errors));
     }
     // Converting the task (a deep copy, then a Rhai map) is skipped when no check reads it.
-    let task_dyn = if rubric.checks_read_task {
-        to_dynamic(rubric, "validate", &task_value(task))?
-    } else {
-        Dynamic::UNIT
+    let task_dyn = match (rubric.checks_read_task, task) {
+        (true, Some(task)) => to_dynamic(rubric, "validate", &task_value(task))?,
+        (true, None) => {
+            return Err(ScriptError::contract(
+                rubric,
+                "validate",
+                "reads its task, which was not given",
+            ))
+        }
+        (false, _) => Dynamic::UNIT,
     };
     let answer_dyn = to_dynamic(rubric, "validate", answer)?;
     if rubric.has_fn("validate", 2) {
@@ -126,7 +141,8 @@ pub fn check_answer_with(
         Map::new()
     };
     // A gold task is graded against its gold answer; the grade is stored with the scores.
-    if let (Some(gold), true) = (&task.gold, rubric.has_fn("grade", 2)) {
+    let gold = task.and_then(|t| t.gold.as_ref());
+    if let (Some(gold), true) = (gold, rubric.has_fn("grade", 2)) {
         let out = engine.call(
             rubric,
             "grade",

@@ -122,6 +122,22 @@ pub fn item_ids(list: &[Value]) -> Vec<String> {
 }
 
 impl Criterion {
+    /// Whether checking an answer to this criterion looks into the task's data (a list to rank
+    /// or to answer item by item, a text to mark or to rewrite).
+    pub fn reads_task_data(&self) -> bool {
+        match &self.kind {
+            Kind::Ranking { items } => matches!(items, Items::Path(_)),
+            Kind::Rewrite { .. } | Kind::Spans { .. } | Kind::PerItem { .. } => true,
+            Kind::Likert { .. }
+            | Kind::Choice { .. }
+            | Kind::Multi { .. }
+            | Kind::Pairwise { .. }
+            | Kind::Number { .. }
+            | Kind::Boolean
+            | Kind::Text { .. } => false,
+        }
+    }
+
     /// Checks that a criterion definition makes sense (the script's fault if not).
     fn check_definition(&self) -> Result<(), String> {
         if self.id.is_empty() {
