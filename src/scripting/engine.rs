@@ -29,8 +29,9 @@ struct Running {
     /// The thread's allocation count when the call began (`memory::thread_held`).
     held_at_start: isize,
     /// The thread's CPU time when the call last paused to leave the CPU to others (see
-    /// `LONG_CALL`); at first, when it began.
-    paused_at: Duration,
+    /// `LONG_CALL`); at first, at its first clock check (its 256th operation). Not read when
+    /// the call begins: that is a system call, and most calls end before their first check.
+    paused_at: Option<Duration>,
     /// Whether the call has run past `LONG_CALL`.
     long: bool,
 }
@@ -215,12 +216,19 @@ impl ScriptEngine {
                 };
                 return Some(Dynamic::from(why));
             }
-            let ran = thread_cpu_time().saturating_sub(running.paused_at);
+            let Some(paused_at) = running.paused_at else {
+                RUNNING.set(Some(Running {
+                    paused_at: Some(thread_cpu_time()),
+                    ..running
+                }));
+                return None;
+            };
+            let ran = thread_cpu_time().saturating_sub(paused_at);
             if ran >= THROTTLE_RUN && (running.long || ran >= LONG_CALL) {
                 let start = next_slow_slot(now);
                 std::thread::sleep(start.min(running.deadline).saturating_duration_since(now));
                 RUNNING.set(Some(Running {
-                    paused_at: thread_cpu_time(),
+                    paused_at: Some(thread_cpu_time()),
                     long: true,
                     ..running
                 }));
@@ -387,7 +395,7 @@ impl RunningGuard {
             deadline,
             budget_ends_first,
             held_at_start: crate::memory::thread_held(),
-            paused_at: thread_cpu_time(),
+            paused_at: None,
             long: false,
         }));
         PLUGIN.with_borrow_mut(|name| {
