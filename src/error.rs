@@ -123,6 +123,7 @@ pub enum ErrorCode {
     ScriptError,
     PluginUnavailable,
     StorageFull,
+    StorageReopening,
     Internal,
 }
 
@@ -157,6 +158,7 @@ impl ErrorCode {
             Self::ScriptError => "script_error",
             Self::PluginUnavailable => "plugin_unavailable",
             Self::StorageFull => "storage_full",
+            Self::StorageReopening => "storage_reopening",
             Self::Internal => "internal",
         }
     }
@@ -204,6 +206,11 @@ pub enum AppError {
     /// The disk holding the data is full: nothing was saved.
     #[error("the server's storage is full, so nothing was saved; try again once space is freed")]
     StorageFull(String),
+    /// The store stopped taking writes until it is reopened, which the storage watchdog does
+    /// by itself: the request is to be sent again in a moment (what it asked for is not lost:
+    /// a submission already on its way is completed by the reopen, and the retry finds it).
+    #[error("the server is reopening its storage; send the request again in a moment")]
+    StorageReopening(String),
     /// Storage, I/O and other failures of the server itself. The cause is logged, not shown.
     #[error("internal error")]
     Internal(String),
@@ -276,6 +283,7 @@ impl AppError {
             Self::Script(_)
                 | Self::PluginUnavailable { .. }
                 | Self::StorageFull(_)
+                | Self::StorageReopening(_)
                 | Self::Internal(_)
         )
     }
@@ -284,7 +292,7 @@ impl AppError {
     /// debug level (they are the client's business).
     pub fn log(&self, request_id: &str) {
         match self {
-            Self::Internal(cause) | Self::StorageFull(cause) => {
+            Self::Internal(cause) | Self::StorageFull(cause) | Self::StorageReopening(cause) => {
                 tracing::error!(request_id = %request_id, cause = %cause, "request failed")
             }
             Self::Script(e) => {
@@ -315,6 +323,7 @@ impl AppError {
             Self::Script(_) => ErrorCode::ScriptError,
             Self::PluginUnavailable { .. } => ErrorCode::PluginUnavailable,
             Self::StorageFull(_) => ErrorCode::StorageFull,
+            Self::StorageReopening(_) => ErrorCode::StorageReopening,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -326,6 +335,7 @@ impl From<crate::store::StoreError> for AppError {
             crate::store::StoreError::Conflict(what) => {
                 AppError::conflict(ErrorCode::AlreadyExists, format!("{what} already exists"))
             }
+            crate::store::StoreError::Reopening(cause) => AppError::StorageReopening(cause),
             other => AppError::storage(other),
         }
     }

@@ -320,7 +320,12 @@ impl Batcher {
                 // at the next open, so no member is written again now (that would store it twice).
                 tracing::error!(error = %e, members = accepted.len(), "a submit batch failed");
                 for member in accepted {
-                    answers.push((member.reply, Err(AppError::storage(e.to_string()))));
+                    let error = match &e {
+                        // Completed by the reopen the watchdog makes: a retry finds it stored.
+                        StoreError::Reopening(cause) => AppError::StorageReopening(cause.clone()),
+                        other => AppError::storage(other.to_string()),
+                    };
+                    answers.push((member.reply, Err(error)));
                 }
             }
         }

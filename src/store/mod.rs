@@ -25,6 +25,10 @@ pub enum StoreError {
     AssignmentEnded(Assignment),
     #[error("database error: {0}")]
     Backend(String),
+    /// The store takes no more writes of this kind until it is reopened, which the storage
+    /// watchdog does by itself within seconds; nothing the caller asked for is lost.
+    #[error("the store is waiting to be reopened: {0}")]
+    Reopening(String),
     #[error("corrupt record in {tree}: {message}")]
     Corrupt { tree: &'static str, message: String },
     #[error("the database has schema version {found}, newer than this binary's {supported}; use a newer assay")]

@@ -33,6 +33,7 @@ impl ResponseError for AppError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Self::StorageReopening(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Script(_) | Self::PluginUnavailable { .. } | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -40,7 +41,12 @@ impl ResponseError for AppError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).json(error_body(self))
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::StorageReopening(_) = self {
+            // The watchdog reopens the store within a few seconds.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "2"));
+        }
+        response.json(error_body(self))
     }
 }
 
@@ -67,4 +73,31 @@ pub fn error_body(error: &AppError) -> serde_json::Value {
         script,
     })
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::MessageBody;
+
+    use super::*;
+
+    /// A store waiting for its reopen answers 503 with its own code and a hint when to retry:
+    /// the client is to send the request again, not to report a failure.
+    #[test]
+    fn a_store_waiting_to_be_reopened_answers_503_with_a_retry_hint() {
+        let error = AppError::from(crate::store::StoreError::Reopening("batch 7".into()));
+        let response = error.error_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response
+                .headers()
+                .get(actix_web::http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("2")
+        );
+        let body = response.into_body().try_into_bytes().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["code"], "storage_reopening");
+        assert!(!body["message"].as_str().unwrap().contains("batch 7"));
+    }
 }

@@ -102,7 +102,7 @@ fn log_payload(members: &[Member], encoded: &[Encoded], counts: &Counts) -> Stor
 }
 
 pub(super) fn unfinished_error(seq: u64) -> StoreError {
-    StoreError::Backend(format!(
+    StoreError::Reopening(format!(
         "submit batch {seq} was written in part; the store takes no submissions until it is \
          reopened, which completes that batch"
     ))
@@ -204,7 +204,10 @@ impl SledStore {
             if logged.is_ok() && self.sync_file.is_some() {
                 let _ = self.log_sync.wait(seq);
             }
-            return Err(e);
+            // Its redo record is in: the reopen completes it, and a retry then finds it stored.
+            return Err(StoreError::Reopening(format!(
+                "submit batch {seq} stopped part-way ({e}); it is completed when the store reopens"
+            )));
         }
         Ok(members.into_iter().map(|m| m.submission).collect())
     }
@@ -255,7 +258,7 @@ impl SledStore {
             #[cfg(test)]
             if let Some((at, probe)) = tests::MID_BATCH.with(|hook| hook.get()) {
                 if !replaying && members.iter().position(|x| std::ptr::eq(x, m)) == Some(at) {
-                    probe(self);
+                    probe(self)?;
                 }
             }
             let sub = &m.submission;
@@ -400,8 +403,8 @@ impl SledStore {
 mod tests {
     use super::*;
 
-    /// Called in the writes of a batch member.
-    type Probe = fn(&SledStore);
+    /// Called in the writes of a batch member; an error it returns is the write's.
+    type Probe = fn(&SledStore) -> StoreResult<()>;
 
     thread_local! {
         /// Batches written on this thread call the probe in this member's writes.
@@ -482,7 +485,8 @@ mod tests {
         let batch = vec![leased_task(&s, p, 1), leased_task(&s, p, 2)];
         MID_BATCH.with(|hook| {
             hook.set(Some((1, |s| {
-                PROBED.with(|seen| seen.set(Some(s.needs_reopen())))
+                PROBED.with(|seen| seen.set(Some(s.needs_reopen())));
+                Ok(())
             })))
         });
         let committed = s.commit_submissions(batch.clone());
@@ -534,7 +538,7 @@ mod tests {
             let reason = s.needs_reopen().expect("the store asks to be reopened");
             assert!(reason.contains("written in part"), "{reason}");
             match s.commit_submission(later.clone()) {
-                Err(StoreError::Backend(e)) => assert!(e.contains("written in part"), "{e}"),
+                Err(StoreError::Reopening(e)) => assert!(e.contains("written in part"), "{e}"),
                 other => panic!("a batch after the part-written one: {other:?}"),
             }
             // Flushing empties no log that still holds the unfinished batch.
@@ -557,6 +561,41 @@ mod tests {
         );
         s.commit_submission(later.clone()).unwrap();
         assert_whole(&s, &later, "a batch after reopening");
+    }
+
+    /// A batch whose write fails part-way (a sled error, not a panic) answers its members that
+    /// the store is to be reopened, which a client takes as "send it again shortly": the
+    /// reopen completes the batch, and the retry finds the submission stored.
+    #[test]
+    fn a_write_failing_mid_batch_answers_that_the_store_is_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = {
+            let s = SledStore::open(dir.path(), true).unwrap();
+            let p = s.create_project(test_project()).unwrap().id;
+            let (first, second) = (leased_task(&s, p, 1), leased_task(&s, p, 2));
+            MID_BATCH.with(|hook| {
+                hook.set(Some((1, |_| {
+                    Err(backend("a write failing mid-batch (test)"))
+                })))
+            });
+            let failed = s.commit_submissions(vec![first.clone(), second.clone()]);
+            MID_BATCH.with(|hook| hook.set(None));
+            match failed {
+                Err(StoreError::Reopening(e)) => {
+                    assert!(e.contains("completed when the store reopens"), "{e}")
+                }
+                other => panic!("a batch whose write failed: {other:?}"),
+            }
+            assert!(s.needs_reopen().is_some());
+            (first, second)
+        };
+        let s = SledStore::open(dir.path(), true).unwrap();
+        assert_whole(&s, &first, "the first member, completed at open");
+        assert_whole(
+            &s,
+            &second,
+            "the member whose write failed, completed at open",
+        );
     }
 
     /// The spliced log record reads back as the members it was made from.
