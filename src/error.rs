@@ -335,7 +335,10 @@ impl From<crate::store::StoreError> for AppError {
             crate::store::StoreError::Conflict(what) => {
                 AppError::conflict(ErrorCode::AlreadyExists, format!("{what} already exists"))
             }
-            crate::store::StoreError::Reopening(cause) => AppError::StorageReopening(cause),
+            // A full disk stays a full disk: nothing is completed until space is freed.
+            crate::store::StoreError::Reopening(cause) if !is_disk_full(&cause) => {
+                AppError::StorageReopening(cause)
+            }
             other => AppError::storage(other),
         }
     }

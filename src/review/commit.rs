@@ -322,7 +322,9 @@ impl Batcher {
                 for member in accepted {
                     let error = match &e {
                         // Completed by the reopen the watchdog makes: a retry finds it stored.
-                        StoreError::Reopening(cause) => AppError::StorageReopening(cause.clone()),
+                        StoreError::Reopening(cause) => {
+                            AppError::from(StoreError::Reopening(cause.clone()))
+                        }
                         other => AppError::storage(other.to_string()),
                     };
                     answers.push((member.reply, Err(error)));

@@ -99,5 +99,9 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["code"], "storage_reopening");
         assert!(!body["message"].as_str().unwrap().contains("batch 7"));
+        // Unless the write failed for a full disk, which frees no space by reopening.
+        let full = crate::store::StoreError::Reopening("batch 8 (No space left on device)".into());
+        let response = AppError::from(full).error_response();
+        assert_eq!(response.status(), StatusCode::INSUFFICIENT_STORAGE);
     }
 }
