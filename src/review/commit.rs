@@ -15,9 +15,10 @@
 //!
 //! While one batch is made durable the next one gathers and is written, so batches grow with
 //! the load: one write and one sync serve them all, and the CPU is not idle while the disk
-//! syncs. A batch of one committed by the thread that checked it waits for its sync itself. If the store refuses the batch (a lease was ended behind
-//! the index's back), nothing of it was written: each member is then re-checked and committed
-//! on its own, so one bad member costs only its own answer. A batch the store failed to write
+//! syncs. A batch of one committed by the thread that checked it waits for its sync itself.
+//! If the store refuses the batch (a lease was ended behind the index's back), nothing of it
+//! was written: each member is then re-checked and committed on its own, so one bad member
+//! costs only its own answer. A batch the store failed to write
 //! part-way fails all its members: the store completes it from its log at the next open, and
 //! writing a member again now would store it twice.
 
