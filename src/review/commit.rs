@@ -9,16 +9,13 @@
 //!    (see `store/sled_store/submit_batch.rs`: the batch's submit log record is written first
 //!    and synced on another thread while sled is written); hand-outs go on meanwhile;
 //! 4. lock the indexes again, mirror what committed, and unlock;
-//! 5. hand the answers to the acknowledger thread, which waits until the batch is durable (the
-//!    store's submit log: one write and one fdatasync, see `store/sled_store/submit_log.rs`)
-//!    and then answers each member, while the committer goes on with the next batch.
+//! 5. wait until it is durable (the store's submit log: one write and one fdatasync, see
+//!    `store/sled_store/submit_log.rs`), then answer each member.
 //!
-//! While one batch is made durable the next one gathers and is written, so batches grow with
-//! the load: one write and one sync serve them all, and the CPU is not idle while the disk
-//! syncs. A batch of one committed by the thread that checked it waits for its sync itself.
-//! If the store refuses the batch (a lease was ended behind the index's back), nothing of it
-//! was written: each member is then re-checked and committed on its own, so one bad member
-//! costs only its own answer. A batch the store failed to write
+//! While one batch is made durable the next one gathers, so batches grow with the load: one
+//! write and one sync serve them all. If the store refuses the batch (a lease was ended behind
+//! the index's back), nothing of it was written: each member is then re-checked and committed
+//! on its own, so one bad member costs only its own answer. A batch the store failed to write
 //! part-way fails all its members: the store completes it from its log at the next open, and
 //! writing a member again now would store it twice.
 
@@ -79,18 +76,6 @@ impl Committer {
             committing: parking_lot::Mutex::new(()),
             queued: AtomicUsize::new(0),
         });
-        // The committer thread writes batches; the acknowledger waits for each to be durable
-        // and answers its members, so the next batch is written while this one is synced.
-        let (acks, unacked) = mpsc::channel::<Unacked>();
-        let b = batcher.clone();
-        let acknowledger =
-            std::thread::Builder::new()
-                .name("assay-ack".into())
-                .spawn(move || {
-                    while let Ok(batch) = unacked.recv() {
-                        b.acknowledge(batch);
-                    }
-                })?;
         let b = batcher.clone();
         let thread = std::thread::Builder::new()
             .name("assay-commit".into())
@@ -106,15 +91,8 @@ impl Committer {
                         }
                     }
                     b.queued.fetch_sub(batch.len(), Ordering::AcqRel);
-                    if let Some(written) = b.run(batch) {
-                        if let Err(mpsc::SendError(written)) = acks.send(written) {
-                            b.acknowledge(written); // not reached: the acknowledger outlives this loop
-                        }
-                    }
+                    b.run(batch);
                 }
-                // Every batch written is answered before the committer counts as stopped.
-                drop(acks);
-                let _ = acknowledger.join();
             })?;
         Ok(Self {
             sender: Mutex::new(Some(sender)),
@@ -141,10 +119,7 @@ impl Committer {
         // Taken while the sender is held, so `stop` (which takes the sender first) waits for it.
         if let Some(_alone) = idle.then(|| self.batcher.committing.try_lock()).flatten() {
             drop(sender);
-            // Answered before `committing` is let go, so `stop` waits for it too.
-            if let Some(written) = self.batcher.run(vec![(pending, reply)]) {
-                self.batcher.acknowledge(written);
-            }
+            self.batcher.run(vec![(pending, reply)]);
             return;
         }
         self.batcher.queued.fetch_add(1, Ordering::AcqRel);
@@ -179,13 +154,6 @@ impl Committer {
         // A batch a submitting thread was committing itself ends before this returns.
         drop(self.batcher.committing.lock());
     }
-}
-
-/// A batch written (or refused) whose answers wait for it to be durable.
-struct Unacked {
-    answers: Vec<(Reply, AppResult<Submitted>)>,
-    /// Members whose assignment an earlier member of the batch also submitted.
-    repeats: Vec<(Id, Reply)>,
 }
 
 /// A member the re-check let through, with what it will write.
@@ -251,9 +219,8 @@ struct Batcher {
 }
 
 impl Batcher {
-    /// Commits one batch, and returns the answers that wait for it to be durable (for
-    /// [`Batcher::acknowledge`]); the caller holds `committing`.
-    fn run(&self, batch: Vec<(Pending, Reply)>) -> Option<Unacked> {
+    /// Commits one batch; the caller holds `committing`.
+    fn run(&self, batch: Vec<(Pending, Reply)>) {
         Metrics::count(&self.metrics.commit_batches);
         self.metrics
             .commit_members
@@ -261,23 +228,12 @@ impl Batcher {
         // A panic must not take the committer down with it: the members of that batch get an
         // error (their reply senders are dropped), the next batch runs.
         let run = std::panic::AssertUnwindSafe(|| self.commit(batch));
-        let written = std::panic::catch_unwind(run);
-        if written.is_err() {
+        if std::panic::catch_unwind(run).is_err() {
             tracing::error!("a submit batch panicked; its members were answered with an error");
         }
-        written.ok()
     }
 
-    /// Waits until every batch written so far is durable, then answers the members of one.
-    fn acknowledge(&self, batch: Unacked) {
-        let Unacked { answers, repeats } = batch;
-        let run = std::panic::AssertUnwindSafe(|| self.answer_when_durable(answers, repeats));
-        if std::panic::catch_unwind(run).is_err() {
-            tracing::error!("answering a submit batch panicked; its members got an error");
-        }
-    }
-
-    fn commit(&self, batch: Vec<(Pending, Reply)>) -> Unacked {
+    fn commit(&self, batch: Vec<(Pending, Reply)>) {
         let mut projects: Vec<Id> = batch.iter().map(|(p, _)| p.assignment.project_id).collect();
         projects.sort_unstable();
         projects.dedup();
@@ -378,14 +334,6 @@ impl Batcher {
         drop(locked);
         drop(guards);
         drop(gates);
-        Unacked { answers, repeats }
-    }
-
-    fn answer_when_durable(
-        &self,
-        mut answers: Vec<(Reply, AppResult<Submitted>)>,
-        repeats: Vec<(Id, Reply)>,
-    ) {
         // A repeat answers like a retry after the first call: with what the store now holds.
         for (aid, reply) in repeats {
             let result = self
