@@ -320,14 +320,7 @@ impl Batcher {
                 // at the next open, so no member is written again now (that would store it twice).
                 tracing::error!(error = %e, members = accepted.len(), "a submit batch failed");
                 for member in accepted {
-                    let error = match &e {
-                        // Completed by the reopen the watchdog makes: a retry finds it stored.
-                        StoreError::Reopening(cause) => {
-                            AppError::from(StoreError::Reopening(cause.clone()))
-                        }
-                        other => AppError::storage(other.to_string()),
-                    };
-                    answers.push((member.reply, Err(error)));
+                    answers.push((member.reply, Err(AppError::from(e.clone()))));
                 }
             }
         }

@@ -15,7 +15,7 @@ use crate::domain::*;
 pub use sled_store::backup::{self, BackupHeader, BackupSummary};
 pub use sled_store::SledStore;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{0} already exists")]
     Conflict(&'static str),
