@@ -563,8 +563,10 @@ impl ReviewCore {
 
     /// Ends every lease whose time is up (the expire transition). Returns how many were ended.
     pub fn sweep(&self) -> AppResult<usize> {
-        // The last moment the server was known up, for the downtime grace after a restart.
+        // The last moment the server was known up, for the downtime grace after a restart,
+        // and the leases live at that moment.
         self.store.set_alive_at(crate::now_ms())?;
+        self.store.write_live_leases()?;
         let mut ended = 0;
         loop {
             if self.is_stopping() {

@@ -166,9 +166,10 @@ pub trait Store: Send + Sync + 'static {
     fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>>;
 
     // Leases
-    /// Inserts or replaces an assignment, keeping the index of active leases in step. Not atomic
-    /// (a lost lease only returns its task to the queue): after a crash the index may name an
-    /// assignment that is not active, which every reader checks.
+    /// Inserts or replaces an assignment, keeping the index of active leases in step. Not atomic,
+    /// and a live lease need not reach the disk before the next flush or
+    /// [`Store::write_live_leases`] (a lost lease only returns its task to the queue): after a
+    /// crash the index may name an assignment that is not active, which every reader checks.
     fn put_assignment(&self, assignment: &Assignment) -> StoreResult<()>;
     fn assignment(&self, id: Id) -> StoreResult<Option<Assignment>>;
     /// Ends an active assignment (skip, release, expiry) and optionally updates its task.
@@ -192,6 +193,12 @@ pub trait Store: Send + Sync + 'static {
     fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>>;
     /// Every active assignment, for rebuilding the in-memory queue.
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>>;
+    /// Takes live leases to the store's records where it keeps them in memory between writes
+    /// (a flush does it too). Called once a second by the lease sweeper and at a clean stop;
+    /// what a crash loses of them is only leases.
+    fn write_live_leases(&self) -> StoreResult<()> {
+        Ok(())
+    }
 
     // Submissions
     /// Stores a batch of submissions: each ends its assignment, updates its

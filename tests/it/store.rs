@@ -1103,6 +1103,8 @@ fn upgrading_to_10_moves_live_lease_records_into_the_lease_index() {
     s.end_assignment(&submitted, None).unwrap();
     assert_eq!(s.assignment(live.id).unwrap(), Some(submitted));
     assert_eq!(s.active_assignments().unwrap(), vec![moved_halfway.clone()]);
+    // Lease records follow the live leases at the next flush (or lease write).
+    s.flush().unwrap();
     drop(s);
     let db = raw_db(dir.path());
     let index = db.open_tree("leases_assignment").unwrap();
@@ -1213,6 +1215,87 @@ fn a_live_record_beside_its_ended_one_is_dropped_at_open() {
             .len(),
         0
     );
+}
+
+/// A live lease is kept in memory and reaches `leases_assignment` only when it is still live at
+/// a lease write (a flush, the sweeper's pass, a clean stop): one handed out and ended in
+/// between writes nothing there, one written and ended later loses its record at the next
+/// write (or, after a crash, at open), and what a crash loses is only leases and extensions
+/// not yet written.
+#[test]
+fn live_leases_reach_the_disk_only_when_still_live_at_a_lease_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _, t) = store_with_task(dir.path(), None, 5);
+    let ended = |a: &Assignment, status| Assignment {
+        status,
+        ..a.clone()
+    };
+    // Handed out and ended between two writes.
+    let brief = assignment(s.as_ref(), &t, 1, 100);
+    s.put_assignment(&brief).unwrap();
+    s.put_assignment(&ended(&brief, AssignmentStatus::Released))
+        .unwrap();
+    // Written, then ended, then written again.
+    let gone = assignment(s.as_ref(), &t, 2, 100);
+    s.put_assignment(&gone).unwrap();
+    s.write_live_leases().unwrap();
+    s.end_assignment(&ended(&gone, AssignmentStatus::Expired), None)
+        .unwrap();
+    // Written, then ended, with no write after it (the crash comes first).
+    let stale = assignment(s.as_ref(), &t, 3, 100);
+    s.put_assignment(&stale).unwrap();
+    // Written, then extended without a write.
+    let kept = assignment(s.as_ref(), &t, 4, 100);
+    s.put_assignment(&kept).unwrap();
+    s.write_live_leases().unwrap();
+    s.end_assignment(&ended(&stale, AssignmentStatus::Released), None)
+        .unwrap();
+    s.put_assignment(&Assignment {
+        expires_at: 900,
+        ..kept.clone()
+    })
+    .unwrap();
+    // Never written.
+    let lost = assignment(s.as_ref(), &t, 5, 100);
+    s.put_assignment(&lost).unwrap();
+    assert_eq!(s.assignment(lost.id).unwrap(), Some(lost.clone()));
+    assert_eq!(s.active_assignments().unwrap().len(), 2);
+    drop(s); // no flush: as a crash leaves it
+
+    let on_disk = |dir: &std::path::Path| -> Vec<Id> {
+        let db = raw_db(dir);
+        let tree = db.open_tree("leases_assignment").unwrap();
+        tree.iter()
+            .keys()
+            .map(|k| u64::from_be_bytes(k.unwrap().as_ref().try_into().unwrap()))
+            .collect()
+    };
+    assert_eq!(on_disk(dir.path()), vec![stale.id, kept.id]);
+    let s = open(dir.path());
+    assert_eq!(s.active_assignments().unwrap(), vec![kept.clone()]);
+    assert_eq!(
+        s.expired_assignments(i64::MAX, 10).unwrap(),
+        vec![kept.clone()]
+    );
+    for (a, status) in [
+        (&brief, AssignmentStatus::Released),
+        (&gone, AssignmentStatus::Expired),
+        (&stale, AssignmentStatus::Released),
+    ] {
+        assert_eq!(s.assignment(a.id).unwrap(), Some(ended(a, status)));
+    }
+    assert_eq!(s.assignment(lost.id).unwrap(), None);
+    // A clean stop writes what is live.
+    let extended = Assignment {
+        expires_at: 5_000,
+        ..kept.clone()
+    };
+    s.put_assignment(&extended).unwrap();
+    s.flush().unwrap();
+    drop(s);
+    assert_eq!(on_disk(dir.path()), vec![kept.id]);
+    let s = open(dir.path());
+    assert_eq!(s.active_assignments().unwrap(), vec![extended]);
 }
 
 #[test]

@@ -91,6 +91,8 @@ impl SledStore {
     /// Writes a consistent backup to `out`, holding the write gate for the copy.
     pub(super) fn write_backup(&self, out: &mut dyn Write) -> StoreResult<BackupSummary> {
         let _quiet = self.gate.write();
+        // The backup holds the leases live now (their records are otherwise written lazily).
+        self.live.write_to(&self.t.leases)?;
         let header = BackupHeader {
             format: FORMAT,
             schema_version: SCHEMA_VERSION,

@@ -19,7 +19,7 @@
 //! | `tasks_project_external` | project id ++ external id bytes       | task id              |
 //! | `queue_project_task`     | project id ++ task id (open tasks)    | TaskStatus (binary, `queue_codec`) |
 //! | `assignments_id`         | assignment id (ended leases)          | Assignment           |
-//! | `leases_assignment`      | assignment id (live leases)           | Assignment           |
+//! | `leases_assignment`      | assignment id (live leases, lazily)   | Assignment           |
 //! | `submissions_project_id` | project id ++ submission id           | Submission           |
 //! | `submissions_task_id`    | task id ++ submission id              | project id, u64 BE   |
 //! | `submissions_expert_id`  | expert id ++ submission id            | project id, u64 BE   |
@@ -46,13 +46,13 @@
 //! sled's monotonic `generate_id`. Secondary indexes are written in the same transaction as
 //! their record; counters are updated there too and never computed with `len()`.
 //!
-//! One exception, for speed: a lease is handed out and extended without a transaction (a sled
-//! transaction costs two extra log writes, each synced). A live lease's record is kept in
-//! `leases_assignment` alone, so handing one out or extending it is one write. Ending one moves
-//! its record to `assignments_id`: in a transaction, or (a submit batch, `put_assignment`) by
-//! writing the ended record first and removing the live one second. A crash between the two
-//! leaves both; the store drops such live records at open, and readers look at the live
-//! record first, so they never miss both.
+//! One exception, for speed: leases. A live lease's record is kept in memory and written to
+//! `leases_assignment` only when it is still live at a flush, at the sweeper's once-a-second
+//! pass or at a clean stop (`live_leases.rs`), so handing one out or extending it writes
+//! nothing to sled. Ending one writes its ended record to `assignments_id` (in a transaction,
+//! or in a submit batch) and then drops the live one; a record left in `leases_assignment`
+//! beside an ended one (a crash before the next lease write) is dropped at open, and readers
+//! look at the live record first, so they never miss both.
 //!
 //! The other: a submit batch is written without a transaction; its log record and its number
 //! written last make it whole after a crash (`submit_batch.rs`).
@@ -70,6 +70,7 @@
 mod audit_chain;
 pub mod backup;
 mod cache;
+mod live_leases;
 mod log_sync;
 mod open;
 mod records;
@@ -161,6 +162,8 @@ pub struct SledStore {
     /// tell the next open that this one is whole. Set under the submit log's lock and never
     /// cleared (reopening the store completes the batch); read without the lock (`/healthz`).
     unfinished_batch: std::sync::atomic::AtomicU64,
+    /// Live leases, written to `leases_assignment` only now and then (`live_leases.rs`).
+    live: live_leases::LiveLeases,
 }
 
 impl SledStore {

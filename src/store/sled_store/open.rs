@@ -92,7 +92,7 @@ impl SledStore {
             .map_or(0, u64::from_be_bytes);
         let (submit_log, logged) = super::submit_log::SubmitLog::open(path)?;
         let log_sync = super::log_sync::LogSync::start(submit_log.sync_handle()?, 0)?;
-        let store = Self {
+        let mut store = Self {
             db,
             t,
             users: Default::default(),
@@ -108,11 +108,12 @@ impl SledStore {
             submit_log: parking_lot::Mutex::new(submit_log),
             unfinished_batch: Default::default(),
             log_sync,
+            live: Default::default(),
         };
         store.migrate()?;
         store.replay_submit_log(logged)?;
-        // What a crash left of a lease's end outside a transaction (see `indexed_leases`).
-        store.indexed_leases(true)?;
+        // Live leases as last written, less those ended since (see `stored_live_leases`).
+        store.live = super::live_leases::LiveLeases::load(store.stored_live_leases()?);
         Ok(store)
     }
 

@@ -202,12 +202,11 @@ impl SledStore {
         )
     }
 
-    /// Every live lease in `leases_assignment`. An entry is stale when the lease's ended record
-    /// is in `assignments_id` too (a crash between the two writes that end one outside a
-    /// transaction) or when it holds no record (schema 9 and before kept the index empty;
-    /// the upgrade to 10 fills it). With `repair` (the store at open), stale entries are
-    /// dropped.
-    pub(super) fn indexed_leases(&self, repair: bool) -> StoreResult<Vec<Assignment>> {
+    /// Every live lease in `leases_assignment`, read at open. An entry is stale when the
+    /// lease's ended record is in `assignments_id` too (it ended after the entry's last write,
+    /// see `live_leases.rs`) or when it holds no record (schema 9 and before kept the index
+    /// empty; the upgrade to 10 fills it). Stale entries are dropped.
+    pub(super) fn stored_live_leases(&self) -> StoreResult<Vec<Assignment>> {
         let mut out = Vec::new();
         for item in self.t.leases.iter() {
             let (key, value) = item.map_err(backend)?;
@@ -219,10 +218,9 @@ impl SledStore {
                 };
             match live {
                 Some(a) if a.status == AssignmentStatus::Active => out.push(a),
-                _ if repair => {
+                _ => {
                     self.t.leases.remove(&key).map_err(backend)?;
                 }
-                _ => {}
             }
         }
         Ok(out)
@@ -266,6 +264,8 @@ const REVOKED_PREFIX: &[u8] = b"revoked\0";
 
 impl Store for SledStore {
     fn flush(&self) -> StoreResult<()> {
+        // Whatever is made durable takes the live leases with it.
+        self.write_live_leases()?;
         self.db.flush().map_err(backend)?;
         if let Some(file) = &self.sync_file {
             let file = file
@@ -578,27 +578,27 @@ impl Store for SledStore {
 
     fn put_assignment(&self, a: &Assignment) -> StoreResult<()> {
         let _writing = self.writing();
-        // No transaction (see the module notes): a live lease is one write. An ended one is
-        // written to `assignments_id` before its live record goes, so a reader that finds no
-        // live record always finds the ended one.
-        let id = keys::id(a.id);
+        // A live lease is kept in memory (`live_leases.rs`). An ended one is written to
+        // `assignments_id` before its live record goes, so a reader that finds no live record
+        // always finds the ended one.
         if a.status == AssignmentStatus::Active {
-            self.t.leases.insert(id, enc(a)?).map_err(backend)?;
+            self.live.put(a);
         } else {
-            self.t.assignments.insert(id, enc(a)?).map_err(backend)?;
-            self.t.leases.remove(id).map_err(backend)?;
+            self.t
+                .assignments
+                .insert(keys::id(a.id), enc(a)?)
+                .map_err(backend)?;
+            self.live.end(a.id);
         }
         Ok(())
     }
 
     fn assignment(&self, id: Id) -> StoreResult<Option<Assignment>> {
-        // The live record first: ending a lease writes the ended record before it removes the
+        // The live record first: ending a lease writes the ended record before it drops the
         // live one, so this order never misses both.
-        let key = keys::id(id);
-        match self.t.leases.get(key).map_err(backend)? {
-            // A live record a crash left beside its ended one is dropped at open.
-            Some(live) if !live.is_empty() => dec("leases_assignment", &live).map(Some),
-            _ => self.get(&self.t.assignments, "assignments_id", &key),
+        match self.live.get(id) {
+            Some(live) => Ok(Some(live)),
+            None => self.get(&self.t.assignments, "assignments_id", &keys::id(id)),
         }
     }
 
@@ -606,15 +606,9 @@ impl Store for SledStore {
         let _writing = self.writing();
         let firsts = self.segment_firsts(status.map(|s| s.task_id))?;
         let t = &self.t;
-        (
-            &t.assignments,
-            &t.leases,
-            &t.taskstatus,
-            &t.queue,
-            &t.counters,
-        )
-            .transaction(|(assignments, leases, statuses, queue, counters)| {
-                tx_end_assignment(assignments, leases, ended)?;
+        (&t.assignments, &t.taskstatus, &t.queue, &t.counters)
+            .transaction(|(assignments, statuses, queue, counters)| {
+                tx_end_assignment(assignments, ended)?;
                 if let Some(status) = status {
                     let key = keys::id(status.task_id);
                     let old = Self::tx_old_status(statuses, status.task_id, &firsts)?;
@@ -623,7 +617,9 @@ impl Store for SledStore {
                 }
                 Ok(())
             })
-            .map_err(from_tx)
+            .map_err(from_tx)?;
+        self.live.end(ended.id);
+        Ok(())
     }
 
     fn quarantine(
@@ -637,30 +633,31 @@ impl Store for SledStore {
         let t = &self.t;
         (
             &t.assignments,
-            &t.leases,
             &t.taskstatus,
             &t.queue,
             &t.counters,
             &t.broken,
         )
-            .transaction(
-                |(assignments, leases, statuses, queue, counters, quarantined)| {
-                    if let Some(ended) = ended {
-                        tx_end_assignment(assignments, leases, ended)?;
-                    }
-                    let key = keys::id(status.task_id);
-                    let old = Self::tx_old_status(statuses, status.task_id, &firsts)?;
-                    tx_put(statuses, &key, status)?;
-                    tx_transition(counters, queue, status, old.map(|s| s.state))?;
-                    tx_put(
-                        quarantined,
-                        &keys::pair(broken.project_id, broken.task_id),
-                        broken,
-                    )?;
-                    Ok(())
-                },
-            )
-            .map_err(from_tx)
+            .transaction(|(assignments, statuses, queue, counters, quarantined)| {
+                if let Some(ended) = ended {
+                    tx_end_assignment(assignments, ended)?;
+                }
+                let key = keys::id(status.task_id);
+                let old = Self::tx_old_status(statuses, status.task_id, &firsts)?;
+                tx_put(statuses, &key, status)?;
+                tx_transition(counters, queue, status, old.map(|s| s.state))?;
+                tx_put(
+                    quarantined,
+                    &keys::pair(broken.project_id, broken.task_id),
+                    broken,
+                )?;
+                Ok(())
+            })
+            .map_err(from_tx)?;
+        if let Some(ended) = ended {
+            self.live.end(ended.id);
+        }
+        Ok(())
     }
 
     fn broken_tasks(&self, project: Id) -> StoreResult<Vec<BrokenTask>> {
@@ -712,9 +709,10 @@ impl Store for SledStore {
     }
 
     fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>> {
-        // The index holds only live leases (one per working expert), so a scan is cheap.
+        // Only live leases (one per working expert), so a scan is cheap.
         let mut due: Vec<Assignment> = self
-            .indexed_leases(false)?
+            .live
+            .all()
             .into_iter()
             .filter(|a| a.expires_at <= now)
             .collect();
@@ -724,7 +722,12 @@ impl Store for SledStore {
     }
 
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>> {
-        self.indexed_leases(false)
+        Ok(self.live.all())
+    }
+
+    fn write_live_leases(&self) -> StoreResult<()> {
+        let _writing = self.writing();
+        self.live.write_to(&self.t.leases)
     }
 
     fn commit_verdict(&self, w: &VerdictWrite) -> StoreResult<()> {

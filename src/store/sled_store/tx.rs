@@ -221,9 +221,10 @@ pub(super) fn tx_transition_counted(
 
 /// Ends an active assignment: its record replaced by `ended`, its lease index entry removed.
 /// Aborts with `AssignmentEnded` when it was ended already.
+/// Writes a lease's ended record, unless it has one; its live record is dropped from memory
+/// after the transaction commits (`live_leases.rs`).
 pub(super) fn tx_end_assignment(
     assignments: &TransactionalTree,
-    leases: &TransactionalTree,
     ended: &Assignment,
 ) -> TxResult<()> {
     let id = keys::id(ended.id);
@@ -232,6 +233,5 @@ pub(super) fn tx_end_assignment(
             return Err(abort(StoreError::AssignmentEnded(old)));
         }
     }
-    leases.remove(&id)?;
     tx_put(assignments, &id, ended)
 }
