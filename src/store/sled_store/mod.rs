@@ -65,7 +65,8 @@
 //! `submit_batch.rs` writes submit batches and `submit_log.rs` makes them durable without a
 //! flush of sled (a batch sled lost in a crash is applied again from the log at open), synced
 //! on a thread of its own by `log_sync.rs`;
-//! `cache.rs` keeps projects and project roles in memory.
+//! `cache.rs` keeps projects and project roles in memory; `live_leases.rs` keeps live leases
+//! and writes them to `leases_assignment` now and then.
 
 mod audit_chain;
 pub mod backup;
