@@ -193,9 +193,9 @@ pub trait Store: Send + Sync + 'static {
     fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>>;
     /// Every active assignment, for rebuilding the in-memory queue.
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>>;
-    /// Takes live leases to the store's records where it keeps them in memory between writes
-    /// (a flush does it too). Called once a second by the lease sweeper and at a clean stop;
-    /// what a crash loses of them is only leases.
+    /// Takes live leases to the store's records where it keeps them in memory between writes.
+    /// Called at each pass of the lease sweeper; every flush (a clean stop's too) does it as
+    /// well. What a crash loses of them is only leases.
     fn write_live_leases(&self) -> StoreResult<()> {
         Ok(())
     }

@@ -47,8 +47,8 @@
 //! their record; counters are updated there too and never computed with `len()`.
 //!
 //! One exception, for speed: leases. A live lease's record is kept in memory and written to
-//! `leases_assignment` only when it is still live at a flush, at the sweeper's once-a-second
-//! pass or at a clean stop (`live_leases.rs`), so handing one out or extending it writes
+//! `leases_assignment` only when it is still live at a flush, at a pass of the lease sweeper
+//! or at a clean stop (`live_leases.rs`), so handing one out or extending it writes
 //! nothing to sled. Ending one writes its ended record to `assignments_id` (in a transaction,
 //! or in a submit batch) and then drops the live one; a record left in `leases_assignment`
 //! beside an ended one (a crash before the next lease write) is dropped at open, and readers
