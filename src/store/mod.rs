@@ -191,7 +191,7 @@ pub trait Store: Send + Sync + 'static {
     fn reopen_broken(&self, project: Id, tasks: Option<&[Id]>) -> StoreResult<Vec<TaskStatus>>;
     /// Active assignments whose lease ends at or before `now`, oldest first.
     fn expired_assignments(&self, now: i64, limit: usize) -> StoreResult<Vec<Assignment>>;
-    /// Every active assignment, for rebuilding the in-memory queue.
+    /// Every active assignment in id order, for rebuilding the in-memory queue.
     fn active_assignments(&self) -> StoreResult<Vec<Assignment>>;
     /// Takes live leases to the store's records where it keeps them in memory between writes.
     /// Called at each pass of the lease sweeper; every flush (a clean stop's too) does it as

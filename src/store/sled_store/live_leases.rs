@@ -101,10 +101,15 @@ impl LiveLeases {
         }
     }
 
-    /// Every live lease.
+    /// Every live lease, in id order (as the table held them), so that a rebuild from them
+    /// does not depend on the map's hashing.
     pub fn all(&self) -> Vec<Assignment> {
-        let inner = self.inner.lock();
-        inner.live.values().map(|l| l.assignment.clone()).collect()
+        let mut all: Vec<Assignment> = {
+            let inner = self.inner.lock();
+            inner.live.values().map(|l| l.assignment.clone()).collect()
+        };
+        all.sort_unstable_by_key(|a| a.id);
+        all
     }
 
     /// Brings `tree` in line with the live leases: changed ones written, ended ones removed.
