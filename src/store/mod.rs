@@ -166,10 +166,10 @@ pub trait Store: Send + Sync + 'static {
     fn open_tasks(&self) -> StoreResult<Vec<TaskStatus>>;
 
     // Leases
-    /// Inserts or replaces an assignment, keeping the index of active leases in step. Not atomic,
-    /// and a live lease need not reach the disk before the next flush or
-    /// [`Store::write_live_leases`] (a lost lease only returns its task to the queue): after a
-    /// crash the index may name an assignment that is not active, which every reader checks.
+    /// Hands out, extends or ends an assignment. Not atomic, and a live lease need not reach
+    /// the disk before the next flush or [`Store::write_live_leases`] (a lost lease only
+    /// returns its task to the queue). An ended one's record is written before its live lease
+    /// goes, so a reader never misses both.
     fn put_assignment(&self, assignment: &Assignment) -> StoreResult<()>;
     fn assignment(&self, id: Id) -> StoreResult<Option<Assignment>>;
     /// Ends an active assignment (skip, release, expiry) and optionally updates its task.

@@ -5,10 +5,11 @@
 //! then out) that a crash is allowed to lose anyway (the task only goes back to the queue, and
 //! the signed lease token still lets its holder submit while the task has room). So a lease is
 //! written to the tree only when it is still live at a [`LiveLeases::write_to`]: before every
-//! flush of sled (any durable write takes the live leases to disk with it), once a second by
-//! the lease sweeper, and at a clean stop. A lease written there and ended later has its record
-//! removed at the next write. At open the table is read back (dropping records whose lease has
-//! an ended record), so leases survive a restart as they did when every hand-out was written.
+//! flush of sled (any durable write takes the live leases to disk with it, a clean stop's
+//! too) and at each pass of the lease sweeper (`queue.sweep_interval_ms`). A lease written
+//! there and ended later has its record removed at the next write. At open the table is read
+//! back (dropping records whose lease has an ended record), so leases survive a restart as
+//! they did when every hand-out was written.
 //!
 //! Ending a lease writes its ended record (`assignments_id`) first and drops it from here
 //! second, so a reader that looks here first and in `assignments_id` second never misses both.

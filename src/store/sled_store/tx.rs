@@ -219,10 +219,9 @@ pub(super) fn tx_transition_counted(
     Ok(())
 }
 
-/// Ends an active assignment: its record replaced by `ended`, its lease index entry removed.
-/// Aborts with `AssignmentEnded` when it was ended already.
-/// Writes a lease's ended record, unless it has one; its live record is dropped from memory
-/// after the transaction commits (`live_leases.rs`).
+/// Ends an active assignment: writes its ended record, or aborts with `AssignmentEnded` when
+/// it has one already. The caller drops the live lease from memory once the transaction
+/// commits (`live_leases.rs`).
 pub(super) fn tx_end_assignment(
     assignments: &TransactionalTree,
     ended: &Assignment,
